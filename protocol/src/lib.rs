@@ -1,0 +1,43 @@
+//! Signed JSON-RPC v1: the wire protocol between the cloud and a device's bridge.
+//!
+//! Everything here is pure: parsing a frame, signing, verifying and the replay
+//! guard take their inputs (bytes, keys, "now") as arguments and touch no socket,
+//! broker or clock. The only I/O is reading and writing key files in [`keys`].
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod frame;
+pub mod keys;
+pub mod message;
+pub mod method;
+pub mod nats;
+pub mod replay;
+pub mod sign;
+
+pub use error::{ErrorCode, Refusal};
+pub use frame::{parse_frame, MAX_SAFE_INTEGER};
+pub use message::{Direction, Message, Meta, RpcError};
+pub use method::check_method_name;
+pub use replay::ReplayGuard;
+pub use sign::{canonical_signing_bytes, sign, verify, Expectation, Signer, Verified};
+
+/// WebSocket subprotocol both sides must agree on.
+pub const SUBPROTOCOL: &str = "signed-jsonrpc.v1";
+/// Domain-separation tag prepended to the canonical bytes before signing.
+pub const SIGNING_TAG: &[u8] = b"signed-jsonrpc.v1\n";
+/// The only signature algorithm of v1.
+pub const ALGORITHM: &str = "ed25519";
+/// Audience of the one message sent before the cloud knows who connected.
+pub const ANY_AUDIENCE: &str = "*";
+/// Default allowed clock skew between signer and receiver.
+pub const DEFAULT_SKEW_MS: u64 = 60_000;
+
+/// Methods and notifications of the authentication handshake.
+pub mod auth {
+    /// Cloud → device notification opening the handshake.
+    pub const CHALLENGE: &str = "auth.challenge";
+    /// Cloud → device notification announcing a registry status change.
+    pub const STATUS: &str = "auth.status";
+    /// Default device → cloud method proving possession of the device key.
+    pub const DEFAULT_AUTHENTICATE: &str = "device.authenticate";
+}

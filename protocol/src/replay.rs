@@ -1,0 +1,112 @@
+//! Refuses a nonce seen before from the same signer within the skew window.
+//!
+//! A message is only accepted while its timestamp is within ±skew of now, so a
+//! nonce must be remembered until `timestamp + skew` has passed and can then be
+//! forgotten: memory follows the message rate, not the fleet size. A hard cap
+//! bounds it even under a flood; at the cap the guard fails closed.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
+
+use crate::Refusal;
+
+type Key = (String, String);
+
+#[derive(Debug)]
+pub struct ReplayGuard {
+    skew_ms: u64,
+    capacity: usize,
+    seen: HashSet<Key>,
+    /// Min-heap of (expiry, key), so expired nonces are dropped oldest first.
+    expiries: BinaryHeap<Reverse<(u64, Key)>>,
+}
+
+impl ReplayGuard {
+    /// `capacity` is the most nonces held at once.
+    pub fn new(skew_ms: u64, capacity: usize) -> Self {
+        ReplayGuard {
+            skew_ms,
+            capacity,
+            seen: HashSet::new(),
+            expiries: BinaryHeap::new(),
+        }
+    }
+
+    /// Records the nonce, or refuses it if it was seen within the window.
+    /// Call only after the signature and timestamp have been verified.
+    pub fn admit(
+        &mut self,
+        signer: &str,
+        nonce: &str,
+        timestamp_ms: u64,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        self.forget_expired(now_ms);
+        let key = (signer.to_owned(), nonce.to_owned());
+        if self.seen.contains(&key) {
+            return Err(Refusal::Replayed(signer.to_owned()));
+        }
+        if self.seen.len() >= self.capacity {
+            return Err(Refusal::ReplayGuardFull);
+        }
+        let expiry = timestamp_ms.saturating_add(self.skew_ms);
+        self.seen.insert(key.clone());
+        self.expiries.push(Reverse((expiry, key)));
+        Ok(())
+    }
+
+    /// Number of nonces currently remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    fn forget_expired(&mut self, now_ms: u64) {
+        while let Some(Reverse((expiry, _))) = self.expiries.peek() {
+            if *expiry >= now_ms {
+                break;
+            }
+            if let Some(Reverse((_, key))) = self.expiries.pop() {
+                self.seen.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_a_nonce_seen_from_the_same_signer() {
+        let mut guard = ReplayGuard::new(60_000, 10);
+        guard.admit("dev-1", "n1", 1_000, 1_000).unwrap();
+        assert_eq!(
+            guard.admit("dev-1", "n1", 1_000, 2_000),
+            Err(Refusal::Replayed("dev-1".into()))
+        );
+        guard.admit("dev-2", "n1", 1_000, 2_000).unwrap();
+    }
+
+    #[test]
+    fn forgets_nonces_once_their_timestamp_is_out_of_the_window() {
+        let mut guard = ReplayGuard::new(60_000, 10);
+        guard.admit("d", "n1", 1_000, 1_000).unwrap();
+        guard.admit("d", "n2", 30_000, 30_000).unwrap();
+        guard.admit("d", "n3", 62_000, 62_000).unwrap();
+        assert_eq!(guard.len(), 2, "n1 expired at 61 000");
+    }
+
+    #[test]
+    fn memory_is_bounded_and_fails_closed() {
+        let mut guard = ReplayGuard::new(60_000, 2);
+        guard.admit("d", "a", 0, 0).unwrap();
+        guard.admit("d", "b", 0, 0).unwrap();
+        assert_eq!(guard.admit("d", "c", 0, 0), Err(Refusal::ReplayGuardFull));
+        guard.admit("d", "c", 61_000, 61_000).unwrap();
+        assert_eq!(guard.len(), 1);
+    }
+}
