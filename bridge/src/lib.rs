@@ -1,1 +1,153 @@
+//! The device's bridge: one signed WebSocket to the cloud, relayed to the
+//! device-local NATS bus.
+//!
+//! Cloud requests are verified (see the `protocol` crate), relayed to workers
+//! on `rpc.<method>`, and their replies signed back. Workers reach the cloud
+//! through `cloud.call.<method>` and `cloud.notify.<method>`. The connection is
+//! kept forever: exponential backoff with jitter between attempts, and a long
+//! wait after the cloud rejects this device.
+#![forbid(unsafe_code)]
 
+mod config;
+mod relay;
+mod session;
+mod status;
+mod uplink;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use protocol::ReplayGuard;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::BridgeConfig;
+pub use session::CLOSE_REJECTED;
+pub use status::LinkState;
+
+use session::{run_session, Outbound, SessionEnd};
+
+/// Most nonces the replay guard holds; one cloud's message rate over the skew
+/// window stays far below this.
+const REPLAY_CAPACITY: usize = 100_000;
+
+/// The live session's uplink queue, when there is a live session.
+type LiveLink = Arc<Mutex<Option<mpsc::Sender<Outbound>>>>;
+
+/// Counters an operator (and a test) can read while the bridge runs.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    refusals: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl BridgeStats {
+    fn count_refusal(&self, reason: &'static str) {
+        *self
+            .refusals
+            .lock()
+            .expect("stats lock")
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Frames refused from the cloud, by reason.
+    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
+        self.refusals.lock().expect("stats lock").clone()
+    }
+}
+
+pub struct Bridge {
+    config: BridgeConfig,
+    nats: async_nats::Client,
+    stats: Arc<BridgeStats>,
+}
+
+impl Bridge {
+    pub fn new(config: BridgeConfig, nats: async_nats::Client) -> Self {
+        Bridge {
+            config,
+            nats,
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn stats(&self) -> Arc<BridgeStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Bridge {
+            config,
+            nats,
+            stats,
+        } = self;
+        let device_id = config.device_id().to_owned();
+        let live: LiveLink = Arc::default();
+        let uplinks = shutdown.child_token();
+        let calls = tokio::spawn(uplink::serve_calls(
+            nats.clone(),
+            live.clone(),
+            config.cloud_call_timeout,
+            uplinks.clone(),
+        ));
+        let notifications = tokio::spawn(uplink::serve_notifications(
+            nats.clone(),
+            live.clone(),
+            uplinks.clone(),
+        ));
+
+        let mut guard = ReplayGuard::new(config.skew.as_millis() as u64, REPLAY_CAPACITY);
+        let mut backoff = new_backoff(&config);
+        loop {
+            status::announce(&nats, &device_id, LinkState::Connecting).await;
+            let end = run_session(&config, &nats, &mut guard, &stats, &live, &shutdown).await;
+            let wait = match end {
+                SessionEnd::Shutdown => break,
+                SessionEnd::Rejected(reason) => {
+                    tracing::warn!(%device_id, %reason, wait_secs = config.rejected_backoff.as_secs(), "rejected by the cloud");
+                    status::announce(&nats, &device_id, LinkState::Rejected).await;
+                    backoff = new_backoff(&config);
+                    config.rejected_backoff
+                }
+                SessionEnd::Closed {
+                    authenticated,
+                    reason,
+                } => {
+                    status::announce(&nats, &device_id, LinkState::Disconnected).await;
+                    if authenticated {
+                        backoff = new_backoff(&config);
+                    }
+                    let wait = backoff.next().unwrap_or(config.reconnect_max);
+                    tracing::warn!(%device_id, %reason, wait_ms = wait.as_millis() as u64, "disconnected from the cloud; will reconnect");
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        uplinks.cancel();
+        let _ = tokio::join!(calls, notifications);
+        tracing::info!(%device_id, "bridge stopped");
+        Ok(())
+    }
+}
+
+fn new_backoff(config: &BridgeConfig) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(config.reconnect_min)
+        .with_max_delay(config.reconnect_max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,1 +1,123 @@
-fn main() {}
+//! `bridge`: parses configuration, connects to the device-local NATS and runs
+//! the bridge until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bridge::{Bridge, BridgeConfig};
+use clap::Parser;
+use protocol::{keys, Signer};
+use tokio_util::sync::CancellationToken;
+
+/// Keeps one signed WebSocket to the cloud and relays it to the device's NATS.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The cloud's device endpoint.
+    #[arg(
+        long,
+        env = "CLOUD_URL",
+        default_value = "ws://127.0.0.1:8080/ws/device"
+    )]
+    cloud_url: String,
+    /// This device's id, as operators will see it.
+    #[arg(long, env = "DEVICE_ID")]
+    device_id: String,
+    /// This device's Ed25519 private key (PKCS#8 PEM, mode 0600).
+    #[arg(
+        long,
+        env = "DEVICE_PRIVATE_KEY_PATH",
+        default_value = "keys/device/device_private.pem"
+    )]
+    device_private_key: PathBuf,
+    /// The cloud's Ed25519 public key (SPKI PEM).
+    #[arg(
+        long,
+        env = "CLOUD_PUBLIC_KEY_PATH",
+        default_value = "keys/device/cloud_public.pem"
+    )]
+    cloud_public_key: PathBuf,
+    /// The cloud's signer id.
+    #[arg(long, env = "CLOUD_ID", default_value = "cloud-dashboard")]
+    cloud_id: String,
+    /// The device-local NATS broker.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Method of the authentication request.
+    #[arg(long, env = "AUTH_RPC_METHOD", default_value = protocol::auth::DEFAULT_AUTHENTICATE)]
+    auth_rpc_method: String,
+    /// Allowed clock skew between cloud and device, in seconds.
+    #[arg(long, env = "CLOCK_SKEW_SECS", default_value_t = 60)]
+    clock_skew_secs: u64,
+    /// Time a worker has to answer a cloud request, in milliseconds.
+    #[arg(long, env = "WORKER_TIMEOUT_MS", default_value_t = 25_000)]
+    worker_timeout_ms: u64,
+    /// Time the cloud has to answer a device call, in milliseconds.
+    #[arg(long, env = "CLOUD_CALL_TIMEOUT_MS", default_value_t = 15_000)]
+    cloud_call_timeout_ms: u64,
+    /// WebSocket ping period in seconds; a cloud silent for two periods is dropped.
+    #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 20)]
+    ping_interval_secs: u64,
+    /// Largest frame accepted from the cloud, in bytes.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 4 << 20)]
+    max_frame_bytes: usize,
+    /// Longest wait between reconnect attempts, in seconds.
+    #[arg(long, env = "RECONNECT_MAX_SECS", default_value_t = 30)]
+    reconnect_max_secs: u64,
+    /// Wait after the cloud rejected this device, in seconds.
+    #[arg(long, env = "REJECTED_BACKOFF_SECS", default_value_t = 600)]
+    rejected_backoff_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), device_id = %args.device_id, cloud_url = %args.cloud_url, nats_url = %args.nats_url, "bridge starting");
+
+    let device_key = keys::read_private_key(&args.device_private_key)?;
+    let cloud_key = keys::read_public_key(&args.cloud_public_key)?;
+    tracing::info!(fingerprint = %keys::fingerprint(&device_key.verifying_key()), "device key loaded");
+    let mut config = BridgeConfig::new(
+        args.cloud_url,
+        Signer::new(args.device_id, device_key),
+        args.cloud_id,
+        cloud_key,
+    );
+    config.auth_method = args.auth_rpc_method;
+    config.skew = Duration::from_secs(args.clock_skew_secs);
+    config.worker_timeout = Duration::from_millis(args.worker_timeout_ms);
+    config.cloud_call_timeout = Duration::from_millis(args.cloud_call_timeout_ms);
+    config.ping_interval = Duration::from_secs(args.ping_interval_secs);
+    config.max_frame_bytes = args.max_frame_bytes;
+    config.reconnect_max = Duration::from_secs(args.reconnect_max_secs);
+    config.rejected_backoff = Duration::from_secs(args.rejected_backoff_secs);
+
+    let nats = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connect(&args.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    Bridge::new(config, nats).run(shutdown).await
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,63 @@
+//! The bridge's configuration, parsed once in `main` and passed down.
+
+use std::time::Duration;
+
+use protocol::keys::PublicKey;
+use protocol::Signer;
+
+#[derive(Clone)]
+pub struct BridgeConfig {
+    /// `ws://host:port/ws/device` of the cloud.
+    pub cloud_url: String,
+    /// This device's id and key; `signer.id()` is the device id.
+    pub signer: Signer,
+    /// The cloud's id, the only signer accepted on the WebSocket.
+    pub cloud_id: String,
+    /// The cloud's public key (a copy; devices never hold its private key).
+    pub cloud_key: PublicKey,
+    /// Method of the authentication request (`device.authenticate`).
+    pub auth_method: String,
+    /// Allowed clock skew for timestamps, and the replay window.
+    pub skew: Duration,
+    /// Largest text frame accepted from the cloud.
+    pub max_frame_bytes: usize,
+    /// How long a worker may take to answer a relayed cloud request.
+    pub worker_timeout: Duration,
+    /// How long the cloud may take to answer a device → cloud call.
+    pub cloud_call_timeout: Duration,
+    /// WebSocket ping period; a cloud silent for two periods is dropped.
+    pub ping_interval: Duration,
+    /// Time allowed for connecting and for the authentication handshake.
+    pub connect_timeout: Duration,
+    /// Reconnect backoff bounds (exponential with jitter in between).
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Wait after the cloud rejected this device, before trying again.
+    pub rejected_backoff: Duration,
+}
+
+impl BridgeConfig {
+    /// Defaults for everything but identity and endpoints.
+    pub fn new(cloud_url: String, signer: Signer, cloud_id: String, cloud_key: PublicKey) -> Self {
+        BridgeConfig {
+            cloud_url,
+            signer,
+            cloud_id,
+            cloud_key,
+            auth_method: protocol::auth::DEFAULT_AUTHENTICATE.to_owned(),
+            skew: Duration::from_millis(protocol::DEFAULT_SKEW_MS),
+            max_frame_bytes: 4 << 20,
+            worker_timeout: Duration::from_secs(25),
+            cloud_call_timeout: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(10),
+            reconnect_min: Duration::from_millis(500),
+            reconnect_max: Duration::from_secs(30),
+            rejected_backoff: Duration::from_secs(600),
+        }
+    }
+
+    pub fn device_id(&self) -> &str {
+        self.signer.id()
+    }
+}
