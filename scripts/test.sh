@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. On a fresh machine it first installs what
+# the tests need: nats-server (a real broker), busybox-static (the payload of
+# the tiny test images) and openssl (key scripts, interop check), from Debian.
+# Docker must be running: the worker tests talk to the real engine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+docker info >/dev/null 2>&1 || { echo "error: Docker is not running; the worker tests need the real engine" >&2; exit 1; }
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
