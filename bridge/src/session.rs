@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::relay::call_worker;
 use crate::status::{announce, LinkState};
@@ -121,7 +122,9 @@ pub async fn run_session(
 
     let (mut sink, mut stream) = socket.split();
     let (writer, mut to_write) = mpsc::channel::<Frame>(WRITE_QUEUE);
-    let write_task = tokio::spawn(async move {
+    // Aborted with the session, so the socket closes even while relay tasks
+    // still hold a sender.
+    let write_task = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(frame) = to_write.recv().await {
             let closing = matches!(frame, Frame::Close(_));
             if sink.send(frame).await.is_err() || closing {
@@ -129,7 +132,7 @@ pub async fn run_session(
             }
         }
         let _ = sink.close().await;
-    });
+    }));
     let (uplink, mut uplink_rx) = mpsc::channel(UPLINK_QUEUE);
     let mut session = Session {
         config,
@@ -201,20 +204,45 @@ pub async fn run_session(
     end
 }
 
+/// The id of a request that the strict parser refused for a duplicate key or
+/// an unsafe number, read leniently so that the cloud hears why. `None` for
+/// anything else: an oversized frame is not parsed at all, and an id that is
+/// itself duplicated or unsafe cannot be answered faithfully.
+fn request_id_despite(text: &str, refusal: &Refusal) -> Option<Value> {
+    match refusal {
+        Refusal::DuplicateKey(key) if key != "id" => {}
+        Refusal::UnsafeNumber(_) => {}
+        _ => return None,
+    }
+    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    frame.get("method")?;
+    let id = frame.get("id")?;
+    let safe = id.is_string()
+        || id
+            .as_i64()
+            .is_some_and(|n| n.unsigned_abs() <= protocol::MAX_SAFE_INTEGER);
+    safe.then(|| id.clone())
+}
+
 impl Session<'_> {
     async fn on_text(&mut self, text: &str) -> Option<SessionEnd> {
         let config = self.config;
         let frame = match protocol::parse_frame(text, config.max_frame_bytes) {
             Ok(frame) => frame,
             Err(refusal) => {
-                self.refuse(&refusal, None).await;
+                self.refuse(&refusal, request_id_despite(text, &refusal))
+                    .await;
                 return None;
             }
         };
         // Peeked only to answer a refused request and to pick the audience;
-        // nothing unverified is acted upon.
+        // nothing unverified is acted upon. Only the challenge notification
+        // may be addressed to anyone, not a request borrowing its name.
         let unverified_id = frame.get("method").and(frame.get("id")).cloned();
-        let is_challenge = frame.get("method").and_then(Value::as_str) == Some(auth::CHALLENGE);
+        let is_challenge = frame.get("method").and_then(Value::as_str) == Some(auth::CHALLENGE)
+            && !frame.contains_key("id");
         let now = now_ms();
         let expect = Expectation {
             signer_id: &config.cloud_id,
@@ -291,7 +319,10 @@ impl Session<'_> {
                 .await
             }
             (Stage::Live, Message::Request { id, method, params }) => {
-                self.relay_request(id, method, params);
+                match protocol::check_method_name(&method) {
+                    Ok(()) => self.relay_request(id, method, params),
+                    Err(refusal) => self.refuse(&refusal, Some(id)).await,
+                }
                 None
             }
             (_, Message::Request { id, method, .. }) => {

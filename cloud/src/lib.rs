@@ -1,1 +1,136 @@
+//! The cloud: the `/ws/device` endpoint devices keep a signed JSON-RPC
+//! WebSocket open to, the device registry (SQLite), the REST API operators use
+//! to accept devices and call RPCs on them, and the operator CLI.
+//!
+//! `run` takes an already-bound listener and a shutdown token, so tests start
+//! the real server in-process on `127.0.0.1:0`.
+#![forbid(unsafe_code)]
 
+pub mod admin_token;
+pub mod api;
+pub mod cli;
+pub mod close_code;
+pub mod cloud_methods;
+pub mod config;
+mod device_ws;
+pub mod error;
+pub mod fleet;
+mod handshake;
+mod inbound;
+mod link;
+pub mod refusals;
+pub mod registry;
+mod session;
+mod state;
+
+use std::future::IntoFuture;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use config::{CloudConfig, ServeArgs};
+pub use error::AppError;
+pub use fleet::{CallError, CallErrorKind, Fleet};
+pub use registry::{DeviceRecord, DeviceStatus, Registry, RegistryError};
+pub use state::AppState;
+
+/// This build's version, logged at start and shown by `/healthz`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Longest shutdown: in-flight HTTP requests and device close frames get this long.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The HTTP timeout sits this far above the longest RPC timeout, so an RPC
+/// always reports its own timeout.
+const HTTP_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
+
+/// Opens and migrates the registry, then serves until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: CloudConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let registry = Registry::open(&config.database_url)
+        .await
+        .with_context(|| format!("cannot open the registry at {}", config.database_url))?;
+    let state = AppState::new(config, registry).await?;
+    serve(listener, state, shutdown).await
+}
+
+/// Serves `app(state)` on `listener` until `shutdown`; then closes every
+/// device connection (1001) and waits for them and in-flight requests, for
+/// at most [`SHUTDOWN_GRACE`].
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    tracing::info!(
+        version = VERSION,
+        %address,
+        cloud_id = %state.config().cloud_id,
+        "cloud listening (devices on /ws/device, API on /api/v1)"
+    );
+    let server = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        ended = &mut server => {
+            return ended.context("server task failed")?.context("server failed");
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    tracing::info!("shutting down");
+    state.close_all_sessions();
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    if tokio::time::timeout_at(deadline, &mut server)
+        .await
+        .is_err()
+    {
+        tracing::warn!("HTTP requests still running after the grace period; dropping them");
+        server.abort();
+    }
+    if tokio::time::timeout_at(deadline, state.sessions_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!("device connections still open after the grace period; dropping them");
+    }
+    Ok(())
+}
+
+/// The whole HTTP surface: `/ws/device`, `/healthz` and `/api/v1`.
+pub fn app(state: AppState) -> Router {
+    let http_timeout = state.config().max_rpc_timeout() + HTTP_TIMEOUT_MARGIN;
+    let http = Router::new()
+        .route("/healthz", get(healthz))
+        .nest("/api/v1", api::routes(state.clone()))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            http_timeout,
+        ));
+    Router::new()
+        .route("/ws/device", any(device_ws::upgrade))
+        .merge(http)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok", "version": VERSION }))
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

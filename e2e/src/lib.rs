@@ -3,6 +3,8 @@
 
 pub mod docker;
 pub mod nats;
+pub mod stack;
+pub mod test_cloud;
 pub mod wait;
 
 pub use wait::wait_until;

@@ -1,1 +1,136 @@
+//! A real `nats-server` for a test, on a free loopback port, killed on drop.
+//! It can be restarted on the same port, so clients' reconnects can be tested.
 
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `nats-server` child process.
+pub struct NatsServer {
+    port: u16,
+    child: Option<Child>,
+    /// Holds the server's log file, shown when it fails to start.
+    log_dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts `nats-server` on a free port of 127.0.0.1 and waits until it
+    /// accepts connections.
+    pub async fn start() -> NatsServer {
+        let port = free_port();
+        let log_dir = tempfile::tempdir().expect("temporary directory for the nats-server log");
+        let mut server = NatsServer {
+            port,
+            child: None,
+            log_dir,
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A plain client connected to this server.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .unwrap_or_else(|err| panic!("connecting to nats-server at {}: {err}", self.url()))
+    }
+
+    /// Kills the server and starts it again on the same port, waiting until it
+    /// accepts connections. Clients see a dropped connection and reconnect.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// Kills the server and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.log_dir.path().join("nats-server.log")
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-l")
+            .arg(self.log_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning nats-server (apt-get install nats-server)");
+        self.child = Some(child);
+        self.wait_until_accepting().await;
+    }
+
+    /// Polls a TCP connect; nats-server listens only once it is ready.
+    async fn wait_until_accepting(&mut self) {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        let give_up = Instant::now() + START_TIMEOUT;
+        loop {
+            let connect = tokio::net::TcpStream::connect(address);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= give_up {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                panic!(
+                    "nats-server on port {} did not start ({}); its log:\n{log}",
+                    self.port,
+                    match exited {
+                        Some(status) => format!("exited with {status}"),
+                        None => format!("not accepting after {START_TIMEOUT:?}"),
+                    }
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port that was free a moment ago: bound to port 0 and released, so the
+/// server (and its restarts) can use a fixed port.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("binding 127.0.0.1:0 to find a free port")
+}
+
+/// `nats-server` from PATH, else Debian's location.
+fn nats_server_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}

@@ -37,7 +37,14 @@ fn main() {
         (
             "response_error",
             &device,
-            Message::error(json!(42), RpcError { code: -32601, message: "method not found".into(), data: None }),
+            Message::error(
+                json!(42),
+                RpcError {
+                    code: -32601,
+                    message: "method not found".into(),
+                    data: None,
+                },
+            ),
             "device-001",
             "cloud-dashboard",
             Direction::DeviceToCloud,
@@ -46,7 +53,10 @@ fn main() {
     for (name, key, message, signer, audience, direction) in cases {
         let signed = sign(&message, key, signer, audience, direction, [0x5a; 16], ts);
         let mut unsigned = signed.clone();
-        unsigned["meta"].as_object_mut().expect("meta").remove("signature");
+        unsigned["meta"]
+            .as_object_mut()
+            .expect("meta")
+            .remove("signature");
         let canonical = canonical_signing_bytes(&unsigned);
         let vector = json!({
             "description": "Ed25519 over the tag and the RFC 8785 form of the message without meta.signature",
@@ -58,7 +68,11 @@ fn main() {
             "signed_message": Value::Object(signed),
         });
         let path = dir.join(format!("{name}.json"));
-        std::fs::write(&path, serde_json::to_string_pretty(&vector).expect("json") + "\n").expect("write");
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&vector).expect("json") + "\n",
+        )
+        .expect("write");
         println!("{}", path.display());
     }
 }

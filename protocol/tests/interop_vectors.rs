@@ -8,12 +8,17 @@ use std::process::Command;
 use base64::Engine;
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::SigningKey;
-use protocol::{canonical_signing_bytes, keys, parse_frame, sign, verify, Expectation, Message, Meta};
+use protocol::{
+    canonical_signing_bytes, keys, parse_frame, sign, verify, Expectation, Message, Meta,
+};
 use serde_json::Value;
 
 fn vectors() -> Vec<(PathBuf, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 3, "vectors missing in {}", dir.display());
     files
@@ -34,7 +39,12 @@ fn canonical_bytes_and_signatures_match_the_vectors() {
 
         let unsigned = v["unsigned_message"].as_object().unwrap();
         let bytes = canonical_signing_bytes(unsigned);
-        assert_eq!(std::str::from_utf8(&bytes).unwrap(), v["signed_bytes_utf8"].as_str().unwrap(), "{}", path.display());
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            v["signed_bytes_utf8"].as_str().unwrap(),
+            "{}",
+            path.display()
+        );
 
         // Re-signing the same message with the same nonce and time gives the same signature.
         let mut frame = v["signed_message"].as_object().unwrap().clone();
@@ -45,8 +55,21 @@ fn canonical_bytes_and_signatures_match_the_vectors() {
             .unwrap()
             .try_into()
             .unwrap();
-        let resigned = sign(&message, &key, &meta.signer_id, &meta.audience_id, meta.direction, nonce, meta.timestamp);
-        assert_eq!(resigned["meta"]["signature"], v["signature"], "{}", path.display());
+        let resigned = sign(
+            &message,
+            &key,
+            &meta.signer_id,
+            &meta.audience_id,
+            meta.direction,
+            nonce,
+            meta.timestamp,
+        );
+        assert_eq!(
+            resigned["meta"]["signature"],
+            v["signature"],
+            "{}",
+            path.display()
+        );
 
         let text = v["signed_message"].to_string();
         let verified = verify(
@@ -77,7 +100,9 @@ fn openssl_agrees_with_the_vector_signatures() {
         let signature = dir.path().join("sig");
         std::fs::write(&public, v["public_key_pem"].as_str().unwrap()).unwrap();
         std::fs::write(&data, v["signed_bytes_utf8"].as_str().unwrap()).unwrap();
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v["signature"].as_str().unwrap()).unwrap();
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v["signature"].as_str().unwrap())
+            .unwrap();
         std::fs::write(&signature, raw).unwrap();
         let out = Command::new("openssl")
             .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
@@ -88,6 +113,11 @@ fn openssl_agrees_with_the_vector_signatures() {
             .arg(&signature)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}: openssl says {}", path.display(), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}: openssl says {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }

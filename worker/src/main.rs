@@ -1,1 +1,110 @@
-fn main() {}
+//! The `worker` binary: parses its config, sets up logging, connects to NATS
+//! and Docker, and runs the worker until SIGINT or SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+use worker::WorkerConfig;
+
+/// JSON-RPC methods over the Docker API, served on the device-local NATS.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// NATS server to serve on and report through.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+
+    /// Docker engine address (unix://, tcp://, http://); by default the local
+    /// socket.
+    #[arg(long, env = "DOCKER_HOST")]
+    docker_host: Option<String>,
+
+    /// Seconds between health reports to the cloud.
+    #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 30)]
+    health_interval_secs: u64,
+
+    /// Cap on the log text one containers.logs call returns, in bytes.
+    #[arg(long, env = "LOG_MAX_BYTES", default_value_t = 1024 * 1024)]
+    log_max_bytes: usize,
+
+    /// How long a call from this device to the cloud may take, in milliseconds.
+    #[arg(long, env = "CLOUD_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    cloud_call_timeout_ms: u64,
+}
+
+/// How long the worker may take to stop after a signal.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        nats_url = %args.nats_url,
+        docker_host = args.docker_host.as_deref().unwrap_or("(local default)"),
+        "worker starting"
+    );
+    let config = WorkerConfig {
+        health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
+        log_max_bytes: args.log_max_bytes,
+        cloud_call_timeout: Duration::from_millis(args.cloud_call_timeout_ms),
+    };
+
+    let docker = worker::connect_docker(args.docker_host.as_deref())
+        .context("connecting to the Docker engine")?;
+    // Connects in the background and reconnects forever.
+    let nats = worker::connect_nats(&args.nats_url)
+        .await
+        .context("connecting to NATS")?;
+
+    let shutdown = CancellationToken::new();
+    let mut running = tokio::spawn(worker::run(nats, docker, config, shutdown.clone()));
+    tokio::select! {
+        finished = &mut running => return finished.context("worker task panicked")?,
+        () = shutdown_signal() => info!("shutting down"),
+    }
+    shutdown.cancel();
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, running).await {
+        Ok(finished) => {
+            finished.context("worker task panicked")??;
+            info!("worker stopped");
+            Ok(())
+        }
+        Err(_) => {
+            warn!(timeout = ?SHUTDOWN_TIMEOUT, "worker did not stop in time");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(err) => {
+                    warn!(error = %err, "cannot listen for SIGTERM");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,68 @@
+//! What the cloud serves to accepted devices: the requests it answers and the
+//! notifications it records. Inputs here are already verified.
+
+use protocol::{ErrorCode, RpcError};
+use serde_json::{json, Value};
+
+use crate::now_ms;
+use crate::state::AppState;
+
+/// Device → cloud liveness check.
+pub const PING: &str = "cloud.ping";
+/// Periodic health report; params object lands in `devices.last_health`.
+pub const HEALTH: &str = "device.health";
+/// A container event; lands in `device_events`.
+pub const CONTAINER_EVENT: &str = "device.container_event";
+
+/// Answers a request from an accepted device.
+pub(crate) async fn answer(
+    state: &AppState,
+    device_id: &str,
+    method: &str,
+    _params: Option<Value>,
+) -> Result<Value, RpcError> {
+    match method {
+        PING => Ok(json!({
+            "pong": true,
+            "cloud_id": state.config().cloud_id,
+            "time_ms": now_ms(),
+        })),
+        _ => {
+            tracing::debug!(%device_id, %method, "device called an unknown cloud method");
+            Err(RpcError::new(
+                ErrorCode::MethodNotFound,
+                format!("method not found: {method}"),
+            ))
+        }
+    }
+}
+
+/// Records a notification from an accepted device; unknown ones are logged.
+pub(crate) async fn notify(state: &AppState, device_id: &str, method: &str, params: Option<Value>) {
+    let now = now_ms() as i64;
+    let stored = match (method, params) {
+        (HEALTH, Some(health @ Value::Object(_))) => {
+            state
+                .registry()
+                .record_health(device_id, &health, now)
+                .await
+        }
+        (CONTAINER_EVENT, Some(event)) => {
+            state
+                .registry()
+                .add_device_event(device_id, method, &event, now)
+                .await
+        }
+        (HEALTH | CONTAINER_EVENT, _) => {
+            tracing::warn!(%device_id, %method, "notification without usable params ignored");
+            return;
+        }
+        _ => {
+            tracing::info!(%device_id, %method, "unknown notification ignored");
+            return;
+        }
+    };
+    if let Err(e) = stored {
+        tracing::warn!(%device_id, %method, error = %e, "cannot store notification");
+    }
+}

@@ -1,0 +1,104 @@
+//! The HTTP API's one error type: a status, a machine-readable kind and a
+//! message, rendered as `{"error": {"kind", "message", "rpc_error"?}}`.
+
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use protocol::RpcError;
+use serde_json::json;
+
+use crate::fleet::{CallError, CallErrorKind};
+use crate::registry::RegistryError;
+
+#[derive(Debug)]
+pub struct AppError {
+    pub status: StatusCode,
+    /// Stable label a client can branch on (`unknown_device`, `timed_out`, ...).
+    pub kind: &'static str,
+    pub message: String,
+    /// The device's own JSON-RPC error, passed through.
+    pub rpc_error: Option<RpcError>,
+}
+
+impl AppError {
+    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        AppError {
+            status,
+            kind,
+            message: message.into(),
+            rpc_error: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        AppError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn unauthorized() -> Self {
+        AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid bearer token (Authorization: Bearer <token>)",
+        )
+    }
+
+    pub fn unknown_device(id: &str) -> Self {
+        AppError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("unknown device {id:?}"),
+        )
+    }
+
+    pub fn internal(error: impl std::fmt::Display) -> Self {
+        tracing::error!(%error, "internal error serving an API request");
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the cloud's log",
+        )
+    }
+}
+
+impl From<RegistryError> for AppError {
+    fn from(error: RegistryError) -> Self {
+        AppError::internal(error)
+    }
+}
+
+impl From<CallError> for AppError {
+    fn from(error: CallError) -> Self {
+        let kind = error.kind();
+        let status = match kind {
+            CallErrorKind::UnknownDevice => StatusCode::NOT_FOUND,
+            CallErrorKind::NotAccepted => StatusCode::CONFLICT,
+            CallErrorKind::Offline => StatusCode::SERVICE_UNAVAILABLE,
+            CallErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+            CallErrorKind::Disconnected | CallErrorKind::DeviceError => StatusCode::BAD_GATEWAY,
+            CallErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            CallErrorKind::Internal => return AppError::internal(error),
+        };
+        let mut app_error = AppError::new(status, kind.as_str(), error.to_string());
+        if let CallError::Device(rpc_error) = error {
+            app_error.rpc_error = Some(rpc_error);
+        }
+        app_error
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "kind": self.kind, "message": self.message });
+        if let Some(rpc_error) = &self.rpc_error {
+            error["rpc_error"] = json!(rpc_error);
+        }
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,252 @@
+//! The live device connections by device id, and calls from the cloud to a
+//! device through them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use protocol::{check_method_name, Message, Refusal, RpcError, MAX_SAFE_INTEGER};
+use serde_json::Value;
+
+use crate::close_code;
+use crate::registry::{DeviceStatus, Registry, RegistryError};
+use crate::session::DeviceSession;
+
+/// Why a call to a device failed; [`CallError::kind`] is what callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("unknown device {0:?}")]
+    UnknownDevice(String),
+    #[error("device is {0}, not accepted")]
+    NotAccepted(DeviceStatus),
+    #[error("device is offline")]
+    Offline,
+    #[error("device did not answer within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+    #[error("device disconnected before answering")]
+    Disconnected,
+    #[error("device answered with error {}: {}", .0.code, .0.message)]
+    Device(RpcError),
+    #[error("bad method: {0}")]
+    BadMethod(Refusal),
+    #[error("bad params: {0}")]
+    BadParams(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The kinds of [`CallError`], as the API names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallErrorKind {
+    UnknownDevice,
+    NotAccepted,
+    Offline,
+    TimedOut,
+    Disconnected,
+    DeviceError,
+    BadRequest,
+    Internal,
+}
+
+impl CallErrorKind {
+    /// The label the HTTP API reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallErrorKind::UnknownDevice => "unknown_device",
+            CallErrorKind::NotAccepted => "not_accepted",
+            CallErrorKind::Offline => "offline",
+            CallErrorKind::TimedOut => "timed_out",
+            CallErrorKind::Disconnected => "disconnected",
+            CallErrorKind::DeviceError => "device_error",
+            CallErrorKind::BadRequest => "bad_request",
+            CallErrorKind::Internal => "internal",
+        }
+    }
+}
+
+impl CallError {
+    pub fn kind(&self) -> CallErrorKind {
+        match self {
+            CallError::UnknownDevice(_) => CallErrorKind::UnknownDevice,
+            CallError::NotAccepted(_) => CallErrorKind::NotAccepted,
+            CallError::Offline => CallErrorKind::Offline,
+            CallError::TimedOut(_) => CallErrorKind::TimedOut,
+            CallError::Disconnected => CallErrorKind::Disconnected,
+            CallError::Device(_) => CallErrorKind::DeviceError,
+            CallError::BadMethod(_) | CallError::BadParams(_) => CallErrorKind::BadRequest,
+            CallError::Registry(_) => CallErrorKind::Internal,
+        }
+    }
+}
+
+/// Live device sessions (pending or accepted), one per device.
+pub struct Fleet {
+    sessions: Mutex<HashMap<String, Arc<DeviceSession>>>,
+    next_connection_id: AtomicU64,
+    /// Tells unknown, undecided and offline devices apart when a call fails.
+    registry: Registry,
+}
+
+impl Fleet {
+    pub(crate) fn new(registry: Registry) -> Self {
+        Fleet {
+            sessions: Mutex::new(HashMap::new()),
+            next_connection_id: AtomicU64::new(1),
+            registry,
+        }
+    }
+
+    /// Calls `method` on an accepted, connected device and waits up to
+    /// `timeout` for its answer. `params`, if any, must be an object or array.
+    pub async fn call(
+        &self,
+        device_id: &str,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        check_method_name(method).map_err(CallError::BadMethod)?;
+        if let Some(params) = &params {
+            check_params(params)?;
+        }
+        let session = self.live_session(device_id).await?;
+        let (call_id, answer) = session.start_call().ok_or(CallError::Disconnected)?;
+        let request = Message::Request {
+            id: Value::String(call_id.clone()),
+            method: method.to_owned(),
+            params,
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            session
+                .send(&request)
+                .await
+                .map_err(|_| CallError::Disconnected)?;
+            // The sender is dropped, failing this, when the connection closes.
+            answer.await.map_err(|_| CallError::Disconnected)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(error))) => Err(CallError::Device(error)),
+            Ok(Err(e)) => {
+                session.forget_call(&call_id);
+                Err(e)
+            }
+            Err(_elapsed) => {
+                session.forget_call(&call_id);
+                Err(CallError::TimedOut(timeout))
+            }
+        }
+    }
+
+    /// Whether the device has an authenticated connection (pending or accepted).
+    pub fn is_online(&self, device_id: &str) -> bool {
+        self.lock().contains_key(device_id)
+    }
+
+    /// Ids of devices with an authenticated connection.
+    pub fn online_device_ids(&self) -> HashSet<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// An accepted, connected device's session, or why there is none.
+    async fn live_session(&self, device_id: &str) -> Result<Arc<DeviceSession>, CallError> {
+        let session = self.session(device_id);
+        if let Some(session) = session.as_ref() {
+            if session.status() == DeviceStatus::Accepted {
+                return Ok(session.clone());
+            }
+        }
+        // No live session: the registry tells unknown, undecided and offline apart.
+        match self.registry.device(device_id).await? {
+            None => Err(CallError::UnknownDevice(device_id.to_owned())),
+            Some(record) if record.status != DeviceStatus::Accepted => {
+                Err(CallError::NotAccepted(record.status))
+            }
+            Some(_) if session.is_some() => Err(CallError::NotAccepted(DeviceStatus::Pending)),
+            Some(_) => Err(CallError::Offline),
+        }
+    }
+
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.next_connection_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes `session` the device's live connection, closing the one it replaces.
+    pub(crate) fn register(&self, session: Arc<DeviceSession>) {
+        let replaced = self.lock().insert(session.device_id.clone(), session);
+        if let Some(old) = replaced {
+            tracing::info!(device_id = %old.device_id, "newer connection replaces the old one");
+            old.close(close_code::REPLACED, "replaced by a newer connection");
+        }
+    }
+
+    /// Removes `session` unless a newer connection has already replaced it.
+    pub(crate) fn unregister(&self, session: &DeviceSession) {
+        let mut sessions = self.lock();
+        if sessions
+            .get(&session.device_id)
+            .is_some_and(|s| s.connection_id == session.connection_id)
+        {
+            sessions.remove(&session.device_id);
+        }
+    }
+
+    /// Delivers an operator decision (already stored) to a connected device.
+    pub(crate) async fn apply_status(&self, device_id: &str, status: DeviceStatus) {
+        if let Some(session) = self.session(device_id) {
+            session.apply_status(status).await;
+        }
+    }
+
+    /// Closes a device's connection, if it has one.
+    pub(crate) fn disconnect(&self, device_id: &str, code: u16, reason: &'static str) {
+        if let Some(session) = self.session(device_id) {
+            session.close(code, reason);
+        }
+    }
+
+    fn session(&self, device_id: &str) -> Option<Arc<DeviceSession>> {
+        self.lock().get(device_id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<DeviceSession>>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Params must be an object or an array, and every number must survive the
+/// canonical form (else the device refuses the call as unsafe).
+fn check_params(params: &Value) -> Result<(), CallError> {
+    if !(params.is_object() || params.is_array()) {
+        return Err(CallError::BadParams(
+            "params must be a JSON object or array".into(),
+        ));
+    }
+    match find_unsafe_number(params) {
+        Some(n) => Err(CallError::BadParams(format!(
+            "number {n} is beyond ±(2^53−1); send large values as strings"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn find_unsafe_number(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => {
+            let safe = if let Some(i) = n.as_i64() {
+                i.unsigned_abs() <= MAX_SAFE_INTEGER
+            } else if let Some(u) = n.as_u64() {
+                u <= MAX_SAFE_INTEGER
+            } else {
+                n.as_f64()
+                    .is_some_and(|f| f.is_finite() && f.abs() <= MAX_SAFE_INTEGER as f64)
+            };
+            (!safe).then(|| n.to_string())
+        }
+        Value::Array(items) => items.iter().find_map(find_unsafe_number),
+        Value::Object(map) => map.values().find_map(find_unsafe_number),
+        _ => None,
+    }
+}

@@ -1,0 +1,392 @@
+//! Authentication of a new connection: the signed challenge, the device's
+//! proof of possession of its key, and the registry's verdict.
+//!
+//! Until this succeeds the cloud does not know who is connected, so nothing
+//! but the authentication request is heard; a failed attempt closes the
+//! connection (the challenge was single-use) with a code that says why.
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use futures::stream::SplitStream;
+use futures::StreamExt;
+use protocol::keys::{self, PublicKey};
+use protocol::{auth, Direction, ErrorCode, Expectation, Message, RpcError, ANY_AUDIENCE};
+use rand::RngCore;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::inbound;
+use crate::link::Link;
+use crate::registry::{AuthEventKind, DeviceStatus, RegistryError};
+use crate::session::refuse;
+use crate::state::AppState;
+use crate::{close_code, now_ms};
+
+/// Longest device id accepted.
+const MAX_DEVICE_ID_LEN: usize = 128;
+
+/// A device that proved possession of its registered (or newly pending) key.
+pub(crate) struct Authenticated {
+    pub device_id: String,
+    pub key: PublicKey,
+    pub status: DeviceStatus,
+}
+
+/// The params of the authentication request.
+struct AuthParams {
+    device_id: String,
+    public_key_pem: String,
+    key: PublicKey,
+    challenge: Option<String>,
+    bridge_version: Option<String>,
+}
+
+/// Why an attempt failed: the label counted, the error answered, the detail logged.
+struct AuthFailure {
+    reason: &'static str,
+    error: RpcError,
+}
+
+impl AuthFailure {
+    fn new(reason: &'static str, code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut error = RpcError::new(code, message);
+        error.data = Some(json!({ "reason": reason }));
+        AuthFailure { reason, error }
+    }
+}
+
+/// Runs the handshake; `None` if the connection ended or was refused (the
+/// close has been asked of the link).
+pub(crate) async fn authenticate(
+    state: &AppState,
+    link: &Link,
+    stream: &mut SplitStream<WebSocket>,
+) -> Option<Authenticated> {
+    let config = state.config();
+    let challenge = new_challenge();
+    let hello = Message::notification(auth::CHALLENGE, json!({ "challenge": challenge }));
+    let text =
+        state
+            .signer()
+            .sign_to_text(&hello, ANY_AUDIENCE, Direction::CloudToDevice, now_ms());
+    link.send(text).await.ok()?;
+
+    let deadline = Instant::now() + config.auth_timeout;
+    loop {
+        let received = tokio::select! {
+            _ = link.stop().cancelled() => return None,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::info!("device did not authenticate in time");
+                link.close(close_code::AUTH_TIMEOUT, "authentication timed out");
+                return None;
+            }
+            received = stream.next() => received,
+        };
+        let text = match received {
+            Some(Ok(WsMessage::Text(text))) => text,
+            Some(Ok(WsMessage::Binary(_))) => {
+                refuse(state, link, "", ANY_AUDIENCE, inbound::binary_frame()).await;
+                continue;
+            }
+            Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+            Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => return None,
+        };
+        let frame = match inbound::parse(&text, config.max_frame_bytes) {
+            Ok(frame) => frame,
+            Err(refused) => {
+                refuse(state, link, "", ANY_AUDIENCE, refused).await;
+                continue;
+            }
+        };
+        let Some(request_id) = inbound::request_id(&frame).filter(|_| {
+            frame.get("method").and_then(Value::as_str) == Some(&config.auth_rpc_method)
+        }) else {
+            // Not authenticated yet: nothing but authentication is heard.
+            if let Some(id) = inbound::request_id(&frame) {
+                let error = RpcError::new(
+                    ErrorCode::NotAccepted,
+                    format!("authenticate first with {}", config.auth_rpc_method),
+                );
+                send_error(state, link, &claimed_signer(&frame), id, error).await;
+            }
+            continue;
+        };
+        return match attempt(state, link, frame, &challenge).await {
+            Ok(device) => device,
+            Err((claimed_device, failure)) => {
+                fail(state, link, claimed_device.as_deref(), request_id, failure).await;
+                None
+            }
+        };
+    }
+}
+
+/// Verifies one authentication request and applies the registry's verdict.
+/// On failure returns the device id the request claimed, if readable.
+async fn attempt(
+    state: &AppState,
+    link: &Link,
+    frame: Map<String, Value>,
+    challenge: &str,
+) -> Result<Option<Authenticated>, (Option<String>, AuthFailure)> {
+    let config = state.config();
+    // The key to verify with comes from the frame itself: proof of possession.
+    let claimed = auth_params(frame.get("params")).map_err(|f| (None, f))?;
+    let claimed_id = Some(claimed.device_id.clone());
+    let expect = Expectation {
+        signer_id: &claimed.device_id,
+        key: &claimed.key,
+        audience_id: &config.cloud_id,
+        direction: Direction::DeviceToCloud,
+        skew_ms: state.skew_ms(),
+        now_ms: now_ms(),
+    };
+    let verified = inbound::verify(frame, &expect, state.replay_guard()).map_err(|refused| {
+        let refusal = refused.refusal;
+        let mut error = RpcError::refused(&refusal);
+        error.message = format!("authentication {}", error.message);
+        (
+            claimed_id.clone(),
+            AuthFailure {
+                reason: refusal.reason(),
+                error,
+            },
+        )
+    })?;
+
+    // From here on, act only on the verified message.
+    let Message::Request { id, params, .. } = verified.message else {
+        let failure = AuthFailure::new(
+            "bad_auth_params",
+            ErrorCode::InvalidRequest,
+            "not a request",
+        );
+        return Err((claimed_id, failure));
+    };
+    let params = auth_params(params.as_ref()).map_err(|f| (claimed_id.clone(), f))?;
+    if params.challenge.as_deref() != Some(challenge) {
+        return Err((
+            claimed_id,
+            AuthFailure::new(
+                "bad_challenge",
+                ErrorCode::Refused,
+                "challenge does not match the one sent on this connection",
+            ),
+        ));
+    }
+    Ok(decide(state, link, id, params).await)
+}
+
+/// What the registry says of a device that proved possession of a key.
+enum Verdict {
+    Status(DeviceStatus),
+    /// The id is registered with another key (whose fingerprint this is).
+    KeyMismatch(String),
+}
+
+/// Answers a device that proved possession of its key with the registry's
+/// verdict; `Some` if the connection stays open.
+async fn decide(
+    state: &AppState,
+    link: &Link,
+    request_id: Value,
+    params: AuthParams,
+) -> Option<Authenticated> {
+    let device_id = params.device_id.as_str();
+    let fingerprint = keys::fingerprint(&params.key);
+    let status = match verdict(state, &params, &fingerprint).await {
+        Ok(Verdict::Status(status)) => status,
+        Ok(Verdict::KeyMismatch(registered)) => {
+            tracing::warn!(
+                %device_id, presented = %fingerprint, %registered,
+                "known device id presented a different key; refused"
+            );
+            let detail = format!("presented {fingerprint}; registered {registered}");
+            if let Err(e) = state
+                .registry()
+                .add_auth_event(
+                    device_id,
+                    AuthEventKind::KeyMismatch,
+                    &detail,
+                    now_ms() as i64,
+                )
+                .await
+            {
+                tracing::warn!(%device_id, error = %e, "cannot record key_mismatch");
+            }
+            state.refusal_counters().increment("key_mismatch");
+            let mut error = RpcError::new(
+                ErrorCode::Refused,
+                format!("device id {device_id} is registered with a different key"),
+            );
+            error.data = Some(json!({ "reason": "key_mismatch" }));
+            send_error(state, link, device_id, request_id, error).await;
+            link.close(
+                close_code::KEY_MISMATCH,
+                "device id is registered with a different key",
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(%device_id, error = %e, "registry failed during authentication");
+            let error = RpcError::new(ErrorCode::InternalError, "registry unavailable; retry");
+            send_error(state, link, device_id, request_id, error).await;
+            link.close(close_code::INTERNAL_ERROR, "registry unavailable");
+            return None;
+        }
+    };
+
+    let answer = Message::result(request_id, json!({ "status": status.as_str() }));
+    let text = state
+        .signer()
+        .sign_to_text(&answer, device_id, Direction::CloudToDevice, now_ms());
+    link.send(text).await.ok()?;
+    if status == DeviceStatus::Rejected {
+        tracing::info!(%device_id, "rejected device tried to connect; closing");
+        link.close(close_code::REJECTED, "device rejected");
+        return None;
+    }
+    tracing::info!(%device_id, %status, "device authenticated");
+    Some(Authenticated {
+        device_id: params.device_id,
+        key: params.key,
+        status,
+    })
+}
+
+/// Looks the device up, registering an unknown one as pending, and records
+/// the authentication of a known one. Never re-keys.
+async fn verdict(
+    state: &AppState,
+    params: &AuthParams,
+    fingerprint: &str,
+) -> Result<Verdict, RegistryError> {
+    let registry = state.registry();
+    let now = now_ms() as i64;
+    let id = params.device_id.as_str();
+    let bridge_version = params.bridge_version.as_deref();
+    let record = match registry.device(id).await? {
+        Some(record) => record,
+        None => {
+            if registry
+                .register_new_key(id, &params.public_key_pem, fingerprint, bridge_version, now)
+                .await?
+            {
+                tracing::info!(device_id = %id, %fingerprint, "new device key; pending approval");
+                return Ok(Verdict::Status(DeviceStatus::Pending));
+            }
+            // Another connection registered this id a moment ago.
+            registry.device(id).await?.ok_or_else(|| {
+                RegistryError::Corrupt(format!("device {id} vanished while registering"))
+            })?
+        }
+    };
+    if keys::public_key_from_pem(&record.public_key).ok() != Some(params.key) {
+        return Ok(Verdict::KeyMismatch(record.fingerprint));
+    }
+    registry
+        .record_authenticated(id, bridge_version, record.status.as_str(), now)
+        .await?;
+    Ok(Verdict::Status(record.status))
+}
+
+/// Reads `{device_id, public_key, challenge, bridge_version}`.
+fn auth_params(params: Option<&Value>) -> Result<AuthParams, AuthFailure> {
+    let bad =
+        |message: &str| AuthFailure::new("bad_auth_params", ErrorCode::InvalidParams, message);
+    let params = params.and_then(Value::as_object).ok_or_else(|| {
+        bad("params must be an object with device_id, public_key, challenge and bridge_version")
+    })?;
+    let text = |name: &str| params.get(name).and_then(Value::as_str).map(str::to_owned);
+    let device_id = text("device_id").ok_or_else(|| bad("params.device_id must be a string"))?;
+    if !valid_device_id(&device_id) {
+        return Err(bad(
+            "params.device_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        ));
+    }
+    let public_key_pem =
+        text("public_key").ok_or_else(|| bad("params.public_key must be a PEM string"))?;
+    let key = keys::public_key_from_pem(&public_key_pem).map_err(|e| {
+        bad(&format!(
+            "params.public_key is not an Ed25519 SPKI PEM key: {e}"
+        ))
+    })?;
+    Ok(AuthParams {
+        device_id,
+        public_key_pem,
+        key,
+        challenge: text("challenge"),
+        bridge_version: text("bridge_version"),
+    })
+}
+
+fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DEVICE_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Logs, counts, records (for a known device) and answers a failed attempt,
+/// then closes the connection.
+async fn fail(
+    state: &AppState,
+    link: &Link,
+    device_id: Option<&str>,
+    request_id: Value,
+    failure: AuthFailure,
+) {
+    let AuthFailure { reason, error } = failure;
+    tracing::warn!(device_id = device_id.unwrap_or("?"), reason, message = %error.message, "device authentication failed");
+    state.refusal_counters().increment(reason);
+    if let Some(id) = device_id {
+        // Only known devices get an audit line, so strangers cannot fill the log.
+        let registry = state.registry();
+        if let Ok(Some(_)) = registry.device(id).await {
+            let detail = format!("{reason}: {}", error.message);
+            if let Err(e) = registry
+                .add_auth_event(id, AuthEventKind::AuthFailed, &detail, now_ms() as i64)
+                .await
+            {
+                tracing::warn!(device_id = id, error = %e, "cannot record auth_failed");
+            }
+        }
+    }
+    send_error(
+        state,
+        link,
+        device_id.unwrap_or(ANY_AUDIENCE),
+        request_id,
+        error,
+    )
+    .await;
+    link.close(close_code::AUTH_FAILED, "authentication failed");
+}
+
+async fn send_error(state: &AppState, link: &Link, audience: &str, id: Value, error: RpcError) {
+    let text = state.signer().sign_to_text(
+        &Message::error(id, error),
+        audience,
+        Direction::CloudToDevice,
+        now_ms(),
+    );
+    let _ = link.send(text).await;
+}
+
+/// Whom an unauthenticated frame claims to be from (only to address an error).
+fn claimed_signer(frame: &Map<String, Value>) -> String {
+    frame
+        .get("meta")
+        .and_then(|meta| meta.get("signer_id"))
+        .and_then(Value::as_str)
+        .unwrap_or(ANY_AUDIENCE)
+        .to_owned()
+}
+
+fn new_challenge() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}

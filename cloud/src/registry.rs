@@ -1,0 +1,477 @@
+//! The device registry in SQLite: devices and their keys, the auth audit log,
+//! and the container events devices report.
+//!
+//! Every write that belongs with an audit event happens in one transaction with
+//! it. Timestamps are milliseconds since the Unix epoch.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+/// Container events kept per device; older ones are pruned on insert.
+pub const DEVICE_EVENTS_KEPT: i64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("corrupt registry row: {0}")]
+    Corrupt(String),
+}
+
+/// Where an operator has put a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Its key is known but no operator has decided yet; it may only authenticate.
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Accepted => "accepted",
+            DeviceStatus::Rejected => "rejected",
+        }
+    }
+}
+
+impl FromStr for DeviceStatus {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(DeviceStatus::Pending),
+            "accepted" => Ok(DeviceStatus::Accepted),
+            "rejected" => Ok(DeviceStatus::Rejected),
+            other => Err(RegistryError::Corrupt(format!("unknown status {other:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the auth audit log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthEventKind {
+    /// An unknown device id presented a key; it is now pending.
+    NewKey,
+    Authenticated,
+    Accepted,
+    Rejected,
+    Deleted,
+    /// A known id presented a different key (the detail holds its fingerprint).
+    KeyMismatch,
+    /// A known id failed to authenticate (the detail says why).
+    AuthFailed,
+}
+
+impl AuthEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthEventKind::NewKey => "new_key",
+            AuthEventKind::Authenticated => "authenticated",
+            AuthEventKind::Accepted => "accepted",
+            AuthEventKind::Rejected => "rejected",
+            AuthEventKind::Deleted => "deleted",
+            AuthEventKind::KeyMismatch => "key_mismatch",
+            AuthEventKind::AuthFailed => "auth_failed",
+        }
+    }
+}
+
+/// One registered device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    /// SPKI PEM of the key the device first presented.
+    pub public_key: String,
+    pub fingerprint: String,
+    pub status: DeviceStatus,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub bridge_version: Option<String>,
+    pub last_health: Option<Value>,
+    pub last_health_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    id: String,
+    public_key: String,
+    fingerprint: String,
+    status: String,
+    first_seen: i64,
+    last_seen: i64,
+    bridge_version: Option<String>,
+    last_health: Option<String>,
+    last_health_at: Option<i64>,
+}
+
+impl TryFrom<DeviceRow> for DeviceRecord {
+    type Error = RegistryError;
+
+    fn try_from(row: DeviceRow) -> Result<Self, Self::Error> {
+        let last_health = row
+            .last_health
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| RegistryError::Corrupt(format!("last_health of {}: {e}", row.id)))?;
+        Ok(DeviceRecord {
+            status: row.status.parse()?,
+            id: row.id,
+            public_key: row.public_key,
+            fingerprint: row.fingerprint,
+            first_seen: row.first_seen,
+            last_seen: row.last_seen,
+            bridge_version: row.bridge_version,
+            last_health,
+            last_health_at: row.last_health_at,
+        })
+    }
+}
+
+/// One line of the auth audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AuthEvent {
+    pub id: i64,
+    pub device_id: String,
+    pub at: i64,
+    pub event: String,
+    pub detail: String,
+}
+
+/// One container event a device reported.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceEvent {
+    pub id: i64,
+    pub device_id: String,
+    pub at: i64,
+    pub topic: String,
+    pub payload: Value,
+}
+
+/// A cheap, cloneable handle on the registry database.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pool: SqlitePool,
+}
+
+const DEVICE_COLUMNS: &str = "id, public_key, fingerprint, status, first_seen, last_seen, \
+                              bridge_version, last_health, last_health_at";
+
+impl Registry {
+    /// Opens (creating the file and its directory if missing) and migrates the
+    /// database at `url`, e.g. `sqlite://data/cloud.db`.
+    pub async fn open(url: &str) -> Result<Self, RegistryError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        create_parent_dir(options.get_filename())?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Registry { pool })
+    }
+
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
+        let row: Option<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(DeviceRecord::try_from).transpose()
+    }
+
+    /// All devices, pending ones first (they wait for an operator), then by id.
+    pub async fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
+        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices \
+             ORDER BY CASE status WHEN 'pending' THEN 0 ELSE 1 END, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(DeviceRecord::try_from).collect()
+    }
+
+    /// Records an unknown device as pending, with a `new_key` event. Returns
+    /// false (and changes nothing) if the id is already registered.
+    pub async fn register_new_key(
+        &self,
+        id: &str,
+        public_key_pem: &str,
+        fingerprint: &str,
+        bridge_version: Option<&str>,
+        now: i64,
+    ) -> Result<bool, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO devices (id, public_key, fingerprint, status, first_seen, last_seen, bridge_version) \
+             VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(public_key_pem)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(now)
+        .bind(bridge_version)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            insert_auth_event(&mut tx, id, AuthEventKind::NewKey, fingerprint, now).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// A known device proved possession of its key: bumps last_seen, stores the
+    /// bridge version and logs `authenticated`.
+    pub async fn record_authenticated(
+        &self,
+        id: &str,
+        bridge_version: Option<&str>,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE devices SET last_seen = ?, bridge_version = COALESCE(?, bridge_version) WHERE id = ?",
+        )
+        .bind(now)
+        .bind(bridge_version)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        insert_auth_event(&mut tx, id, AuthEventKind::Authenticated, detail, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An operator decision. Returns the updated device, or None if unknown.
+    pub async fn set_status(
+        &self,
+        id: &str,
+        status: DeviceStatus,
+        detail: &str,
+        now: i64,
+    ) -> Result<Option<DeviceRecord>, RegistryError> {
+        let event = match status {
+            DeviceStatus::Accepted => AuthEventKind::Accepted,
+            DeviceStatus::Rejected => AuthEventKind::Rejected,
+            DeviceStatus::Pending => {
+                return Err(RegistryError::Corrupt(
+                    "a device cannot be set back to pending".into(),
+                ))
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("UPDATE devices SET status = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        insert_auth_event(&mut tx, id, event, detail, now).await?;
+        let row: DeviceRow = sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(row.try_into()?))
+    }
+
+    /// Forgets a device and its container events; the audit log keeps a
+    /// `deleted` line. Returns false if the id was unknown.
+    pub async fn delete(&self, id: &str, detail: &str, now: i64) -> Result<bool, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM devices WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if deleted {
+            sqlx::query("DELETE FROM device_events WHERE device_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            insert_auth_event(&mut tx, id, AuthEventKind::Deleted, detail, now).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    pub async fn touch(&self, id: &str, now: i64) -> Result<(), RegistryError> {
+        sqlx::query("UPDATE devices SET last_seen = MAX(last_seen, ?) WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_health(
+        &self,
+        id: &str,
+        health: &Value,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        sqlx::query("UPDATE devices SET last_health = ?, last_health_at = ?, last_seen = MAX(last_seen, ?) WHERE id = ?")
+            .bind(health.to_string())
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a container event and prunes the device's events beyond the
+    /// latest [`DEVICE_EVENTS_KEPT`].
+    pub async fn add_device_event(
+        &self,
+        device_id: &str,
+        topic: &str,
+        payload: &Value,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO device_events (device_id, at, topic, payload) VALUES (?, ?, ?, ?)",
+        )
+        .bind(device_id)
+        .bind(now)
+        .bind(topic)
+        .bind(payload.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM device_events WHERE device_id = ?1 AND id <= \
+             (SELECT id FROM device_events WHERE device_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )
+        .bind(device_id)
+        .bind(DEVICE_EVENTS_KEPT)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest container events of a device, newest first.
+    pub async fn device_events(
+        &self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<DeviceEvent>, RegistryError> {
+        let rows: Vec<(i64, String, i64, String, String)> = sqlx::query_as(
+            "SELECT id, device_id, at, topic, payload FROM device_events \
+             WHERE device_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, device_id, at, topic, payload)| {
+                let payload = serde_json::from_str(&payload)
+                    .map_err(|e| RegistryError::Corrupt(format!("device event {id}: {e}")))?;
+                Ok(DeviceEvent {
+                    id,
+                    device_id,
+                    at,
+                    topic,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn add_auth_event(
+        &self,
+        device_id: &str,
+        event: AuthEventKind,
+        detail: &str,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_auth_event(&mut conn, device_id, event, detail, now).await
+    }
+
+    /// The auth audit log, newest first, of one device or of all.
+    pub async fn auth_events(
+        &self,
+        device_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuthEvent>, RegistryError> {
+        let events = sqlx::query_as(
+            "SELECT id, device_id, at, event, detail FROM auth_events \
+             WHERE ?1 IS NULL OR device_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(events)
+    }
+}
+
+async fn insert_auth_event(
+    conn: &mut sqlx::SqliteConnection,
+    device_id: &str,
+    event: AuthEventKind,
+    detail: &str,
+    now: i64,
+) -> Result<(), RegistryError> {
+    sqlx::query("INSERT INTO auth_events (device_id, at, event, detail) VALUES (?, ?, ?, ?)")
+        .bind(device_id)
+        .bind(now)
+        .bind(event.as_str())
+        .bind(detail)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+fn create_parent_dir(file: &Path) -> Result<(), RegistryError> {
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if file.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|source| RegistryError::CreateDir {
+        path: dir.display().to_string(),
+        source,
+    })
+}

@@ -1,0 +1,135 @@
+//! What every handler and device session shares: config, the cloud's signing
+//! identity, the registry, the fleet of live sessions, the replay guard and
+//! the refusal counters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use protocol::keys::PublicKey;
+use protocol::{ReplayGuard, Signer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::CloudConfig;
+use crate::fleet::Fleet;
+use crate::refusals::RefusalCounters;
+use crate::registry::Registry;
+
+/// Most nonces the cloud-wide replay guard remembers at once (it fails closed
+/// beyond). About 100 bytes each, so ~100 MB at worst.
+const REPLAY_GUARD_CAPACITY: usize = 1_000_000;
+
+/// A cheap, cloneable handle on the cloud's shared state.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    config: CloudConfig,
+    signer: Arc<Signer>,
+    registry: Registry,
+    fleet: Fleet,
+    /// One guard for the whole cloud: a nonce is unique per signer, and a
+    /// device may hop between connections.
+    replay_guard: Mutex<ReplayGuard>,
+    refusals: RefusalCounters,
+    admin_token: String,
+    /// Cancelled at shutdown; every device connection stops on it.
+    sessions_stop: CancellationToken,
+    /// Device connection tasks, so that shutdown can wait for their close frames.
+    sessions: TaskTracker,
+}
+
+impl AppState {
+    /// Loads the cloud's private key and the admin token (creating the token
+    /// file if missing) named in `config`.
+    pub async fn new(config: CloudConfig, registry: Registry) -> anyhow::Result<Self> {
+        let key = protocol::keys::read_private_key(&config.private_key_path)
+            .context("cannot load the cloud's private key")?;
+        let admin_token = crate::admin_token::load_or_create(&config.admin_token_file)?;
+        tracing::info!(
+            path = %config.admin_token_file.display(),
+            "admin token file (use it as the API bearer token)"
+        );
+        let signer = Arc::new(Signer::new(config.cloud_id.clone(), key));
+        let skew_ms = u64::try_from(config.skew.as_millis()).unwrap_or(u64::MAX);
+        Ok(AppState {
+            inner: Arc::new(Shared {
+                fleet: Fleet::new(registry.clone()),
+                replay_guard: Mutex::new(ReplayGuard::new(skew_ms, REPLAY_GUARD_CAPACITY)),
+                config,
+                signer,
+                registry,
+                refusals: RefusalCounters::default(),
+                admin_token,
+                sessions_stop: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &CloudConfig {
+        &self.inner.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        &self.inner.fleet
+    }
+
+    /// The key devices verify the cloud's messages with.
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.signer.public_key()
+    }
+
+    /// Refused device frames so far, by [`protocol::Refusal::reason`] (plus
+    /// `bad_auth_params` and `bad_challenge` for failed authentications).
+    pub fn refusals(&self) -> HashMap<&'static str, u64> {
+        self.inner.refusals.snapshot()
+    }
+
+    /// Ends every device connection (close 1001) and lets no new one start.
+    pub fn close_all_sessions(&self) {
+        self.inner.sessions.close();
+        self.inner.sessions_stop.cancel();
+    }
+
+    /// Waits until every device connection task has finished.
+    pub async fn sessions_closed(&self) {
+        self.inner.sessions.close();
+        self.inner.sessions.wait().await;
+    }
+
+    pub(crate) fn signer(&self) -> &Arc<Signer> {
+        &self.inner.signer
+    }
+
+    pub(crate) fn replay_guard(&self) -> &Mutex<ReplayGuard> {
+        &self.inner.replay_guard
+    }
+
+    pub(crate) fn refusal_counters(&self) -> &RefusalCounters {
+        &self.inner.refusals
+    }
+
+    pub(crate) fn admin_token(&self) -> &str {
+        &self.inner.admin_token
+    }
+
+    pub(crate) fn sessions_stop(&self) -> &CancellationToken {
+        &self.inner.sessions_stop
+    }
+
+    pub(crate) fn session_tracker(&self) -> &TaskTracker {
+        &self.inner.sessions
+    }
+
+    pub(crate) fn skew_ms(&self) -> u64 {
+        u64::try_from(self.inner.config.skew.as_millis()).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,283 @@
+//! Every way a frame is refused at the cloud, one test each. Each asserts the
+//! signed error's reason, that the refusal was counted, and that a valid
+//! `cloud.ping` on the same connection still works afterwards.
+
+mod support;
+
+use protocol::keys;
+use protocol::{canonical_signing_bytes, Direction, Message};
+use serde_json::{json, Map, Value};
+use support::{now_ms, TestCloud, TestDevice};
+
+const SMALL_FRAME_LIMIT: usize = 2048;
+
+async fn live_device() -> (TestCloud, TestDevice) {
+    let cloud = TestCloud::start_with(|c| c.max_frame_bytes = SMALL_FRAME_LIMIT).await;
+    let device = cloud.accepted_device("dev-1").await;
+    (cloud, device)
+}
+
+fn ping(id: &str) -> Message {
+    Message::request(id, "cloud.ping", json!({"n": 1}))
+}
+
+/// Asserts the refusal (answered with `id`), its count, and that the
+/// connection carries on.
+async fn assert_refused_then_alive(
+    cloud: &TestCloud,
+    device: &mut TestDevice,
+    id: Value,
+    reason: &str,
+) {
+    device.expect_refusal(id, reason).await;
+    assert!(
+        cloud.state.refusals().get(reason).copied().unwrap_or(0) >= 1,
+        "{reason} not counted: {:?}",
+        cloud.state.refusals()
+    );
+    device.ping_cloud().await;
+}
+
+#[tokio::test]
+async fn tampered_params() {
+    let (cloud, mut device) = live_device().await;
+    let mut frame = device.signed(&ping("r-1"));
+    frame["params"]["n"] = json!(2);
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_signature").await;
+}
+
+#[tokio::test]
+async fn tampered_meta_field() {
+    let (cloud, mut device) = live_device().await;
+    let mut frame = device.signed(&ping("r-1"));
+    let timestamp = frame["meta"]["timestamp"].as_u64().unwrap();
+    frame["meta"]["timestamp"] = json!(timestamp - 1);
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_signature").await;
+}
+
+#[tokio::test]
+async fn wrong_audience() {
+    let (cloud, mut device) = live_device().await;
+    let frame = device.signed_as(
+        &ping("r-1"),
+        &device.key.clone(),
+        "dev-1",
+        "another-cloud",
+        Direction::DeviceToCloud,
+        now_ms(),
+    );
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "wrong_audience").await;
+}
+
+#[tokio::test]
+async fn wrong_direction() {
+    let (cloud, mut device) = live_device().await;
+    let frame = device.signed_as(
+        &ping("r-1"),
+        &device.key.clone(),
+        "dev-1",
+        &cloud.cloud_id,
+        Direction::CloudToDevice,
+        now_ms(),
+    );
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "wrong_direction").await;
+}
+
+#[tokio::test]
+async fn stale_timestamp_beyond_skew() {
+    let (cloud, mut device) = live_device().await;
+    let frame = device.signed_as(
+        &ping("r-1"),
+        &device.key.clone(),
+        "dev-1",
+        &cloud.cloud_id,
+        Direction::DeviceToCloud,
+        now_ms() - 61_000,
+    );
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "stale").await;
+}
+
+#[tokio::test]
+async fn future_timestamp_beyond_skew() {
+    let (cloud, mut device) = live_device().await;
+    let frame = device.signed_as(
+        &ping("r-1"),
+        &device.key.clone(),
+        "dev-1",
+        &cloud.cloud_id,
+        Direction::DeviceToCloud,
+        now_ms() + 61_000,
+    );
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "future").await;
+}
+
+#[tokio::test]
+async fn byte_exact_replay() {
+    let (cloud, mut device) = live_device().await;
+    let text = Value::Object(device.signed(&ping("r-1"))).to_string();
+    device.send_text(text.clone()).await;
+    assert!(device.expect_response(json!("r-1")).await.is_ok());
+    device.send_text(text).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "replayed").await;
+}
+
+#[tokio::test]
+async fn unknown_signer() {
+    let (cloud, mut device) = live_device().await;
+    let frame = device.signed_as(
+        &ping("r-1"),
+        &device.key.clone(),
+        "mallory",
+        &cloud.cloud_id,
+        Direction::DeviceToCloud,
+        now_ms(),
+    );
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "wrong_signer").await;
+}
+
+#[tokio::test]
+async fn signature_by_another_key() {
+    let (cloud, mut device) = live_device().await;
+    let frame = device.signed_as(
+        &ping("r-1"),
+        &keys::generate(),
+        "dev-1",
+        &cloud.cloud_id,
+        Direction::DeviceToCloud,
+        now_ms(),
+    );
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_signature").await;
+}
+
+#[tokio::test]
+async fn missing_meta() {
+    let (cloud, mut device) = live_device().await;
+    device.send_frame(ping("r-1").to_value()).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "missing_meta").await;
+}
+
+#[tokio::test]
+async fn other_algorithm() {
+    let (cloud, mut device) = live_device().await;
+    let mut frame = device.signed(&ping("r-1"));
+    frame["meta"]["algorithm"] = json!("hmac-sha256");
+    device.send_frame(frame).await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "unsupported_algorithm").await;
+}
+
+#[tokio::test]
+async fn malformed_json() {
+    let (cloud, mut device) = live_device().await;
+    device
+        .send_text(r#"{"jsonrpc":"2.0","id":"r-1","method":"cloud.ping""#)
+        .await;
+    // The id of an unreadable frame is unknown: JSON-RPC answers with null.
+    assert_refused_then_alive(&cloud, &mut device, Value::Null, "malformed_json").await;
+}
+
+#[tokio::test]
+async fn duplicate_keys() {
+    let (cloud, mut device) = live_device().await;
+    let text = Value::Object(device.signed(&ping("r-1"))).to_string();
+    let duplicated = text.replacen('{', r#"{"method":"containers.remove","#, 1);
+    device.send_text(duplicated).await;
+    assert_refused_then_alive(&cloud, &mut device, Value::Null, "duplicate_key").await;
+}
+
+#[tokio::test]
+async fn integer_beyond_two_to_the_53() {
+    let (cloud, mut device) = live_device().await;
+    let two_53: u64 = 1 << 53;
+    let with = |n: u64| Message::request("r-1", "cloud.ping", json!({ "n": n }));
+
+    // The trap: JCS writes 2^53+1 as the double 2^53, so both sign the same bytes.
+    let canonical = |n| {
+        let mut map: Map<String, Value> = with(n).to_value();
+        map.insert("meta".into(), json!({}));
+        canonical_signing_bytes(&map)
+    };
+    assert_eq!(canonical(two_53 + 1), canonical(two_53));
+
+    // 2^53+1 signed as is: refused before any signature check.
+    device.send_frame(device.signed(&with(two_53 + 1))).await;
+    assert_refused_then_alive(&cloud, &mut device, Value::Null, "unsafe_number").await;
+
+    // Its rounded neighbour signed, while the frame carries 2^53+1: refused too.
+    let signed_neighbour = Value::Object(device.signed(&with(two_53))).to_string();
+    let carried = signed_neighbour.replace(&two_53.to_string(), &(two_53 + 1).to_string());
+    assert_ne!(carried, signed_neighbour);
+    device.send_text(carried).await;
+    assert_refused_then_alive(&cloud, &mut device, Value::Null, "unsafe_number").await;
+}
+
+#[tokio::test]
+async fn batch_array() {
+    let (cloud, mut device) = live_device().await;
+    let frame = Value::Object(device.signed(&ping("r-1")));
+    device.send_text(json!([frame]).to_string()).await;
+    assert_refused_then_alive(&cloud, &mut device, Value::Null, "batch").await;
+}
+
+#[tokio::test]
+async fn binary_frame() {
+    let (cloud, mut device) = live_device().await;
+    let text = Value::Object(device.signed(&ping("r-1"))).to_string();
+    device.send_binary(text.into_bytes()).await;
+    assert_refused_then_alive(&cloud, &mut device, Value::Null, "binary_frame").await;
+}
+
+#[tokio::test]
+async fn oversized_frame() {
+    let (cloud, mut device) = live_device().await;
+    let padding = "x".repeat(SMALL_FRAME_LIMIT);
+    let big = Message::request("r-1", "cloud.ping", json!({ "padding": padding }));
+    device.send_frame(device.signed(&big)).await;
+    let error = device.expect_refusal(Value::Null, "too_large").await;
+    assert!(
+        error.message.contains("exceeds the limit"),
+        "{}",
+        error.message
+    );
+    assert_eq!(cloud.state.refusals().get("too_large"), Some(&1));
+    device.ping_cloud().await;
+}
+
+#[tokio::test]
+async fn bad_method_name() {
+    let (cloud, mut device) = live_device().await;
+    device
+        .send_message(&Message::request("r-1", "rpc.>", json!({})))
+        .await;
+    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_method_name").await;
+}
+
+#[tokio::test]
+async fn a_refused_notification_is_not_answered() {
+    let (cloud, mut device) = live_device().await;
+    let mut frame = device.signed(&Message::notification("device.health", json!({"cpu": 1})));
+    frame["params"]["cpu"] = json!(99);
+    device.send_frame(frame).await;
+    // The next thing the device hears is the answer to its ping, not an error.
+    device.ping_cloud().await;
+    assert_eq!(cloud.state.refusals().get("bad_signature"), Some(&1));
+    assert_eq!(
+        cloud.device("dev-1").await["device"]["last_health"],
+        Value::Null
+    );
+}
+
+#[tokio::test]
+async fn unknown_cloud_method_is_method_not_found() {
+    let (_cloud, mut device) = live_device().await;
+    let error = device.call("cloud.nothing", json!({})).await.unwrap_err();
+    assert_eq!(error.code, protocol::ErrorCode::MethodNotFound.code());
+    device.ping_cloud().await;
+}

@@ -1,0 +1,310 @@
+//! The real components, started in-process for a scenario: a cloud on
+//! 127.0.0.1 with its SQLite file in a temp dir, and devices made of a real
+//! nats-server, bridge and worker (backed by the real Docker engine).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge::{Bridge, BridgeConfig, BridgeStats};
+use cloud::{AppState, CloudConfig};
+use protocol::keys::{self, PrivateKey};
+use protocol::Signer;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::nats::NatsServer;
+use crate::wait_until;
+
+/// How long a scenario waits for something that should happen at once.
+pub const SOON: Duration = Duration::from_secs(15);
+
+/// A real cloud, restartable on the same address with the same registry.
+pub struct RunningCloud {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub config: CloudConfig,
+    state: AppState,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningCloud {
+    pub async fn start() -> RunningCloud {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with a fresh key and registry; `adjust` may change the config.
+    pub async fn start_with(adjust: impl FnOnce(&mut CloudConfig)) -> RunningCloud {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let key_path = dir.path().join("cloud_private.pem");
+        keys::write_private_key(&key_path, &keys::generate()).expect("cloud key");
+        let mut config = CloudConfig {
+            private_key_path: key_path,
+            database_url: format!("sqlite://{}", dir.path().join("cloud.db").display()),
+            admin_token_file: dir.path().join("admin.token"),
+            ..CloudConfig::default()
+        };
+        adjust(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener, dir, config).await
+    }
+
+    async fn serve(listener: TcpListener, dir: TempDir, config: CloudConfig) -> RunningCloud {
+        let addr = listener.local_addr().expect("address");
+        let registry = cloud::Registry::open(&config.database_url)
+            .await
+            .expect("registry");
+        let state = AppState::new(config.clone(), registry)
+            .await
+            .expect("cloud state");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(cloud::serve(listener, state.clone(), shutdown.clone()));
+        RunningCloud {
+            addr,
+            dir,
+            config,
+            state,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the cloud (devices see their sockets close) and starts it again
+    /// on the same address, with the same key and registry.
+    pub async fn restart(&mut self) {
+        self.shutdown.cancel();
+        (&mut self.task)
+            .await
+            .expect("cloud task")
+            .expect("cloud stopped cleanly");
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the same address");
+        let registry = cloud::Registry::open(&self.config.database_url)
+            .await
+            .expect("registry");
+        self.state = AppState::new(self.config.clone(), registry)
+            .await
+            .expect("cloud state");
+        self.shutdown = CancellationToken::new();
+        self.task = tokio::spawn(cloud::serve(
+            listener,
+            self.state.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn public_key(&self) -> keys::PublicKey {
+        self.state.public_key()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws/device", self.addr)
+    }
+
+    pub fn api(&self) -> CloudApi {
+        let token = std::fs::read_to_string(&self.config.admin_token_file).expect("admin token");
+        CloudApi {
+            base: format!("http://{}/api/v1", self.addr),
+            token: token.trim().to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+impl Drop for RunningCloud {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The operator's HTTP API, as the CLI and dashboard use it.
+#[derive(Clone)]
+pub struct CloudApi {
+    pub base: String,
+    pub token: String,
+    http: reqwest::Client,
+}
+
+/// An API answer: HTTP status and JSON body.
+#[derive(Debug)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl CloudApi {
+    pub async fn get(&self, path: &str) -> ApiReply {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> ApiReply {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> ApiReply {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("API request");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        ApiReply { status, body }
+    }
+
+    /// The device's registry entry, if any.
+    pub async fn device(&self, id: &str) -> Option<Value> {
+        let reply = self.get(&format!("/devices/{id}")).await;
+        (reply.status == 200).then(|| reply.body["device"].clone())
+    }
+
+    pub async fn accept(&self, id: &str) {
+        let reply = self.post(&format!("/devices/{id}/accept"), json!({})).await;
+        assert_eq!(reply.status, 200, "accept {id}: {reply:?}");
+    }
+
+    pub async fn reject(&self, id: &str) {
+        let reply = self.post(&format!("/devices/{id}/reject"), json!({})).await;
+        assert_eq!(reply.status, 200, "reject {id}: {reply:?}");
+    }
+
+    pub async fn rpc(&self, device: &str, method: &str, params: Value) -> ApiReply {
+        self.rpc_with_timeout(device, method, params, None).await
+    }
+
+    pub async fn rpc_with_timeout(
+        &self,
+        device: &str,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> ApiReply {
+        let mut body = json!({ "method": method, "params": params });
+        if let Some(timeout) = timeout {
+            body["timeout_ms"] = json!(timeout.as_millis() as u64);
+        }
+        self.post(&format!("/devices/{device}/rpc"), body).await
+    }
+
+    /// Waits until the device's registry entry satisfies `check`.
+    pub async fn wait_for_device(
+        &self,
+        id: &str,
+        what: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_until(what, SOON, || async {
+            self.device(id).await.filter(|d| check(d))
+        })
+        .await
+    }
+}
+
+/// One device: its own nats-server, a bridge and (optionally) a worker.
+pub struct RunningDevice {
+    pub id: String,
+    pub key: PrivateKey,
+    pub nats: NatsServer,
+    pub bridge_stats: Arc<BridgeStats>,
+    bridge: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl RunningDevice {
+    /// A device with a fresh key, a bridge pointed at `cloud` and a worker.
+    pub async fn start(id: &str, cloud: &RunningCloud) -> RunningDevice {
+        let mut device = Self::start_bridge_only(id, keys::generate(), cloud, |_| {}).await;
+        device.start_worker().await;
+        device
+    }
+
+    pub async fn start_bridge_only(
+        id: &str,
+        key: PrivateKey,
+        cloud: &RunningCloud,
+        adjust: impl FnOnce(&mut BridgeConfig),
+    ) -> RunningDevice {
+        let nats = NatsServer::start().await;
+        let mut config = BridgeConfig::new(
+            cloud.ws_url(),
+            Signer::new(id, key.clone()),
+            cloud.config.cloud_id.clone(),
+            cloud.public_key(),
+        );
+        config.reconnect_min = Duration::from_millis(50);
+        config.reconnect_max = Duration::from_millis(500);
+        config.ping_interval = Duration::from_secs(5);
+        adjust(&mut config);
+        let bridge = Bridge::new(config, connect(&nats.url()).await);
+        let bridge_stats = bridge.stats();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bridge.run(shutdown.clone()));
+        RunningDevice {
+            id: id.to_owned(),
+            key,
+            nats,
+            bridge_stats,
+            bridge: Some((shutdown, task)),
+            worker: None,
+        }
+    }
+
+    pub async fn start_worker(&mut self) {
+        let config = worker::WorkerConfig {
+            health_interval: Duration::from_millis(300),
+            ..worker::WorkerConfig::default()
+        };
+        let docker = worker::connect_docker(None).expect("docker");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker::run(
+            connect(&self.nats.url()).await,
+            docker,
+            config,
+            shutdown.clone(),
+        ));
+        self.worker = Some((shutdown, task));
+    }
+
+    /// Stops the bridge as a device losing power would: its socket just closes.
+    pub async fn stop_bridge(&mut self) {
+        if let Some((shutdown, task)) = self.bridge.take() {
+            task.abort();
+            shutdown.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// A NATS client on this device's broker, as another worker would have.
+    pub async fn nats_client(&self) -> async_nats::Client {
+        connect(&self.nats.url()).await
+    }
+}
+
+impl Drop for RunningDevice {
+    fn drop(&mut self) {
+        for (shutdown, task) in self.bridge.iter().chain(self.worker.iter()) {
+            shutdown.cancel();
+            task.abort();
+        }
+    }
+}
+
+async fn connect(url: &str) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connect(url)
+        .await
+        .expect("NATS connection")
+}

@@ -1,0 +1,415 @@
+//! The whole signed RPC path, end to end: a real cloud, real bridges, a real
+//! worker on a real nats-server, and the real Docker engine.
+
+use std::time::{Duration, Instant};
+
+use e2e::docker::TestContainer;
+use e2e::stack::{RunningCloud, RunningDevice, SOON};
+use e2e::wait_until;
+use futures::StreamExt;
+use protocol::keys;
+use serde_json::{json, Value};
+
+async fn accepted_device(id: &str, cloud: &RunningCloud) -> RunningDevice {
+    let device = RunningDevice::start(id, cloud).await;
+    let api = cloud.api();
+    api.wait_for_device(id, "device pending", |d| d["status"] == "pending")
+        .await;
+    api.accept(id).await;
+    api.wait_for_device(id, "device online", |d| d["online"] == true)
+        .await;
+    wait_for_rpc_ok(cloud, id).await;
+    device
+}
+
+/// Waits until `rpc.discover` answers: the bridge is live and a worker serves.
+async fn wait_for_rpc_ok(cloud: &RunningCloud, id: &str) -> Value {
+    let api = cloud.api();
+    wait_until("rpc.discover answered", SOON, || async {
+        let reply = api.rpc(id, "rpc.discover", json!({})).await;
+        (reply.status == 200).then_some(reply.body)
+    })
+    .await
+}
+
+fn texts(lines: &Value, stream: &str) -> Vec<String> {
+    lines["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter(|l| l["stream"] == stream)
+        .map(|l| l["text"].as_str().expect("text").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_device_is_pending_until_accepted_then_lists_containers_and_reads_logs() {
+    let cloud = RunningCloud::start().await;
+    let api = cloud.api();
+    let device = RunningDevice::start("device-001", &cloud).await;
+
+    let pending = api
+        .wait_for_device("device-001", "device pending", |d| d["status"] == "pending")
+        .await;
+    assert_eq!(
+        pending["fingerprint"],
+        keys::fingerprint(&device.key.verifying_key())
+    );
+    let refused = api.rpc("device-001", "containers.list", json!({})).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["kind"].as_str()),
+        (409, Some("not_accepted"))
+    );
+
+    // Accepting turns the same connection live: the bridge never reconnects.
+    let nats = device.nats_client().await;
+    let mut status = nats.subscribe(protocol::nats::BRIDGE_STATUS).await.unwrap();
+    nats.flush().await.unwrap();
+    api.accept("device-001").await;
+    let next = tokio::time::timeout(SOON, status.next())
+        .await
+        .expect("a bridge.status")
+        .unwrap();
+    let next: Value = serde_json::from_slice(&next.payload).unwrap();
+    assert_eq!(
+        next["state"], "live",
+        "the first state change after accept is live: {next}"
+    );
+
+    let container =
+        TestContainer::start("echo line-1; echo line-2 >&2; echo line-3; sleep 600").await;
+    let listed = wait_for_rpc_ok(&cloud, "device-001").await;
+    assert!(listed["result"]["methods"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("containers.logs")));
+    let list = api
+        .rpc("device-001", "containers.list", json!({"all": true}))
+        .await;
+    assert_eq!(list.status, 200, "{list:?}");
+    let ours = list.body["result"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| {
+            c["names"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().trim_start_matches('/') == container.name)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("{} not in {}", container.name, list.body));
+    assert_eq!(ours["image"], e2e::docker::BUSYBOX_IMAGE);
+    assert_eq!(ours["state"], "running");
+
+    let logs = wait_until("the container's three lines", SOON, || async {
+        let reply = api
+            .rpc(
+                "device-001",
+                "containers.logs",
+                json!({"container": container.name}),
+            )
+            .await;
+        (reply.status == 200
+            && reply.body["result"]["lines"]
+                .as_array()
+                .is_some_and(|l| l.len() == 3))
+        .then_some(reply.body["result"].clone())
+    })
+    .await;
+    assert_eq!(texts(&logs, "stdout"), ["line-1", "line-3"]);
+    assert_eq!(texts(&logs, "stderr"), ["line-2"]);
+    assert_eq!(logs["truncated"], false);
+}
+
+#[tokio::test]
+async fn a_worker_pings_the_cloud_through_the_bridge_and_health_reaches_the_registry() {
+    let cloud = RunningCloud::start().await;
+    let device = accepted_device("device-ping", &cloud).await;
+
+    let pong = worker::ping_cloud(&device.nats_client().await, Duration::from_secs(5))
+        .await
+        .expect("cloud.ping answered");
+    assert_eq!(pong["pong"], true);
+    assert_eq!(pong["cloud_id"], cloud.config.cloud_id);
+
+    let with_health = cloud
+        .api()
+        .wait_for_device("device-ping", "a health report", |d| {
+            !d["last_health"].is_null()
+        })
+        .await;
+    let health = &with_health["last_health"];
+    assert!(
+        health["memory"]["total_bytes"].as_u64().unwrap() > 0,
+        "{health}"
+    );
+    assert!(health["uptime_secs"].as_u64().unwrap() > 0, "{health}");
+}
+
+#[tokio::test]
+async fn a_rejected_device_stays_out() {
+    let cloud = RunningCloud::start().await;
+    let api = cloud.api();
+    let device =
+        RunningDevice::start_bridge_only("device-bad", keys::generate(), &cloud, |config| {
+            config.rejected_backoff = Duration::from_millis(200);
+        })
+        .await;
+    api.wait_for_device("device-bad", "device pending", |d| d["status"] == "pending")
+        .await;
+    api.reject("device-bad").await;
+
+    // The bridge keeps knocking (every 200 ms here); each time it is turned away.
+    let events_before = auth_events(&cloud, "device-bad").await.len();
+    wait_until("two more refused attempts", SOON, || async {
+        (auth_events(&cloud, "device-bad").await.len() >= events_before + 2).then_some(())
+    })
+    .await;
+    let entry = api.device("device-bad").await.unwrap();
+    assert_eq!(
+        (entry["status"].as_str(), entry["online"].as_bool()),
+        (Some("rejected"), Some(false))
+    );
+    let reply = api.rpc("device-bad", "containers.list", json!({})).await;
+    assert_eq!(reply.status, 409, "{reply:?}");
+    assert!(device.bridge_stats.refusals().is_empty());
+}
+
+#[tokio::test]
+async fn a_known_id_with_another_key_is_refused_and_recorded() {
+    let cloud = RunningCloud::start().await;
+    let api = cloud.api();
+    let genuine = accepted_device("device-twin", &cloud).await;
+    let fingerprint = keys::fingerprint(&genuine.key.verifying_key());
+
+    let impostor_key = keys::generate();
+    let impostor_fingerprint = keys::fingerprint(&impostor_key.verifying_key());
+    let _impostor =
+        RunningDevice::start_bridge_only("device-twin", impostor_key, &cloud, |_| {}).await;
+
+    let events = wait_until("a key_mismatch event", SOON, || async {
+        let events = auth_events(&cloud, "device-twin").await;
+        events
+            .iter()
+            .any(|e| e["event"] == "key_mismatch")
+            .then_some(events)
+    })
+    .await;
+    let mismatch = events
+        .iter()
+        .find(|e| e["event"] == "key_mismatch")
+        .unwrap();
+    assert!(
+        mismatch["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&impostor_fingerprint),
+        "{mismatch}"
+    );
+
+    let entry = api.device("device-twin").await.unwrap();
+    assert_eq!(entry["fingerprint"], fingerprint, "never silently re-keyed");
+    assert_eq!(entry["status"], "accepted");
+    let reply = api.rpc("device-twin", "rpc.discover", json!({})).await;
+    assert_eq!(
+        reply.status, 200,
+        "the genuine device carries on: {reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn rejecting_a_live_device_cuts_it_off_at_once() {
+    let cloud = RunningCloud::start().await;
+    let api = cloud.api();
+    let device = accepted_device("device-cut", &cloud).await;
+    let nats = device.nats_client().await;
+    let mut status = nats.subscribe(protocol::nats::BRIDGE_STATUS).await.unwrap();
+    nats.flush().await.unwrap();
+
+    api.reject("device-cut").await;
+    let entry = api.device("device-cut").await.unwrap();
+    assert_eq!(
+        (entry["status"].as_str(), entry["online"].as_bool()),
+        (Some("rejected"), Some(false))
+    );
+    let rejected = tokio::time::timeout(SOON, async {
+        while let Some(message) = status.next().await {
+            let state: Value = serde_json::from_slice(&message.payload).unwrap();
+            if state["state"] == "rejected" {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(rejected.is_ok(), "the bridge learned it was rejected");
+    assert_eq!(
+        api.rpc("device-cut", "rpc.discover", json!({}))
+            .await
+            .status,
+        409
+    );
+}
+
+#[tokio::test]
+async fn a_method_no_worker_serves_is_not_found_at_once() {
+    let cloud = RunningCloud::start().await;
+    let _device = accepted_device("device-nf", &cloud).await;
+    let started = Instant::now();
+    let reply = cloud
+        .api()
+        .rpc_with_timeout(
+            "device-nf",
+            "no.such.method",
+            json!({}),
+            Some(Duration::from_secs(20)),
+        )
+        .await;
+    assert_eq!(reply.body["error"]["kind"], "device_error", "{reply:?}");
+    assert_eq!(reply.body["error"]["rpc_error"]["code"], -32601);
+    // Long before either timeout (20 s here, 25 s at the bridge).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_worker_gives_a_timeout_error() {
+    let cloud = RunningCloud::start().await;
+    let mut device =
+        RunningDevice::start_bridge_only("device-slow", keys::generate(), &cloud, |config| {
+            config.worker_timeout = Duration::from_millis(300);
+        })
+        .await;
+    device.start_worker().await;
+    let api = cloud.api();
+    api.wait_for_device("device-slow", "pending", |d| d["status"] == "pending")
+        .await;
+    api.accept("device-slow").await;
+    wait_for_rpc_ok(&cloud, "device-slow").await;
+    // A worker that takes the request and never answers.
+    let nats = device.nats_client().await;
+    let _silent = nats
+        .queue_subscribe("rpc.slow.method", "workers".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    let at_bridge = api.rpc("device-slow", "slow.method", json!({})).await;
+    assert_eq!(
+        at_bridge.body["error"]["rpc_error"]["code"], -32002,
+        "{at_bridge:?}"
+    );
+
+    // And the cloud's own per-call timeout, shorter than the bridge's.
+    device.stop_bridge().await;
+    let reply = api
+        .rpc_with_timeout(
+            "device-slow",
+            "slow.method",
+            json!({}),
+            Some(Duration::from_millis(100)),
+        )
+        .await;
+    assert!(matches!(reply.status, 503 | 504), "{reply:?}");
+}
+
+#[tokio::test]
+async fn the_cloud_times_out_a_call_the_device_does_not_answer_in_time() {
+    let cloud = RunningCloud::start().await;
+    let device = accepted_device("device-late", &cloud).await;
+    let nats = device.nats_client().await;
+    let _silent = nats
+        .queue_subscribe("rpc.slow.method", "workers".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    let reply = cloud
+        .api()
+        .rpc_with_timeout(
+            "device-late",
+            "slow.method",
+            json!({}),
+            Some(Duration::from_millis(300)),
+        )
+        .await;
+    assert_eq!(
+        (reply.status, reply.body["error"]["kind"].as_str()),
+        (504, Some("timed_out")),
+        "{reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_device_that_disconnects_mid_call_fails_the_call_at_once() {
+    let cloud = RunningCloud::start().await;
+    let mut device = accepted_device("device-drop", &cloud).await;
+    let nats = device.nats_client().await;
+    let mut silent = nats
+        .queue_subscribe("rpc.slow.method", "workers".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    let api = cloud.api();
+    let call = tokio::spawn(async move {
+        let started = Instant::now();
+        let reply = api
+            .rpc_with_timeout(
+                "device-drop",
+                "slow.method",
+                json!({}),
+                Some(Duration::from_secs(60)),
+            )
+            .await;
+        (reply, started.elapsed())
+    });
+    tokio::time::timeout(SOON, silent.next())
+        .await
+        .expect("the call reached the device");
+    device.stop_bridge().await;
+    let (reply, elapsed) = tokio::time::timeout(SOON, call)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert_eq!(reply.body["error"]["kind"], "disconnected", "{reply:?}");
+    assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn after_a_cloud_restart_the_bridge_reconnects_and_calls_work_again() {
+    let mut cloud = RunningCloud::start().await;
+    let _device = accepted_device("device-rc", &cloud).await;
+    cloud.restart().await;
+    let discovered = wait_for_rpc_ok(&cloud, "device-rc").await;
+    assert!(discovered["result"]["methods"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("containers.list")));
+}
+
+#[tokio::test]
+async fn after_a_nats_restart_bridge_and_worker_reconnect() {
+    let cloud = RunningCloud::start().await;
+    let mut device = accepted_device("device-rn", &cloud).await;
+    device.nats.restart().await;
+    wait_for_rpc_ok(&cloud, "device-rn").await;
+    let nats = device.nats_client().await;
+    let pong = wait_until("cloud.ping after the restart", SOON, || async {
+        worker::ping_cloud(&nats, Duration::from_secs(2)).await.ok()
+    })
+    .await;
+    assert_eq!(pong["pong"], true);
+}
+
+async fn auth_events(cloud: &RunningCloud, device: &str) -> Vec<Value> {
+    let reply = cloud
+        .api()
+        .get(&format!("/auth-events?device_id={device}"))
+        .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.body["events"].as_array().cloned().expect("events")
+}

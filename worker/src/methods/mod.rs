@@ -1,0 +1,284 @@
+//! The worker's JSON-RPC methods, registered in one in-process module that any
+//! transport (NATS in production, direct calls in tests) can drive.
+
+mod containers;
+mod health;
+mod logs;
+
+use bollard::Docker;
+use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::RpcModule;
+use protocol::ErrorCode;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::engine::Engine;
+use crate::WorkerConfig;
+
+pub use logs::{LogCollector, LogLine, LogStream, Logs};
+
+/// Name of the method that lists the methods served here.
+pub const DISCOVER_METHOD: &str = "rpc.discover";
+
+/// What every method handler can reach.
+pub(crate) struct MethodContext {
+    engine: Engine,
+    host: health::HostProbe,
+    /// Cap on the text of one `containers.logs` answer.
+    log_max_bytes: usize,
+}
+
+/// Builds the module serving `containers.*`, `system.health` and `rpc.discover`.
+pub fn rpc_module(docker: Docker, config: &WorkerConfig) -> RpcModule<()> {
+    let context = MethodContext {
+        engine: Engine::new(docker),
+        host: health::HostProbe::new(),
+        log_max_bytes: config.log_max_bytes,
+    };
+    let mut module = RpcModule::new(context);
+    register(&mut module, "containers.list", containers::list);
+    register(&mut module, "containers.inspect", containers::inspect);
+    register(&mut module, "containers.start", containers::start);
+    register(&mut module, "containers.stop", containers::stop);
+    register(&mut module, "containers.restart", containers::restart);
+    register(&mut module, "containers.logs", logs::logs);
+    register(&mut module, "system.health", health::system_health);
+
+    let mut names: Vec<&'static str> = module.method_names().collect();
+    names.push(DISCOVER_METHOD);
+    names.sort_unstable();
+    let discovered = Discovered { methods: names };
+    module
+        .register_method(DISCOVER_METHOD, move |_, _, _| {
+            Ok::<_, ErrorObjectOwned>(discovered.clone())
+        })
+        .expect("rpc.discover is registered once");
+    module.remove_context()
+}
+
+/// The answer of `rpc.discover`.
+#[derive(Debug, Clone, Serialize)]
+struct Discovered {
+    methods: Vec<&'static str>,
+}
+
+/// Registers an async handler taking the method's parsed params.
+fn register<P, R, F, Fut>(module: &mut RpcModule<MethodContext>, name: &'static str, handler: F)
+where
+    P: DeserializeOwned + Send + 'static,
+    R: Serialize + Clone + Send + 'static,
+    F: Fn(std::sync::Arc<MethodContext>, P) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<R, ErrorObjectOwned>> + Send + 'static,
+{
+    module
+        .register_async_method(name, move |params, context, _| {
+            let handler = handler.clone();
+            async move { handler(context, parse_params(&params)?).await }
+        })
+        .unwrap_or_else(|_| panic!("method {name} is registered once"));
+}
+
+/// Parses params that must be an object or absent (`null` and absent mean `{}`),
+/// so a method with only optional params can be called with none.
+pub(crate) fn parse_params<P: DeserializeOwned>(params: &Params) -> Result<P, ErrorObjectOwned> {
+    let text = match params.as_str().map(str::trim) {
+        None | Some("null") => "{}",
+        Some(text) => text,
+    };
+    if !text.starts_with('{') {
+        return Err(rpc_error(
+            ErrorCode::InvalidParams,
+            "params must be an object (named params)",
+        ));
+    }
+    serde_json::from_str(text)
+        .map_err(|err| rpc_error(ErrorCode::InvalidParams, format!("invalid params: {err}")))
+}
+
+/// A JSON-RPC error object with one of the system's codes.
+pub(crate) fn rpc_error(code: ErrorCode, message: impl Into<String>) -> ErrorObjectOwned {
+    // Every code of ErrorCode fits in an i32, as JSON-RPC codes do.
+    ErrorObjectOwned::owned(code.code() as i32, message, None::<()>)
+}
+
+/// A container reference as Docker accepts it: an id or a name, optionally
+/// with the leading `/` Docker lists names with. Checked because it becomes part
+/// of a Docker API URL path, where `/` or `?` would address something else.
+pub(crate) fn check_container_ref(container: &str) -> Result<&str, ErrorObjectOwned> {
+    let name = container.strip_prefix('/').unwrap_or(container);
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    let rest_ok = bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if first_ok && rest_ok {
+        Ok(name)
+    } else {
+        Err(rpc_error(
+            ErrorCode::InvalidParams,
+            format!("invalid container reference {container:?}: expected a container id or name"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Example {
+        container: String,
+        #[serde(default)]
+        all: bool,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct AllOptional {
+        #[serde(default)]
+        all: bool,
+    }
+
+    fn params(text: Option<&'static str>) -> Params<'static> {
+        Params::new(text)
+    }
+
+    #[test]
+    fn absent_and_null_params_mean_an_empty_object() {
+        let absent: AllOptional = parse_params(&params(None)).unwrap();
+        let null: AllOptional = parse_params(&params(Some("null"))).unwrap();
+        assert_eq!(absent, AllOptional { all: false });
+        assert_eq!(null, AllOptional { all: false });
+    }
+
+    #[test]
+    fn object_params_are_parsed() {
+        let parsed: Example =
+            parse_params(&params(Some(r#"{"container":"web","all":true}"#))).unwrap();
+        assert_eq!(
+            parsed,
+            Example {
+                container: "web".into(),
+                all: true
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_params_are_invalid_params_saying_what_is_wrong() {
+        let cases = [
+            (Some(r#"["web"]"#), "must be an object"),
+            (Some("5"), "must be an object"),
+            (None, "missing field `container`"),
+            (
+                Some(r#"{"container":"web","tial":3}"#),
+                "unknown field `tial`",
+            ),
+            (Some(r#"{"container":7}"#), "invalid type"),
+        ];
+        for (text, expected) in cases {
+            let err = parse_params::<Example>(&params(text)).unwrap_err();
+            assert_eq!(
+                err.code(),
+                ErrorCode::InvalidParams.code() as i32,
+                "{text:?}"
+            );
+            assert!(
+                err.message().contains(expected),
+                "{text:?}: {}",
+                err.message()
+            );
+        }
+    }
+
+    #[test]
+    fn container_refs_are_ids_or_names_only() {
+        for ok in ["web", "/web", "my_app-1.2", "0123abcdef"] {
+            assert!(check_container_ref(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(check_container_ref("/web").unwrap(), "web");
+        for bad in ["", "/", "../images/x", "a/b", "a?b", "-a", "a b", "é"] {
+            assert!(check_container_ref(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// A module whose Docker engine refuses connections (nothing on port 1).
+    fn module_without_docker() -> RpcModule<()> {
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:1", 5, bollard::API_DEFAULT_VERSION)
+                .expect("an HTTP client needs no engine to be built");
+        rpc_module(docker, &WorkerConfig::default())
+    }
+
+    async fn call(module: &RpcModule<()>, request: &str) -> serde_json::Value {
+        let (response, _) = module.raw_json_request(request, 1).await.unwrap();
+        serde_json::from_str(response.get()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_docker_is_unavailable_not_a_crash() {
+        let module = module_without_docker();
+        let response = call(
+            &module,
+            r#"{"jsonrpc":"2.0","id":1,"method":"containers.list"}"#,
+        )
+        .await;
+        assert_eq!(response["error"]["code"], ErrorCode::Unavailable.code());
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("docker unavailable: "), "{message}");
+    }
+
+    #[tokio::test]
+    async fn health_is_reported_without_docker_and_says_why() {
+        let module = module_without_docker();
+        let response = call(
+            &module,
+            r#"{"jsonrpc":"2.0","id":1,"method":"system.health"}"#,
+        )
+        .await;
+        let health = &response["result"];
+        assert!(
+            health["memory"]["total_bytes"].as_u64().unwrap() > 0,
+            "{response}"
+        );
+        assert_eq!(health["containers_running"], serde_json::Value::Null);
+        assert!(health["docker_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker unavailable"));
+    }
+
+    #[tokio::test]
+    async fn discover_lists_every_method_sorted() {
+        let module = module_without_docker();
+        let response = call(
+            &module,
+            r#"{"jsonrpc":"2.0","id":1,"method":"rpc.discover"}"#,
+        )
+        .await;
+        assert_eq!(
+            response["result"]["methods"],
+            serde_json::json!([
+                "containers.inspect",
+                "containers.list",
+                "containers.logs",
+                "containers.restart",
+                "containers.start",
+                "containers.stop",
+                "rpc.discover",
+                "system.health",
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_container_reference_is_refused_before_docker_is_asked() {
+        let module = module_without_docker();
+        let response = call(
+            &module,
+            r#"{"jsonrpc":"2.0","id":1,"method":"containers.inspect","params":{"container":"../images/json"}}"#,
+        )
+        .await;
+        assert_eq!(response["error"]["code"], ErrorCode::InvalidParams.code());
+    }
+}
