@@ -19,7 +19,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             health_interval: Duration::from_secs(30),
-            log_max_bytes: 1024 * 1024,
+            log_max_bytes: 512 * 1024,
             cloud_call_timeout: Duration::from_secs(10),
         }
     }

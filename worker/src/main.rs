@@ -28,7 +28,7 @@ struct Args {
     health_interval_secs: u64,
 
     /// Cap on the log text one containers.logs call returns, in bytes.
-    #[arg(long, env = "LOG_MAX_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "LOG_MAX_BYTES", default_value_t = 512 * 1024)]
     log_max_bytes: usize,
 
     /// How long a call from this device to the cloud may take, in milliseconds.

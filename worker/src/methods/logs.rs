@@ -168,6 +168,9 @@ impl LogCollector {
     }
 }
 
+/// Lines returned when the caller gives neither `tail` nor `since`.
+pub const DEFAULT_TAIL: u64 = 1000;
+
 pub(crate) async fn logs(
     context: Arc<MethodContext>,
     params: LogsParams,
@@ -183,7 +186,10 @@ pub(crate) async fn logs(
         .stdout(params.stdout)
         .stderr(params.stderr)
         .timestamps(params.timestamps);
-    if let Some(tail) = params.tail {
+    // Without `tail` or `since`, the newest lines are what an operator wants,
+    // not the oldest that fit under the cap.
+    let tail = params.tail.or(params.since.is_none().then_some(DEFAULT_TAIL));
+    if let Some(tail) = tail {
         options = options.tail(&tail.to_string());
     }
     if let Some(since) = params.since {
