@@ -28,7 +28,8 @@ pub async fn call_worker(
     };
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_SIGNER, signer_id);
-    headers.insert(HEADER_REQUEST_ID, id.to_string().as_str());
+    let request_id = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
+    headers.insert(HEADER_REQUEST_ID, request_id.as_str());
     let payload = Value::Object(request.to_value()).to_string();
     let reply = nats
         .send_request(

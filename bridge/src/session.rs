@@ -333,7 +333,9 @@ impl Session<'_> {
                 self.send(&Message::error(id, error)).await;
                 None
             }
-            (Stage::Live, Message::Notification { method, params }) => {
+            (Stage::Live, Message::Notification { method, params })
+                if !method.starts_with("auth.") =>
+            {
                 self.relay_notification(method, params).await;
                 None
             }

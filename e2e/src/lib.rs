@@ -1,5 +1,6 @@
 //! Shared test support: real parts started for a test and stopped on drop, so
-//! scenarios in `tests/` read as stories. Nothing here is a mock.
+//! scenarios in `tests/` read as stories. The one stand-in, `test_cloud`, is a
+//! test peer that plays the cloud so that the bridge can be tested alone.
 
 pub mod docker;
 pub mod nats;
