@@ -23,6 +23,8 @@ use crate::session::refuse;
 use crate::state::AppState;
 use crate::{close_code, now_ms};
 
+/// How logs name a peer that has not authenticated yet.
+const UNAUTHENTICATED: &str = "(unauthenticated)";
 /// Longest device id accepted.
 const MAX_DEVICE_ID_LEN: usize = 128;
 
@@ -86,7 +88,14 @@ pub(crate) async fn authenticate(
         let text = match received {
             Some(Ok(WsMessage::Text(text))) => text,
             Some(Ok(WsMessage::Binary(_))) => {
-                refuse(state, link, "", ANY_AUDIENCE, inbound::binary_frame()).await;
+                refuse(
+                    state,
+                    link,
+                    UNAUTHENTICATED,
+                    ANY_AUDIENCE,
+                    inbound::binary_frame(),
+                )
+                .await;
                 continue;
             }
             Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
@@ -95,7 +104,7 @@ pub(crate) async fn authenticate(
         let frame = match inbound::parse(&text, config.max_frame_bytes) {
             Ok(frame) => frame,
             Err(refused) => {
-                refuse(state, link, "", ANY_AUDIENCE, refused).await;
+                refuse(state, link, UNAUTHENTICATED, ANY_AUDIENCE, refused).await;
                 continue;
             }
         };

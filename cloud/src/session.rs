@@ -14,7 +14,7 @@ use protocol::keys::PublicKey;
 use protocol::{auth, Direction, ErrorCode, Expectation, Message, RpcError, Signer};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::inbound::{self, Refused};
 use crate::link::{self, Link, LinkClosed};
@@ -163,7 +163,7 @@ pub(crate) fn status_notification(status: DeviceStatus) -> Message {
 pub(crate) async fn run_connection(state: AppState, socket: WebSocket) {
     let (sink, mut stream) = socket.split();
     // A device that leaves its outbox full for two ping periods is not reading.
-    let send_timeout = 2 * state.config().ping_interval;
+    let send_timeout = 2 * state.config().ping_interval.max(Duration::from_millis(10));
     let (link, outbox) = Link::new(state.sessions_stop(), send_timeout);
     let link = Arc::new(link);
     let mut writer = tokio::spawn(link::write_loop(sink, outbox, link.clone()));
@@ -219,8 +219,10 @@ async fn reconcile_with_registry(state: &AppState, session: &DeviceSession) {
 }
 
 async fn read_loop(state: &AppState, session: &DeviceSession, stream: &mut SplitStream<WebSocket>) {
-    let ping_interval = state.config().ping_interval;
+    // Guarded: a zero period would make the ticker panic.
+    let ping_interval = state.config().ping_interval.max(Duration::from_millis(10));
     let mut pings = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     // The handshake has just written last_seen.
     let mut last_seen_written = Instant::now();

@@ -87,8 +87,9 @@ impl AppState {
         self.inner.signer.public_key()
     }
 
-    /// Refused device frames so far, by [`protocol::Refusal::reason`] (plus
-    /// `bad_auth_params` and `bad_challenge` for failed authentications).
+    /// Refused device frames so far, by [`protocol::Refusal::reason`], plus
+    /// `bad_auth_params`, `bad_challenge` and `key_mismatch` for refused
+    /// authentications.
     pub fn refusals(&self) -> HashMap<&'static str, u64> {
         self.inner.refusals.snapshot()
     }

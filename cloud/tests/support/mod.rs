@@ -55,6 +55,7 @@ pub struct TestCloud {
     pub cloud_key: PublicKey,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: TempDir,
 }
 
@@ -84,7 +85,7 @@ impl TestCloud {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(cloud::serve(listener, state.clone(), shutdown.clone()));
+        let server = tokio::spawn(cloud::serve(listener, state.clone(), shutdown.clone()));
         TestCloud {
             addr,
             cloud_key: state.public_key(),
@@ -93,8 +94,19 @@ impl TestCloud {
             cloud_id: config.cloud_id,
             http: reqwest::Client::new(),
             shutdown,
+            server: Some(server),
             _dir: dir,
         }
+    }
+
+    /// Shuts the cloud down as SIGTERM would and waits for `serve` to return.
+    pub async fn shut_down(&mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        let server = self.server.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(15), server)
+            .await
+            .expect("shutdown is bounded")
+            .unwrap()
     }
 
     pub fn ws_url(&self) -> String {
@@ -398,6 +410,36 @@ impl TestDevice {
                 Some(Err(e)) => panic!("socket error instead of a close: {e}"),
             }
         }
+    }
+
+    /// Reads until the connection ends: the close code if a close frame
+    /// arrived, `None` if the socket just ended.
+    pub async fn read_until_closed(&mut self) -> Option<u16> {
+        loop {
+            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
+                .await
+                .expect("the connection did not end in time");
+            match next {
+                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected the end, got {other:?}"),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Reads for `period`, answering pings (tungstenite does so as it reads),
+    /// and expects nothing else; returns how many pings came.
+    pub async fn answer_pings_for(&mut self, period: Duration) -> usize {
+        let deadline = Instant::now() + period;
+        let mut pings = 0;
+        while let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match next {
+                Some(Ok(WsMessage::Ping(_))) => pings += 1,
+                other => panic!("expected only pings, got {other:?}"),
+            }
+        }
+        pings
     }
 
     /// Drops the connection without a close handshake.

@@ -188,7 +188,9 @@ pub(crate) async fn logs(
         .timestamps(params.timestamps);
     // Without `tail` or `since`, the newest lines are what an operator wants,
     // not the oldest that fit under the cap.
-    let tail = params.tail.or(params.since.is_none().then_some(DEFAULT_TAIL));
+    let tail = params
+        .tail
+        .or(params.since.is_none().then_some(DEFAULT_TAIL));
     if let Some(tail) = tail {
         options = options.tail(&tail.to_string());
     }

@@ -1,0 +1,170 @@
+//! The REST API's shape and its bearer token; `app()` driven in-process with
+//! `tower::ServiceExt::oneshot` where no socket is needed.
+
+mod support;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+use support::TestCloud;
+use tower::ServiceExt;
+
+#[tokio::test]
+async fn the_api_needs_the_admin_token() {
+    let cloud = TestCloud::start().await;
+    let app = cloud::app(cloud.state.clone());
+    for authorization in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Basic YWRtaW46YWRtaW4="),
+    ] {
+        let mut request = Request::get("/api/v1/devices");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{authorization:?}"
+        );
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["kind"], "unauthorized");
+    }
+
+    let response = app
+        .oneshot(
+            Request::get("/api/v1/devices")
+                .header("authorization", format!("Bearer {}", cloud.token))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_api_over_a_real_socket_refuses_a_wrong_token() {
+    let cloud = TestCloud::start().await;
+    let response = cloud
+        .http
+        .post(cloud.url("/api/v1/devices/dev-1/rpc"))
+        .bearer_auth("not-the-token")
+        .json(&json!({"method": "a.b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = cloud
+        .http
+        .get(cloud.url("/api/v1/devices"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn healthz_needs_no_token() {
+    let cloud = TestCloud::start().await;
+    let response = cloud::app(cloud.state.clone())
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn devices_are_listed_pending_first_with_their_live_state() {
+    let cloud = TestCloud::start().await;
+    let _accepted = cloud.accepted_device("a-accepted").await;
+    let mut pending = cloud.connect("z-pending").await;
+    pending.authenticate().await;
+
+    let (status, body) = cloud.get("/api/v1/devices").await;
+    assert_eq!(status, 200);
+    let devices = body["devices"].as_array().unwrap();
+    let ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["z-pending", "a-accepted"]);
+    for field in [
+        "id",
+        "status",
+        "fingerprint",
+        "public_key",
+        "first_seen",
+        "last_seen",
+        "online",
+        "bridge_version",
+        "last_health",
+        "last_health_at",
+    ] {
+        assert!(devices[0].get(field).is_some(), "missing {field}");
+    }
+    assert_eq!(devices[0]["online"], true);
+    assert_eq!(devices[1]["status"], "accepted");
+}
+
+#[tokio::test]
+async fn operator_actions_on_unknown_devices_are_404() {
+    let cloud = TestCloud::start().await;
+    assert_eq!(
+        cloud
+            .post("/api/v1/devices/nobody/accept", json!({}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        cloud
+            .post("/api/v1/devices/nobody/reject", json!({}))
+            .await
+            .0,
+        404
+    );
+    assert_eq!(cloud.delete("/api/v1/devices/nobody").await.0, 404);
+    assert_eq!(cloud.get("/api/v1/devices/nobody").await.0, 404);
+}
+
+#[tokio::test]
+async fn the_auth_log_records_every_step() {
+    let cloud = TestCloud::start().await;
+    let key = {
+        let device = cloud.accepted_device("dev-1").await;
+        device.key.clone()
+    };
+    let mut again = cloud.connect_with_key("dev-1", key).await;
+    again.authenticate().await;
+    cloud.post("/api/v1/devices/dev-1/reject", json!({})).await;
+    cloud.delete("/api/v1/devices/dev-1").await;
+
+    let (status, body) = cloud.get("/api/v1/auth-events?device_id=dev-1").await;
+    assert_eq!(status, 200);
+    let events: Vec<&str> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "new_key",
+            "accepted",
+            "authenticated",
+            "rejected",
+            "deleted"
+        ]
+    );
+    let (_, all) = cloud.get("/api/v1/auth-events").await;
+    assert_eq!(all["events"].as_array().unwrap().len(), 5);
+}

@@ -1,0 +1,281 @@
+//! Cloud → device calls through the REST API and what each failure looks
+//! like; device → cloud notifications landing in the registry.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use protocol::{ErrorCode, Message, RpcError};
+use serde_json::{json, Value};
+use support::{wait_until, TestCloud};
+
+fn rpc_path(id: &str) -> String {
+    format!("/api/v1/devices/{id}/rpc")
+}
+
+#[tokio::test]
+async fn an_api_rpc_reaches_the_device_and_its_answer_comes_back() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let call = {
+        let (http, url, token) = (
+            cloud.http.clone(),
+            cloud.url(&rpc_path("dev-1")),
+            cloud.token.clone(),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"method": "containers.list", "params": {"all": true}}))
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        })
+    };
+    let Message::Request { id, method, params } = device.recv().await else {
+        panic!("expected a request");
+    };
+    assert_eq!(
+        (method.as_str(), params),
+        ("containers.list", Some(json!({"all": true})))
+    );
+    device
+        .send_message(&Message::result(
+            id,
+            json!([{"id": "abc", "state": "running"}]),
+        ))
+        .await;
+    let (status, body) = call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"result": [{"id": "abc", "state": "running"}]}));
+}
+
+#[tokio::test]
+async fn a_device_error_is_passed_through() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let call = {
+        let state = cloud.state.clone();
+        tokio::spawn(async move {
+            state
+                .fleet()
+                .call(
+                    "dev-1",
+                    "containers.logs",
+                    Some(json!({"container": "x"})),
+                    Duration::from_secs(5),
+                )
+                .await
+        })
+    };
+    let Message::Request { id, .. } = device.recv().await else {
+        panic!("expected a request");
+    };
+    let error = RpcError::new(ErrorCode::InvalidParams, "no such container: x");
+    device
+        .send_message(&Message::error(id, error.clone()))
+        .await;
+    let failure = call.await.unwrap().unwrap_err();
+    assert_eq!(failure.kind(), cloud::CallErrorKind::DeviceError);
+    assert!(matches!(failure, cloud::CallError::Device(e) if e == error));
+}
+
+#[tokio::test]
+async fn the_api_maps_device_errors_to_502_with_the_rpc_error() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let answer = tokio::spawn(async move {
+        let Message::Request { id, .. } = device.recv().await else {
+            panic!("expected a request");
+        };
+        device
+            .send_message(&Message::error(
+                id,
+                RpcError::new(ErrorCode::MethodNotFound, "nope"),
+            ))
+            .await;
+        device
+    });
+    let (status, body) = cloud
+        .post(&rpc_path("dev-1"), json!({"method": "x.y"}))
+        .await;
+    assert_eq!(status, 502);
+    assert_eq!(body["error"]["kind"], "device_error");
+    assert_eq!(body["error"]["rpc_error"]["code"], -32601);
+    assert_eq!(body["error"]["rpc_error"]["message"], "nope");
+    answer.await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_device_is_404() {
+    let cloud = TestCloud::start().await;
+    let (status, body) = cloud
+        .post(&rpc_path("nobody"), json!({"method": "a.b"}))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["kind"], "unknown_device");
+}
+
+#[tokio::test]
+async fn pending_device_is_409() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.connect("dev-1").await;
+    device.authenticate().await;
+    let (status, body) = cloud
+        .post(&rpc_path("dev-1"), json!({"method": "a.b"}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["kind"], "not_accepted");
+}
+
+#[tokio::test]
+async fn offline_device_is_503() {
+    let cloud = TestCloud::start().await;
+    let device = cloud.accepted_device("dev-1").await;
+    device.drop_connection();
+    wait_until("the device is offline", || async {
+        !cloud.state.fleet().is_online("dev-1")
+    })
+    .await;
+    let (status, body) = cloud
+        .post(&rpc_path("dev-1"), json!({"method": "a.b"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["kind"], "offline");
+    assert_eq!(cloud.device("dev-1").await["device"]["online"], false);
+}
+
+#[tokio::test]
+async fn a_device_that_never_answers_is_504_within_the_timeout() {
+    let cloud = TestCloud::start().await;
+    let _device = cloud.accepted_device("dev-1").await;
+    let started = Instant::now();
+    let (status, body) = cloud
+        .post(
+            &rpc_path("dev-1"),
+            json!({"method": "a.b", "timeout_ms": 300}),
+        )
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"]["kind"], "timed_out");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_answer_is_dropped_and_the_connection_carries_on() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let timed_out = cloud
+        .state
+        .fleet()
+        .call("dev-1", "slow.call", None, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(timed_out.kind(), cloud::CallErrorKind::TimedOut);
+    let Message::Request { id, .. } = device.recv().await else {
+        panic!("expected the request");
+    };
+    device
+        .send_message(&Message::result(id, json!("late")))
+        .await;
+    device.ping_cloud().await;
+}
+
+#[tokio::test]
+async fn a_device_that_disconnects_mid_call_fails_it_promptly() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let call = {
+        let state = cloud.state.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let outcome = state
+                .fleet()
+                .call("dev-1", "containers.list", None, Duration::from_secs(20))
+                .await;
+            (outcome, started.elapsed())
+        })
+    };
+    let Message::Request { .. } = device.recv().await else {
+        panic!("expected a request");
+    };
+    device.drop_connection();
+    let (outcome, elapsed) = call.await.unwrap();
+    assert_eq!(
+        outcome.unwrap_err().kind(),
+        cloud::CallErrorKind::Disconnected
+    );
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn a_disconnect_mid_call_is_502_disconnected_through_the_api() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let dropper = tokio::spawn(async move {
+        let Message::Request { .. } = device.recv().await else {
+            panic!("expected a request");
+        };
+        device.drop_connection();
+    });
+    let (status, body) = cloud
+        .post(
+            &rpc_path("dev-1"),
+            json!({"method": "a.b", "timeout_ms": 20000}),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["kind"], "disconnected");
+    dropper.await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_are_400() {
+    let cloud = TestCloud::start().await;
+    let _device = cloud.accepted_device("dev-1").await;
+    for body in [
+        json!({"method": "rpc.>"}),
+        json!({"method": "a.b", "params": 3}),
+        json!({"method": "a.b", "params": {"n": 9007199254740993u64}}),
+        json!({"method": "a.b", "timeout_ms": 0}),
+        json!({"params": {}}),
+        json!({"method": "a.b", "surprise": 1}),
+    ] {
+        let (status, answer) = cloud.post(&rpc_path("dev-1"), body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert_eq!(answer["error"]["kind"], "bad_request", "{body} → {answer}");
+    }
+}
+
+#[tokio::test]
+async fn health_and_container_events_land_in_the_registry() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let health = json!({"cpu_percent": 12.5, "memory": {"used": 1024}});
+    device
+        .send_message(&Message::notification("device.health", health.clone()))
+        .await;
+    device
+        .send_message(&Message::notification(
+            "device.container_event",
+            json!({"action": "start", "id": "abc"}),
+        ))
+        .await;
+    // A response to the ping proves both notifications were handled before it.
+    device.ping_cloud().await;
+    let shown = cloud.device("dev-1").await;
+    assert_eq!(shown["device"]["last_health"], health);
+    assert!(shown["device"]["last_health_at"].is_i64());
+    assert_eq!(shown["container_events"][0]["payload"]["action"], "start");
+    let (_, list) = cloud.get("/api/v1/devices").await;
+    assert_eq!(list["devices"][0]["last_health"], health);
+}
