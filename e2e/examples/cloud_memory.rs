@@ -129,4 +129,5 @@ async fn main() {
     );
     shutdown.cancel();
     let _ = cloud.kill();
+    let _ = cloud.wait();
 }
