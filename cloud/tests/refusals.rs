@@ -11,10 +11,12 @@ use support::{now_ms, TestCloud, TestDevice};
 
 const SMALL_FRAME_LIMIT: usize = 2048;
 
-async fn live_device() -> (TestCloud, TestDevice) {
+/// A live device to misbehave, and a bystander that must not notice.
+async fn live_device() -> (TestCloud, TestDevice, TestDevice) {
     let cloud = TestCloud::start_with(|c| c.max_frame_bytes = SMALL_FRAME_LIMIT).await;
     let device = cloud.accepted_device("dev-1").await;
-    (cloud, device)
+    let bystander = cloud.accepted_device("dev-2").await;
+    (cloud, device, bystander)
 }
 
 fn ping(id: &str) -> Message {
@@ -22,10 +24,11 @@ fn ping(id: &str) -> Message {
 }
 
 /// Asserts the refusal (answered with `id`), its count, and that the
-/// connection carries on.
+/// connection and the other device carry on.
 async fn assert_refused_then_alive(
     cloud: &TestCloud,
     device: &mut TestDevice,
+    bystander: &mut TestDevice,
     id: Value,
     reason: &str,
 ) {
@@ -36,30 +39,31 @@ async fn assert_refused_then_alive(
         cloud.state.refusals()
     );
     device.ping_cloud().await;
+    bystander.ping_cloud().await;
 }
 
 #[tokio::test]
 async fn tampered_params() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let mut frame = device.signed(&ping("r-1"));
     frame["params"]["n"] = json!(2);
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_signature").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_signature").await;
 }
 
 #[tokio::test]
 async fn tampered_meta_field() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let mut frame = device.signed(&ping("r-1"));
     let timestamp = frame["meta"]["timestamp"].as_u64().unwrap();
     frame["meta"]["timestamp"] = json!(timestamp - 1);
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_signature").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_signature").await;
 }
 
 #[tokio::test]
 async fn wrong_audience() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let frame = device.signed_as(
         &ping("r-1"),
         &device.key.clone(),
@@ -69,12 +73,12 @@ async fn wrong_audience() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "wrong_audience").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "wrong_audience").await;
 }
 
 #[tokio::test]
 async fn wrong_direction() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let frame = device.signed_as(
         &ping("r-1"),
         &device.key.clone(),
@@ -84,12 +88,12 @@ async fn wrong_direction() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "wrong_direction").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "wrong_direction").await;
 }
 
 #[tokio::test]
 async fn stale_timestamp_beyond_skew() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let frame = device.signed_as(
         &ping("r-1"),
         &device.key.clone(),
@@ -99,12 +103,12 @@ async fn stale_timestamp_beyond_skew() {
         now_ms() - 61_000,
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "stale").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "stale").await;
 }
 
 #[tokio::test]
 async fn future_timestamp_beyond_skew() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let frame = device.signed_as(
         &ping("r-1"),
         &device.key.clone(),
@@ -114,22 +118,22 @@ async fn future_timestamp_beyond_skew() {
         now_ms() + 61_000,
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "future").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "future").await;
 }
 
 #[tokio::test]
 async fn byte_exact_replay() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let text = Value::Object(device.signed(&ping("r-1"))).to_string();
     device.send_text(text.clone()).await;
     assert!(device.expect_response(json!("r-1")).await.is_ok());
     device.send_text(text).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "replayed").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "replayed").await;
 }
 
 #[tokio::test]
 async fn unknown_signer() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let frame = device.signed_as(
         &ping("r-1"),
         &device.key.clone(),
@@ -139,12 +143,12 @@ async fn unknown_signer() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "wrong_signer").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "wrong_signer").await;
 }
 
 #[tokio::test]
 async fn signature_by_another_key() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let frame = device.signed_as(
         &ping("r-1"),
         &keys::generate(),
@@ -154,47 +158,47 @@ async fn signature_by_another_key() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_signature").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_signature").await;
 }
 
 #[tokio::test]
 async fn missing_meta() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     device.send_frame(ping("r-1").to_value()).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "missing_meta").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "missing_meta").await;
 }
 
 #[tokio::test]
 async fn other_algorithm() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let mut frame = device.signed(&ping("r-1"));
     frame["meta"]["algorithm"] = json!("hmac-sha256");
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "unsupported_algorithm").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "unsupported_algorithm").await;
 }
 
 #[tokio::test]
 async fn malformed_json() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     device
         .send_text(r#"{"jsonrpc":"2.0","id":"r-1","method":"cloud.ping""#)
         .await;
     // The id of an unreadable frame is unknown: JSON-RPC answers with null.
-    assert_refused_then_alive(&cloud, &mut device, Value::Null, "malformed_json").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "malformed_json").await;
 }
 
 #[tokio::test]
 async fn duplicate_keys() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let text = Value::Object(device.signed(&ping("r-1"))).to_string();
     let duplicated = text.replacen('{', r#"{"method":"containers.remove","#, 1);
     device.send_text(duplicated).await;
-    assert_refused_then_alive(&cloud, &mut device, Value::Null, "duplicate_key").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "duplicate_key").await;
 }
 
 #[tokio::test]
 async fn integer_beyond_two_to_the_53() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let two_53: u64 = 1 << 53;
     let with = |n: u64| Message::request("r-1", "cloud.ping", json!({ "n": n }));
 
@@ -208,35 +212,35 @@ async fn integer_beyond_two_to_the_53() {
 
     // 2^53+1 signed as is: refused before any signature check.
     device.send_frame(device.signed(&with(two_53 + 1))).await;
-    assert_refused_then_alive(&cloud, &mut device, Value::Null, "unsafe_number").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "unsafe_number").await;
 
     // Its rounded neighbour signed, while the frame carries 2^53+1: refused too.
     let signed_neighbour = Value::Object(device.signed(&with(two_53))).to_string();
     let carried = signed_neighbour.replace(&two_53.to_string(), &(two_53 + 1).to_string());
     assert_ne!(carried, signed_neighbour);
     device.send_text(carried).await;
-    assert_refused_then_alive(&cloud, &mut device, Value::Null, "unsafe_number").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "unsafe_number").await;
 }
 
 #[tokio::test]
 async fn batch_array() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let frame = Value::Object(device.signed(&ping("r-1")));
     device.send_text(json!([frame]).to_string()).await;
-    assert_refused_then_alive(&cloud, &mut device, Value::Null, "batch").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "batch").await;
 }
 
 #[tokio::test]
 async fn binary_frame() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let text = Value::Object(device.signed(&ping("r-1"))).to_string();
     device.send_binary(text.into_bytes()).await;
-    assert_refused_then_alive(&cloud, &mut device, Value::Null, "binary_frame").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "binary_frame").await;
 }
 
 #[tokio::test]
 async fn oversized_frame() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     let padding = "x".repeat(SMALL_FRAME_LIMIT);
     let big = Message::request("r-1", "cloud.ping", json!({ "padding": padding }));
     device.send_frame(device.signed(&big)).await;
@@ -248,20 +252,21 @@ async fn oversized_frame() {
     );
     assert_eq!(cloud.state.refusals().get("too_large"), Some(&1));
     device.ping_cloud().await;
+    bystander.ping_cloud().await;
 }
 
 #[tokio::test]
 async fn bad_method_name() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, mut bystander) = live_device().await;
     device
         .send_message(&Message::request("r-1", "rpc.>", json!({})))
         .await;
-    assert_refused_then_alive(&cloud, &mut device, json!("r-1"), "bad_method_name").await;
+    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_method_name").await;
 }
 
 #[tokio::test]
 async fn a_refused_notification_is_not_answered() {
-    let (cloud, mut device) = live_device().await;
+    let (cloud, mut device, _bystander) = live_device().await;
     let mut frame = device.signed(&Message::notification("device.health", json!({"cpu": 1})));
     frame["params"]["cpu"] = json!(99);
     device.send_frame(frame).await;
@@ -276,7 +281,7 @@ async fn a_refused_notification_is_not_answered() {
 
 #[tokio::test]
 async fn unknown_cloud_method_is_method_not_found() {
-    let (_cloud, mut device) = live_device().await;
+    let (_cloud, mut device, _bystander) = live_device().await;
     let error = device.call("cloud.nothing", json!({})).await.unwrap_err();
     assert_eq!(error.code, protocol::ErrorCode::MethodNotFound.code());
     device.ping_cloud().await;
