@@ -24,7 +24,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
-pub use session::CLOSE_REJECTED;
 pub use status::LinkState;
 
 use session::{run_session, Outbound, SessionEnd};

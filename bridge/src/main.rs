@@ -78,6 +78,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    anyhow::ensure!(
+        protocol::is_valid_device_id(&args.device_id),
+        "DEVICE_ID {:?} must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
+        args.device_id
+    );
     tracing::info!(version = env!("CARGO_PKG_VERSION"), device_id = %args.device_id, cloud_url = %args.cloud_url, nats_url = %args.nats_url, "bridge starting");
 
     let device_key = keys::read_private_key(&args.device_private_key)?;

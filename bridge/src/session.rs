@@ -20,8 +20,6 @@ use crate::relay::call_worker;
 use crate::status::{announce, LinkState};
 use crate::{now_ms, BridgeConfig, BridgeStats, LiveLink};
 
-/// Close code the cloud uses for a rejected device.
-pub const CLOSE_REJECTED: u16 = 4001;
 /// Id of the authentication request; the only request sent before going live.
 const AUTH_REQUEST_ID: &str = "auth";
 /// Frames queued for the socket writer; senders wait when it is full.
@@ -173,7 +171,7 @@ pub async fn run_session(
                         let (code, reason) = frame
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
                             .unwrap_or((1005, String::new()));
-                        break if code == CLOSE_REJECTED {
+                        break if code == protocol::close_code::REJECTED {
                             SessionEnd::Rejected(reason)
                         } else {
                             SessionEnd::Closed { authenticated, reason: format!("cloud closed the connection ({code} {reason})") }

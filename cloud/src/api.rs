@@ -13,11 +13,11 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::close_code;
 use crate::error::AppError;
 use crate::now_ms;
 use crate::registry::{DeviceRecord, DeviceStatus};
 use crate::state::AppState;
+use protocol::close_code;
 
 /// Auth events shown with a device.
 const DEVICE_AUTH_EVENTS: i64 = 50;

@@ -9,9 +9,9 @@ use std::time::Duration;
 use protocol::{check_method_name, Message, Refusal, RpcError, MAX_SAFE_INTEGER};
 use serde_json::Value;
 
-use crate::close_code;
 use crate::registry::{DeviceStatus, Registry, RegistryError};
 use crate::session::DeviceSession;
+use protocol::close_code;
 
 /// Why a call to a device failed; [`CallError::kind`] is what callers branch on.
 #[derive(Debug, thiserror::Error)]

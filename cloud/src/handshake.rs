@@ -18,15 +18,14 @@ use tokio::time::Instant;
 
 use crate::inbound;
 use crate::link::Link;
+use crate::now_ms;
 use crate::registry::{AuthEventKind, DeviceStatus, RegistryError};
 use crate::session::refuse;
 use crate::state::AppState;
-use crate::{close_code, now_ms};
+use protocol::close_code;
 
 /// How logs name a peer that has not authenticated yet.
 const UNAUTHENTICATED: &str = "(unauthenticated)";
-/// Longest device id accepted.
-const MAX_DEVICE_ID_LEN: usize = 128;
 
 /// A device that proved possession of its registered (or newly pending) key.
 pub(crate) struct Authenticated {
@@ -309,7 +308,7 @@ fn auth_params(params: Option<&Value>) -> Result<AuthParams, AuthFailure> {
     })?;
     let text = |name: &str| params.get(name).and_then(Value::as_str).map(str::to_owned);
     let device_id = text("device_id").ok_or_else(|| bad("params.device_id must be a string"))?;
-    if !valid_device_id(&device_id) {
+    if !protocol::is_valid_device_id(&device_id) {
         return Err(bad(
             "params.device_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
         ));
@@ -328,14 +327,6 @@ fn auth_params(params: Option<&Value>) -> Result<AuthParams, AuthFailure> {
         challenge: text("challenge"),
         bridge_version: text("bridge_version"),
     })
-}
-
-fn valid_device_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_DEVICE_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Logs, counts, records (for a known device) and answers a failed attempt,

@@ -9,7 +9,6 @@
 pub mod admin_token;
 pub mod api;
 pub mod cli;
-pub mod close_code;
 pub mod cloud_methods;
 pub mod config;
 mod device_ws;

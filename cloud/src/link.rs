@@ -14,7 +14,7 @@ use futures::SinkExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::close_code;
+use protocol::close_code;
 
 /// Frames queued for one device before senders must wait.
 pub const OUTBOX_CAPACITY: usize = 64;

@@ -20,7 +20,8 @@ use crate::inbound::{self, Refused};
 use crate::link::{self, Link, LinkClosed};
 use crate::registry::DeviceStatus;
 use crate::state::AppState;
-use crate::{close_code, cloud_methods, handshake, now_ms};
+use crate::{cloud_methods, handshake, now_ms};
+use protocol::close_code;
 
 /// last_seen is written at most this often per device, to spare the database.
 const LAST_SEEN_PERIOD: Duration = Duration::from_secs(30);

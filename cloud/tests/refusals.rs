@@ -48,7 +48,14 @@ async fn tampered_params() {
     let mut frame = device.signed(&ping("r-1"));
     frame["params"]["n"] = json!(2);
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_signature").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "bad_signature",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -58,7 +65,14 @@ async fn tampered_meta_field() {
     let timestamp = frame["meta"]["timestamp"].as_u64().unwrap();
     frame["meta"]["timestamp"] = json!(timestamp - 1);
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_signature").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "bad_signature",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -73,7 +87,14 @@ async fn wrong_audience() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "wrong_audience").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "wrong_audience",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -88,7 +109,14 @@ async fn wrong_direction() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "wrong_direction").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "wrong_direction",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -128,7 +156,14 @@ async fn byte_exact_replay() {
     device.send_text(text.clone()).await;
     assert!(device.expect_response(json!("r-1")).await.is_ok());
     device.send_text(text).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "replayed").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "replayed",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -143,7 +178,14 @@ async fn unknown_signer() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "wrong_signer").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "wrong_signer",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -158,14 +200,28 @@ async fn signature_by_another_key() {
         now_ms(),
     );
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_signature").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "bad_signature",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn missing_meta() {
     let (cloud, mut device, mut bystander) = live_device().await;
     device.send_frame(ping("r-1").to_value()).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "missing_meta").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "missing_meta",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -174,7 +230,14 @@ async fn other_algorithm() {
     let mut frame = device.signed(&ping("r-1"));
     frame["meta"]["algorithm"] = json!("hmac-sha256");
     device.send_frame(frame).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "unsupported_algorithm").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "unsupported_algorithm",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -184,7 +247,14 @@ async fn malformed_json() {
         .send_text(r#"{"jsonrpc":"2.0","id":"r-1","method":"cloud.ping""#)
         .await;
     // The id of an unreadable frame is unknown: JSON-RPC answers with null.
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "malformed_json").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        Value::Null,
+        "malformed_json",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -193,7 +263,14 @@ async fn duplicate_keys() {
     let text = Value::Object(device.signed(&ping("r-1"))).to_string();
     let duplicated = text.replacen('{', r#"{"method":"containers.remove","#, 1);
     device.send_text(duplicated).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "duplicate_key").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        Value::Null,
+        "duplicate_key",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -212,14 +289,28 @@ async fn integer_beyond_two_to_the_53() {
 
     // 2^53+1 signed as is: refused before any signature check.
     device.send_frame(device.signed(&with(two_53 + 1))).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "unsafe_number").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        Value::Null,
+        "unsafe_number",
+    )
+    .await;
 
     // Its rounded neighbour signed, while the frame carries 2^53+1: refused too.
     let signed_neighbour = Value::Object(device.signed(&with(two_53))).to_string();
     let carried = signed_neighbour.replace(&two_53.to_string(), &(two_53 + 1).to_string());
     assert_ne!(carried, signed_neighbour);
     device.send_text(carried).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "unsafe_number").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        Value::Null,
+        "unsafe_number",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -235,7 +326,14 @@ async fn binary_frame() {
     let (cloud, mut device, mut bystander) = live_device().await;
     let text = Value::Object(device.signed(&ping("r-1"))).to_string();
     device.send_binary(text.into_bytes()).await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "binary_frame").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        Value::Null,
+        "binary_frame",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -261,7 +359,14 @@ async fn bad_method_name() {
     device
         .send_message(&Message::request("r-1", "rpc.>", json!({})))
         .await;
-    assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "bad_method_name").await;
+    assert_refused_then_alive(
+        &cloud,
+        &mut device,
+        &mut bystander,
+        json!("r-1"),
+        "bad_method_name",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -97,6 +97,6 @@ async fn a_device_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
     // pongs it owes, and the cloud has already hung up.
     assert!(matches!(
         device.read_until_closed().await,
-        None | Some(cloud::close_code::UNRESPONSIVE)
+        None | Some(protocol::close_code::UNRESPONSIVE)
     ));
 }

@@ -39,8 +39,8 @@ pub const CLOUD_ID: &str = "cloud-dashboard";
 pub const DEVICE_PATH: &str = "/ws/device";
 /// How long a helper waits for a connection or a frame before failing the test.
 pub const DEADLINE: Duration = Duration::from_secs(10);
-/// Close code of a rejected device (the bridge's `CLOSE_REJECTED`).
-pub const CLOSE_REJECTED: u16 = 4001;
+/// Close code of a rejected device.
+pub const CLOSE_REJECTED: u16 = protocol::close_code::REJECTED;
 /// Largest frame the test cloud parses from the bridge.
 const MAX_FRAME_BYTES: usize = 4 << 20;
 

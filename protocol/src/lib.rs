@@ -5,6 +5,7 @@
 //! broker or clock. The only I/O is reading and writing key files in [`keys`].
 #![forbid(unsafe_code)]
 
+pub mod close_code;
 pub mod error;
 pub mod frame;
 pub mod keys;
@@ -17,7 +18,7 @@ pub mod sign;
 pub use error::{ErrorCode, Refusal};
 pub use frame::{parse_frame, MAX_SAFE_INTEGER};
 pub use message::{Direction, Message, Meta, RpcError};
-pub use method::check_method_name;
+pub use method::{check_method_name, is_valid_device_id};
 pub use replay::ReplayGuard;
 pub use sign::{canonical_signing_bytes, sign, verify, Expectation, Signer, Verified};
 

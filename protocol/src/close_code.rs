@@ -1,6 +1,6 @@
 //! WebSocket close codes the cloud ends a device connection with (4000–4999
-//! is the range RFC 6455 leaves to applications). The bridge reads them to
-//! decide how long to back off.
+//! is the range RFC 6455 leaves to applications). Part of the protocol: the
+//! bridge reads them to decide how long to back off.
 
 /// The device is rejected by an operator (at authentication or while connected).
 pub const REJECTED: u16 = 4001;
