@@ -166,7 +166,7 @@ pub async fn run_session(
                             break end;
                         }
                     }
-                    Some(Ok(Frame::Binary(_))) => session.refuse(&Refusal::BinaryFrame, None).await,
+                    Some(Ok(Frame::Binary(_))) => session.refuse(&Refusal::BinaryFrame, Some(Value::Null)).await,
                     Some(Ok(Frame::Close(frame))) => {
                         let (code, reason) = frame
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
@@ -230,8 +230,10 @@ impl Session<'_> {
         let frame = match protocol::parse_frame(text, config.max_frame_bytes) {
             Ok(frame) => frame,
             Err(refusal) => {
-                self.refuse(&refusal, request_id_despite(text, &refusal))
-                    .await;
+                // As JSON-RPC answers a parse error: with id null when no id
+                // can be read faithfully.
+                let id = request_id_despite(text, &refusal).unwrap_or(Value::Null);
+                self.refuse(&refusal, Some(id)).await;
                 return None;
             }
         };

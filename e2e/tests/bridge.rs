@@ -255,9 +255,9 @@ struct Refused {
     reason: &'static str,
     /// Part of the error message, saying why.
     says: &'static str,
-    /// The id of the request, when the bad frame is one the bridge can read an
-    /// id from: then the bridge must answer a signed error with that id.
-    answered_id: Option<&'static str>,
+    /// The id the signed error answers: the request's, when the bridge can
+    /// read one faithfully, else null (as JSON-RPC 2.0 answers parse errors).
+    answered_id: Value,
 }
 
 /// The JSON-RPC code a refusal is answered with (the contract of
@@ -305,32 +305,22 @@ async fn assert_refused(
         Bad::Text(text) => link.send_text(text),
         Bad::Binary(bytes) => link.send_binary(bytes),
     }
-    if let Some(id) = expected.answered_id {
-        let (answered, outcome) = link.recv_response().await;
-        assert_eq!(answered, json!(id), "the error answers the refused request");
-        let error = outcome.expect_err("a refused request is answered with an error");
-        assert_refusal_error(&error, &expected);
-    }
+    let (answered, outcome) = link.recv_response().await;
+    assert_eq!(
+        answered, expected.answered_id,
+        "the error answers the refused frame"
+    );
+    let error = outcome.expect_err("a refused frame is answered with an error");
+    assert_refusal_error(&error, &expected);
 
     link.send(&link.request("after", "containers.list", json!({})));
-    loop {
-        let (answered, outcome) = link.recv_response().await;
-        if answered == json!("after") {
-            assert_eq!(
-                outcome,
-                served("containers.list"),
-                "the connection carries on"
-            );
-            break;
-        }
-        // A frame with no readable id may be answered with id null (JSON-RPC
-        // 2.0 §5), and then it must still say why.
-        assert!(
-            expected.answered_id.is_none() && answered.is_null(),
-            "unexpected response {answered} {outcome:?}"
-        );
-        assert_refusal_error(&outcome.expect_err("an error"), &expected);
-    }
+    let (answered, outcome) = link.recv_response().await;
+    assert_eq!(answered, json!("after"));
+    assert_eq!(
+        outcome,
+        served("containers.list"),
+        "the connection carries on"
+    );
 
     assert_eq!(
         s.refusals(expected.reason),
@@ -353,15 +343,16 @@ fn refused(reason: &'static str, says: &'static str, answered_id: &'static str) 
     Refused {
         reason,
         says,
-        answered_id: Some(answered_id),
+        answered_id: json!(answered_id),
     }
 }
 
-fn refused_unanswered(reason: &'static str, says: &'static str) -> Refused {
+/// A frame whose id cannot be read faithfully: answered with id null.
+fn refused_unreadable(reason: &'static str, says: &'static str) -> Refused {
     Refused {
         reason,
         says,
-        answered_id: None,
+        answered_id: Value::Null,
     }
 }
 
@@ -582,7 +573,7 @@ async fn refuses_malformed_json() {
     let (s, mut link) = live(|_| {}).await;
     let text = link.frame(list_all()).sign().text();
     let truncated = text[..text.len() - 1].to_owned();
-    let expected = refused_unanswered("malformed_json", "malformed JSON");
+    let expected = refused_unreadable("malformed_json", "malformed JSON");
     assert_refused(&s, &mut link, truncated, expected).await;
 }
 
@@ -632,7 +623,7 @@ async fn refuses_an_unsafe_integer_even_when_signed_as_is() {
 async fn refuses_a_batch() {
     let (s, mut link) = live(|_| {}).await;
     let batch = format!("[{}]", link.frame(list_all()).sign().text());
-    let expected = refused_unanswered("batch", "batches (JSON arrays) are not accepted");
+    let expected = refused_unreadable("batch", "batches (JSON arrays) are not accepted");
     assert_refused(&s, &mut link, batch, expected).await;
 }
 
@@ -640,7 +631,7 @@ async fn refuses_a_batch() {
 async fn refuses_a_binary_frame() {
     let (s, mut link) = live(|_| {}).await;
     let bytes = link.frame(list_all()).sign().text().into_bytes();
-    let expected = refused_unanswered("binary_frame", "binary frames are not accepted");
+    let expected = refused_unreadable("binary_frame", "binary frames are not accepted");
     assert_refused(&s, &mut link, Bad::Binary(bytes), expected).await;
 }
 
@@ -649,7 +640,7 @@ async fn refuses_an_oversized_frame() {
     let (s, mut link) = live(|c| c.max_frame_bytes = 2048).await;
     let padded = Message::request("bad", "containers.list", json!({"pad": "x".repeat(3000)}));
     let frame = link.frame(padded).sign();
-    let expected = refused_unanswered("too_large", "exceeds the limit of 2048 bytes");
+    let expected = refused_unreadable("too_large", "exceeds the limit of 2048 bytes");
     assert_refused(&s, &mut link, frame, expected).await;
 }
 
