@@ -67,6 +67,8 @@ pub enum Refusal {
     Replayed(String),
     #[error("replay guard is full; refusing until old nonces expire")]
     ReplayGuardFull,
+    #[error("too many messages from {0:?} within the replay window; slow down")]
+    TooManyMessages(String),
     #[error("method name {0:?} is not a plain dotted name")]
     BadMethodName(String),
 }
@@ -93,6 +95,7 @@ impl Refusal {
             Refusal::Future { .. } => "future",
             Refusal::Replayed(_) => "replayed",
             Refusal::ReplayGuardFull => "replay_guard_full",
+            Refusal::TooManyMessages(_) => "too_many_messages",
             Refusal::BadMethodName(_) => "bad_method_name",
         }
     }

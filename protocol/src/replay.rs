@@ -3,10 +3,11 @@
 //! A message is only accepted while its timestamp is within ±skew of now, so a
 //! nonce must be remembered until `timestamp + skew` has passed and can then be
 //! forgotten: memory follows the message rate, not the fleet size. A hard cap
-//! bounds it even under a flood; at the cap the guard fails closed.
+//! bounds it even under a flood; at the cap the guard fails closed. A cap per
+//! signer keeps one flooding signer from filling it for everyone else.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use crate::Refusal;
 
@@ -16,7 +17,10 @@ type Key = (String, String);
 pub struct ReplayGuard {
     skew_ms: u64,
     capacity: usize,
+    per_signer_capacity: usize,
     seen: HashSet<Key>,
+    /// Nonces held per signer, for the per-signer cap.
+    per_signer: HashMap<String, usize>,
     /// Min-heap of (expiry, key), so expired nonces are dropped oldest first.
     expiries: BinaryHeap<Reverse<(u64, Key)>>,
 }
@@ -27,9 +31,17 @@ impl ReplayGuard {
         ReplayGuard {
             skew_ms,
             capacity,
+            per_signer_capacity: capacity,
             seen: HashSet::new(),
+            per_signer: HashMap::new(),
             expiries: BinaryHeap::new(),
         }
+    }
+
+    /// At most `limit` nonces of one signer at once (by default, `capacity`).
+    pub fn with_per_signer_capacity(mut self, limit: usize) -> Self {
+        self.per_signer_capacity = limit;
+        self
     }
 
     /// Records the nonce, or refuses it if it was seen within the window.
@@ -49,6 +61,11 @@ impl ReplayGuard {
         if self.seen.len() >= self.capacity {
             return Err(Refusal::ReplayGuardFull);
         }
+        let held = self.per_signer.entry(key.0.clone()).or_default();
+        if *held >= self.per_signer_capacity {
+            return Err(Refusal::TooManyMessages(key.0));
+        }
+        *held += 1;
         let expiry = timestamp_ms.saturating_add(self.skew_ms);
         self.seen.insert(key.clone());
         self.expiries.push(Reverse((expiry, key)));
@@ -71,6 +88,12 @@ impl ReplayGuard {
             }
             if let Some(Reverse((_, key))) = self.expiries.pop() {
                 self.seen.remove(&key);
+                if let Some(held) = self.per_signer.get_mut(&key.0) {
+                    *held -= 1;
+                    if *held == 0 {
+                        self.per_signer.remove(&key.0);
+                    }
+                }
             }
         }
     }
@@ -107,6 +130,21 @@ mod tests {
         guard.admit("d", "b", 0, 0).unwrap();
         assert_eq!(guard.admit("d", "c", 0, 0), Err(Refusal::ReplayGuardFull));
         guard.admit("d", "c", 61_000, 61_000).unwrap();
+        assert_eq!(guard.len(), 1);
+    }
+
+    #[test]
+    fn one_flooding_signer_does_not_lock_out_the_others() {
+        let mut guard = ReplayGuard::new(60_000, 10).with_per_signer_capacity(2);
+        guard.admit("flood", "a", 0, 0).unwrap();
+        guard.admit("flood", "b", 0, 0).unwrap();
+        assert_eq!(
+            guard.admit("flood", "c", 0, 0),
+            Err(Refusal::TooManyMessages("flood".into()))
+        );
+        guard.admit("calm", "a", 0, 0).unwrap();
+        // Once the flood's nonces expire (and calm's), it may speak again.
+        guard.admit("flood", "d", 61_000, 61_000).unwrap();
         assert_eq!(guard.len(), 1);
     }
 }
