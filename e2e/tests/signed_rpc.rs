@@ -300,21 +300,13 @@ async fn a_slow_worker_gives_a_timeout_error() {
 
     let at_bridge = api.rpc("device-slow", "slow.method", json!({})).await;
     assert_eq!(
+        at_bridge.body["error"]["kind"], "device_error",
+        "{at_bridge:?}"
+    );
+    assert_eq!(
         at_bridge.body["error"]["rpc_error"]["code"], -32002,
         "{at_bridge:?}"
     );
-
-    // And the cloud's own per-call timeout, shorter than the bridge's.
-    device.stop_bridge().await;
-    let reply = api
-        .rpc_with_timeout(
-            "device-slow",
-            "slow.method",
-            json!({}),
-            Some(Duration::from_millis(100)),
-        )
-        .await;
-    assert!(matches!(reply.status, 503 | 504), "{reply:?}");
 }
 
 #[tokio::test]
