@@ -1,5 +1,6 @@
 //! The bridge's configuration, parsed once in `main` and passed down.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::keys::PublicKey;
@@ -7,8 +8,11 @@ use protocol::Signer;
 
 #[derive(Clone)]
 pub struct BridgeConfig {
-    /// `ws://host:port/ws/device` of the cloud.
+    /// `wss://host/ws/device` (or `ws://` on a trusted network) of the cloud.
     pub cloud_url: String,
+    /// Whom a `wss://` cloud may be: Mozilla's roots unless an operator named
+    /// a CA file (see [`crate::tls`]).
+    pub tls: Arc<rustls::ClientConfig>,
     /// This device's id and key; `signer.id()` is the device id.
     pub signer: Signer,
     /// The cloud's id, the only signer accepted on the WebSocket.
@@ -41,6 +45,7 @@ impl BridgeConfig {
     pub fn new(cloud_url: String, signer: Signer, cloud_id: String, cloud_key: PublicKey) -> Self {
         BridgeConfig {
             cloud_url,
+            tls: crate::tls::client_config(None).expect("Mozilla's roots make a valid TLS config"),
             signer,
             cloud_id,
             cloud_key,

@@ -12,6 +12,7 @@ mod config;
 mod relay;
 mod session;
 mod status;
+pub mod tls;
 mod uplink;
 
 use std::collections::BTreeMap;

@@ -14,13 +14,17 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The cloud's device endpoint.
+    /// The cloud's device endpoint (`wss://` over the internet).
     #[arg(
         long,
         env = "CLOUD_URL",
         default_value = "ws://127.0.0.1:8080/ws/device"
     )]
     cloud_url: String,
+    /// PEM file of the CA certificates a `wss://` cloud must chain to; without
+    /// it, Mozilla's root certificates.
+    #[arg(long, env = "CLOUD_CA_PATH")]
+    cloud_ca: Option<PathBuf>,
     /// This device's id, as operators will see it.
     #[arg(long, env = "DEVICE_ID")]
     device_id: String,
@@ -96,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
         args.cloud_id,
         cloud_key,
     );
+    if let Some(path) = &args.cloud_ca {
+        config.tls = bridge::tls::client_config(Some(bridge::tls::read_ca_file(path)?))?;
+    }
     config.auth_method = args.auth_rpc_method;
     config.skew = Duration::from_secs(args.clock_skew_secs);
     config.worker_timeout = Duration::from_millis(args.worker_timeout_ms);

@@ -97,7 +97,10 @@ pub async fn run_session(
         .read_buffer_size(8 << 10)
         .write_buffer_size(0)
         .max_message_size(Some(config.max_frame_bytes.saturating_mul(4)));
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
+    // The connector is used for wss:// URLs only.
+    let tls = tokio_tungstenite::Connector::Rustls(config.tls.clone());
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(ws_config), true, Some(tls));
     let (socket, response) = tokio::select! {
         _ = shutdown.cancelled() => return SessionEnd::Shutdown,
         result = tokio::time::timeout(config.connect_timeout, connect) => match result {

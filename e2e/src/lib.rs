@@ -6,6 +6,7 @@ pub mod docker;
 pub mod nats;
 pub mod stack;
 pub mod test_cloud;
+pub mod tls_proxy;
 pub mod wait;
 
 pub use wait::wait_until;
