@@ -55,14 +55,7 @@ impl RunningCloud {
 
     async fn serve(listener: TcpListener, dir: TempDir, config: CloudConfig) -> RunningCloud {
         let addr = listener.local_addr().expect("address");
-        let registry = cloud::Registry::open(&config.database_url)
-            .await
-            .expect("registry");
-        let state = AppState::new(config.clone(), registry)
-            .await
-            .expect("cloud state");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(cloud::serve(listener, state.clone(), shutdown.clone()));
+        let (state, shutdown, task) = Self::spawn(listener, &config).await;
         RunningCloud {
             addr,
             dir,
@@ -71,6 +64,22 @@ impl RunningCloud {
             shutdown,
             task,
         }
+    }
+
+    /// Opens the registry and serves on `listener` until the token is cancelled.
+    async fn spawn(
+        listener: TcpListener,
+        config: &CloudConfig,
+    ) -> (AppState, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+        let registry = cloud::Registry::open(&config.database_url)
+            .await
+            .expect("registry");
+        let state = AppState::new(config.clone(), registry)
+            .await
+            .expect("cloud state");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(cloud::serve(listener, state.clone(), shutdown.clone()));
+        (state, shutdown, task)
     }
 
     /// Stops the cloud (devices see their sockets close) and starts it again
@@ -84,18 +93,7 @@ impl RunningCloud {
         let listener = TcpListener::bind(self.addr)
             .await
             .expect("rebind the same address");
-        let registry = cloud::Registry::open(&self.config.database_url)
-            .await
-            .expect("registry");
-        self.state = AppState::new(self.config.clone(), registry)
-            .await
-            .expect("cloud state");
-        self.shutdown = CancellationToken::new();
-        self.task = tokio::spawn(cloud::serve(
-            listener,
-            self.state.clone(),
-            self.shutdown.clone(),
-        ));
+        (self.state, self.shutdown, self.task) = Self::spawn(listener, &self.config).await;
     }
 
     pub fn state(&self) -> &AppState {
