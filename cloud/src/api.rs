@@ -1,20 +1,24 @@
-//! The REST API under `/api/v1`, behind the admin bearer token: the device
-//! registry, operator decisions, the auth audit log, and RPC calls to devices.
+//! The REST API under `/api/v1`: the device registry, operator decisions, RPC
+//! calls to devices and the audit log. Every route but `POST /login` needs a
+//! caller (see [`crate::operator_auth`]); every action is audited.
 
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::audit::{Action, AuditFilter};
 use crate::error::AppError;
 use crate::now_ms;
+use crate::operator_auth::{self, Caller};
 use crate::registry::{DeviceRecord, DeviceStatus};
 use crate::state::AppState;
 use protocol::close_code;
@@ -25,14 +29,37 @@ const DEVICE_AUTH_EVENTS: i64 = 50;
 const DEVICE_CONTAINER_EVENTS: i64 = 50;
 
 pub(crate) fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
+    let authenticated = Router::new()
+        .route("/me", get(operator_auth::me))
+        .route("/logout", post(operator_auth::logout))
         .route("/devices", get(list_devices))
         .route("/devices/{id}", get(get_device).delete(delete_device))
         .route("/devices/{id}/accept", post(accept_device))
         .route("/devices/{id}/reject", post(reject_device))
         .route("/devices/{id}/rpc", post(call_device))
+        .route("/devices/{id}/health", get(health_history))
         .route("/auth-events", get(list_auth_events))
-        .route_layer(middleware::from_fn_with_state(state, require_admin_token))
+        .route("/audit", get(list_audit))
+        .route(
+            "/operators",
+            get(crate::operators_api::list_operators).post(crate::operators_api::add_operator),
+        )
+        .route(
+            "/operators/{name}",
+            delete(crate::operators_api::remove_operator),
+        )
+        .route(
+            "/tokens",
+            get(crate::operators_api::list_tokens).post(crate::operators_api::create_token),
+        )
+        .route("/tokens/{id}", delete(crate::operators_api::revoke_token))
+        .route_layer(middleware::from_fn_with_state(
+            state,
+            operator_auth::require_caller,
+        ));
+    Router::new()
+        .route("/login", post(operator_auth::login))
+        .merge(authenticated)
 }
 
 /// A device as the API shows it: the registry record plus live state.
@@ -68,40 +95,87 @@ impl DeviceView {
     }
 }
 
-async fn require_admin_token(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, AppError> {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(token) if same_secret(token.trim().as_bytes(), state.admin_token().as_bytes()) => {
-            Ok(next.run(request).await)
+#[derive(Debug, Default, Deserialize)]
+pub struct DeviceFilter {
+    /// `pending`, `accepted`, `rejected`, `online` or `offline`.
+    pub state: Option<String>,
+    /// Part of the device id, any case.
+    pub q: Option<String>,
+}
+
+/// Devices matching `filter`, pending ones first.
+pub async fn device_views(
+    state: &AppState,
+    filter: &DeviceFilter,
+) -> Result<Vec<DeviceView>, AppError> {
+    let wanted = filter.state.as_deref().filter(|s| !s.is_empty());
+    if let Some(wanted) = wanted {
+        if !["pending", "accepted", "rejected", "online", "offline"].contains(&wanted) {
+            return Err(AppError::bad_request(format!(
+                "unknown state {wanted:?}: use pending, accepted, rejected, online or offline"
+            )));
         }
-        _ => Err(AppError::unauthorized()),
     }
-}
-
-/// Compares without an early exit, so timing does not reveal a prefix.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn list_devices(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let needle = filter.q.as_deref().unwrap_or("").trim().to_lowercase();
     let records = state.registry().devices().await?;
     let online = state.fleet().online_device_ids();
-    let devices: Vec<DeviceView> = records
+    Ok(records
         .into_iter()
         .map(|record| {
             let is_online = online.contains(&record.id);
             DeviceView::new(record, is_online)
         })
-        .collect();
+        .filter(|device| match wanted {
+            None => true,
+            Some("online") => device.online,
+            Some("offline") => !device.online,
+            Some(status) => device.status.as_str() == status,
+        })
+        .filter(|device| needle.is_empty() || device.id.to_lowercase().contains(&needle))
+        .collect())
+}
+
+async fn list_devices(
+    State(state): State<AppState>,
+    Query(filter): Query<DeviceFilter>,
+) -> Result<Json<Value>, AppError> {
+    let devices = device_views(&state, &filter).await?;
     Ok(Json(json!({ "devices": devices })))
+}
+
+async fn health_history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    if state.registry().device(&id).await?.is_none() {
+        return Err(AppError::unknown_device(&id));
+    }
+    let samples = state.registry().health_history(&id).await?;
+    Ok(Json(json!({ "samples": samples })))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    #[serde(flatten)]
+    filter: AuditFilter,
+    offset: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_audit(
+    State(state): State<AppState>,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<crate::audit::AuditPage>, AppError> {
+    let page = state
+        .audit()
+        .page(
+            &query.filter,
+            query.offset.unwrap_or(0),
+            query.limit.unwrap_or(100),
+        )
+        .await
+        .map_err(AppError::internal)?;
+    Ok(Json(page))
 }
 
 async fn get_device(
@@ -125,48 +199,83 @@ async fn get_device(
 
 async fn accept_device(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    decide(&state, &id, DeviceStatus::Accepted).await
+    let device = decide(&state, &caller, &id, DeviceStatus::Accepted).await?;
+    Ok(Json(json!({ "device": device })))
 }
 
 async fn reject_device(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    decide(&state, &id, DeviceStatus::Rejected).await
+    let device = decide(&state, &caller, &id, DeviceStatus::Rejected).await?;
+    Ok(Json(json!({ "device": device })))
 }
 
-/// Stores the decision first, then tells the connected device, so that a
-/// device told "accepted" is accepted in the registry too.
-async fn decide(state: &AppState, id: &str, status: DeviceStatus) -> Result<Json<Value>, AppError> {
+/// An operator's decision on a device. Stores it first, then tells the
+/// connected device, so that a device told "accepted" is accepted in the
+/// registry too.
+pub async fn decide(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    status: DeviceStatus,
+) -> Result<DeviceView, AppError> {
+    let action = match status {
+        DeviceStatus::Accepted => "device.accept",
+        _ => "device.reject",
+    };
+    let detail = format!("by {}", caller.name);
     let record = state
         .registry()
-        .set_status(id, status, "by admin token", now_ms() as i64)
-        .await?
-        .ok_or_else(|| AppError::unknown_device(id))?;
-    tracing::info!(device_id = %id, %status, "operator decision");
+        .set_status(id, status, &detail, now_ms() as i64)
+        .await?;
+    let outcome = if record.is_some() {
+        "ok"
+    } else {
+        "unknown_device"
+    };
+    operator_auth::record(state, &caller.name, action, outcome, id).await;
+    let record = record.ok_or_else(|| AppError::unknown_device(id))?;
+    tracing::info!(device_id = %id, %status, operator = %caller.name, "operator decision");
     state.fleet().apply_status(id, status).await;
+    state
+        .events()
+        .device("device.status", id, json!({ "status": status }));
     let online = state.fleet().is_online(id);
-    Ok(Json(json!({ "device": DeviceView::new(record, online) })))
+    Ok(DeviceView::new(record, online))
 }
 
 async fn delete_device(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    if !state
+    remove_device(&state, &caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Forgets a device and cuts its connection; it may register again as pending.
+pub async fn remove_device(state: &AppState, caller: &Caller, id: &str) -> Result<(), AppError> {
+    let detail = format!("by {}", caller.name);
+    let deleted = state
         .registry()
-        .delete(&id, "by admin token", now_ms() as i64)
-        .await?
-    {
-        return Err(AppError::unknown_device(&id));
+        .delete(id, &detail, now_ms() as i64)
+        .await?;
+    let outcome = if deleted { "ok" } else { "unknown_device" };
+    operator_auth::record(state, &caller.name, "device.delete", outcome, id).await;
+    if !deleted {
+        return Err(AppError::unknown_device(id));
     }
-    tracing::info!(device_id = %id, "device deleted");
+    tracing::info!(device_id = %id, operator = %caller.name, "device deleted");
     state
         .fleet()
-        .disconnect(&id, close_code::DELETED, "device deleted");
-    Ok(StatusCode::NO_CONTENT)
+        .disconnect(id, close_code::DELETED, "device deleted");
+    state.events().device("device.deleted", id, Value::Null);
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,10 +310,40 @@ pub struct RpcRequest {
 
 async fn call_device(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     body: Result<Json<RpcRequest>, JsonRejection>,
 ) -> Result<Json<Value>, AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let result = audited_call(&state, &caller, &id, body).await?;
+    Ok(Json(json!({ "result": result })))
+}
+
+/// Calls a device for `caller` and records the call, its outcome and its
+/// latency in the audit log.
+pub async fn audited_call(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    body: RpcRequest,
+) -> Result<Value, AppError> {
+    let method = body.method.clone();
+    let started = Instant::now();
+    let outcome = call_checked(state, id, body).await;
+    state
+        .record_action(&Action {
+            actor: &caller.name,
+            action: "rpc",
+            target: id,
+            outcome: outcome.as_ref().map_or_else(|e| e.kind, |_| "ok"),
+            detail: &method,
+            latency_ms: Some(started.elapsed().as_millis() as i64),
+        })
+        .await;
+    outcome
+}
+
+async fn call_checked(state: &AppState, id: &str, body: RpcRequest) -> Result<Value, AppError> {
     let max = state.config().max_rpc_timeout();
     let timeout = match body.timeout_ms {
         None => state.config().rpc_timeout,
@@ -217,9 +356,8 @@ async fn call_device(
         }
         Some(ms) => Duration::from_millis(ms),
     };
-    let result = state
+    Ok(state
         .fleet()
-        .call(&id, &body.method, body.params, timeout)
-        .await?;
-    Ok(Json(json!({ "result": result })))
+        .call(id, &body.method, body.params, timeout)
+        .await?)
 }

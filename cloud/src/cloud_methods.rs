@@ -42,16 +42,22 @@ pub(crate) async fn notify(state: &AppState, device_id: &str, method: &str, para
     let now = now_ms() as i64;
     let stored = match (method, params) {
         (HEALTH, Some(health @ Value::Object(_))) => {
-            state
+            let stored = state
                 .registry()
                 .record_health(device_id, &health, now)
-                .await
+                .await;
+            state.events().device("device.health", device_id, health);
+            stored
         }
         (CONTAINER_EVENT, Some(event)) => {
-            state
+            let stored = state
                 .registry()
                 .add_device_event(device_id, method, &event, now)
-                .await
+                .await;
+            state
+                .events()
+                .device("device.container_event", device_id, event);
+            stored
         }
         (HEALTH | CONTAINER_EVENT, _) => {
             tracing::warn!(%device_id, %method, "notification without usable params ignored");

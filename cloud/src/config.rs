@@ -30,6 +30,9 @@ pub struct CloudConfig {
     pub ping_interval: Duration,
     /// Method a device calls to authenticate.
     pub auth_rpc_method: String,
+    /// Marks the session cookie `Secure`: set it when browsers reach the
+    /// cloud over HTTPS.
+    pub secure_cookies: bool,
 }
 
 impl Default for CloudConfig {
@@ -45,6 +48,7 @@ impl Default for CloudConfig {
             auth_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             auth_rpc_method: protocol::auth::DEFAULT_AUTHENTICATE.into(),
+            secure_cookies: false,
         }
     }
 }
@@ -105,6 +109,9 @@ pub struct ServeArgs {
     /// JSON-RPC method devices call to authenticate.
     #[arg(long, env = "AUTH_RPC_METHOD", default_value = protocol::auth::DEFAULT_AUTHENTICATE)]
     pub auth_rpc_method: String,
+    /// Send the session cookie only over HTTPS (set when a TLS proxy fronts the cloud).
+    #[arg(long, env = "SESSION_COOKIE_SECURE", default_value_t = false)]
+    pub secure_cookies: bool,
 }
 
 impl ServeArgs {
@@ -120,6 +127,7 @@ impl ServeArgs {
             auth_timeout: Duration::from_secs(self.auth_timeout_secs),
             ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
             auth_rpc_method: self.auth_rpc_method,
+            secure_cookies: self.secure_cookies,
         }
     }
 }

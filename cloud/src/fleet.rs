@@ -9,6 +9,7 @@ use std::time::Duration;
 use protocol::{check_method_name, Message, Refusal, RpcError, MAX_SAFE_INTEGER};
 use serde_json::Value;
 
+use crate::events::EventHub;
 use crate::registry::{DeviceStatus, Registry, RegistryError};
 use crate::session::DeviceSession;
 use protocol::close_code;
@@ -86,14 +87,17 @@ pub struct Fleet {
     next_connection_id: AtomicU64,
     /// Tells unknown, undecided and offline devices apart when a call fails.
     registry: Registry,
+    /// Where devices coming online and going offline are announced.
+    events: EventHub,
 }
 
 impl Fleet {
-    pub(crate) fn new(registry: Registry) -> Self {
+    pub(crate) fn new(registry: Registry, events: EventHub) -> Self {
         Fleet {
             sessions: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
             registry,
+            events,
         }
     }
 
@@ -175,11 +179,18 @@ impl Fleet {
 
     /// Makes `session` the device's live connection, closing the one it replaces.
     pub(crate) fn register(&self, session: Arc<DeviceSession>) {
-        let replaced = self.lock().insert(session.device_id.clone(), session);
+        let device_id = session.device_id.clone();
+        let status = session.status();
+        let replaced = self.lock().insert(device_id.clone(), session);
         if let Some(old) = replaced {
             tracing::info!(device_id = %old.device_id, "newer connection replaces the old one");
             old.close(close_code::REPLACED, "replaced by a newer connection");
         }
+        self.events.device(
+            "device.online",
+            &device_id,
+            serde_json::json!({ "status": status }),
+        );
     }
 
     /// Removes `session` unless a newer connection has already replaced it.
@@ -190,6 +201,9 @@ impl Fleet {
             .is_some_and(|s| s.connection_id == session.connection_id)
         {
             sessions.remove(&session.device_id);
+            drop(sessions);
+            self.events
+                .device("device.offline", &session.device_id, Value::Null);
         }
     }
 

@@ -224,6 +224,11 @@ async fn decide(
                 tracing::warn!(%device_id, error = %e, "cannot record key_mismatch");
             }
             state.refusal_counters().increment("key_mismatch");
+            state.events().device(
+                "device.key_mismatch",
+                device_id,
+                json!({ "presented": fingerprint, "registered": registered }),
+            );
             let mut error = RpcError::new(
                 ErrorCode::Refused,
                 format!("device id {device_id} is registered with a different key"),
@@ -282,6 +287,11 @@ async fn verdict(
                 .await?
             {
                 tracing::info!(device_id = %id, %fingerprint, "new device key; pending approval");
+                state.events().device(
+                    "device.new_key",
+                    id,
+                    json!({ "fingerprint": fingerprint, "status": DeviceStatus::Pending }),
+                );
                 return Ok(Verdict::Status(DeviceStatus::Pending));
             }
             // Another connection registered this id a moment ago.

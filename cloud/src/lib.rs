@@ -6,17 +6,22 @@
 //! the real server in-process on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod admin_token;
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod cloud_methods;
 pub mod config;
 mod device_ws;
 pub mod error;
+pub mod events;
 pub mod fleet;
 mod handshake;
 mod inbound;
 mod link;
+pub mod operator_auth;
+mod operators_api;
 pub mod refusals;
 pub mod registry;
 mod session;
@@ -77,7 +82,8 @@ pub async fn serve(
         cloud_id = %state.config().cloud_id,
         "cloud listening (devices on /ws/device, API on /api/v1)"
     );
-    let server = axum::serve(listener, app(state.clone()))
+    let service = app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
     let mut server = tokio::spawn(server);
@@ -106,7 +112,7 @@ pub async fn serve(
     Ok(())
 }
 
-/// The whole HTTP surface: `/ws/device`, `/healthz` and `/api/v1`.
+/// The whole HTTP surface: `/ws/device`, `/ws/events`, `/healthz` and `/api/v1`.
 pub fn app(state: AppState) -> Router {
     let http_timeout = state.config().max_rpc_timeout() + HTTP_TIMEOUT_MARGIN;
     let http = Router::new()
@@ -118,6 +124,7 @@ pub fn app(state: AppState) -> Router {
         ));
     Router::new()
         .route("/ws/device", any(device_ws::upgrade))
+        .route("/ws/events", get(events::upgrade))
         .merge(http)
         .layer(TraceLayer::new_for_http())
         .with_state(state)

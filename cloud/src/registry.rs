@@ -15,6 +15,8 @@ use sqlx::SqlitePool;
 
 /// Container events kept per device; older ones are pruned on insert.
 pub const DEVICE_EVENTS_KEPT: i64 = 1000;
+/// Health reports are kept this long, for the dashboard's chart.
+pub const HEALTH_HISTORY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -170,6 +172,13 @@ pub struct DeviceEvent {
     pub payload: Value,
 }
 
+/// One health report of a device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthSample {
+    pub at: i64,
+    pub health: Value,
+}
+
 /// A cheap, cloneable handle on the registry database.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -195,6 +204,11 @@ impl Registry {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Registry { pool })
+    }
+
+    /// The database, shared with operator accounts and the audit log.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
@@ -322,10 +336,12 @@ impl Registry {
             .rows_affected()
             == 1;
         if deleted {
-            sqlx::query("DELETE FROM device_events WHERE device_id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            for table in ["device_events", "device_health"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE device_id = ?"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             insert_auth_event(&mut tx, id, AuthEventKind::Deleted, detail, now).await?;
         }
         tx.commit().await?;
@@ -341,20 +357,51 @@ impl Registry {
         Ok(())
     }
 
+    /// Stores a health report as the device's latest, and in its last hour.
     pub async fn record_health(
         &self,
         id: &str,
         health: &Value,
         now: i64,
     ) -> Result<(), RegistryError> {
+        let text = health.to_string();
+        let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE devices SET last_health = ?, last_health_at = ?, last_seen = MAX(last_seen, ?) WHERE id = ?")
-            .bind(health.to_string())
+            .bind(&text)
             .bind(now)
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("INSERT INTO device_health (device_id, at, health) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(now)
+            .bind(&text)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM device_health WHERE device_id = ? AND at < ?")
+            .bind(id)
+            .bind(now - HEALTH_HISTORY.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// A device's health reports of the last hour, oldest first.
+    pub async fn health_history(&self, id: &str) -> Result<Vec<HealthSample>, RegistryError> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT at, health FROM device_health WHERE device_id = ? ORDER BY at")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(at, health)| {
+                let health = serde_json::from_str(&health)
+                    .map_err(|e| RegistryError::Corrupt(format!("health of {id}: {e}")))?;
+                Ok(HealthSample { at, health })
+            })
+            .collect()
     }
 
     /// Stores a container event and prunes the device's events beyond the

@@ -1,6 +1,6 @@
 //! What every handler and device session shares: config, the cloud's signing
-//! identity, the registry, the fleet of live sessions, the replay guard and
-//! the refusal counters.
+//! identity, the registry, operator accounts and the audit log, the fleet of
+//! live sessions, live events, the replay guard and the refusal counters.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,8 +11,12 @@ use protocol::{ReplayGuard, Signer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accounts::Accounts;
+use crate::audit::{Action, AuditLog};
 use crate::config::CloudConfig;
+use crate::events::EventHub;
 use crate::fleet::Fleet;
+use crate::operator_auth::LoginLimiter;
 use crate::refusals::RefusalCounters;
 use crate::registry::Registry;
 
@@ -34,6 +38,10 @@ struct Shared {
     config: CloudConfig,
     signer: Arc<Signer>,
     registry: Registry,
+    accounts: Accounts,
+    audit: AuditLog,
+    events: EventHub,
+    login_limiter: LoginLimiter,
     fleet: Fleet,
     /// One guard for the whole cloud: a nonce is unique per signer, and a
     /// device may hop between connections.
@@ -58,10 +66,15 @@ impl AppState {
             "admin token file (use it as the API bearer token)"
         );
         let signer = Arc::new(Signer::new(config.cloud_id.clone(), key));
+        let events = EventHub::default();
         let skew_ms = u64::try_from(config.skew.as_millis()).unwrap_or(u64::MAX);
         Ok(AppState {
             inner: Arc::new(Shared {
-                fleet: Fleet::new(registry.clone()),
+                fleet: Fleet::new(registry.clone(), events.clone()),
+                accounts: Accounts::new(registry.pool().clone()),
+                audit: AuditLog::new(registry.pool().clone()),
+                events,
+                login_limiter: LoginLimiter::default(),
                 replay_guard: Mutex::new(
                     ReplayGuard::new(skew_ms, REPLAY_GUARD_CAPACITY)
                         .with_per_signer_capacity(REPLAY_GUARD_PER_DEVICE),
@@ -87,6 +100,35 @@ impl AppState {
 
     pub fn fleet(&self) -> &Fleet {
         &self.inner.fleet
+    }
+
+    pub fn accounts(&self) -> &Accounts {
+        &self.inner.accounts
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    pub fn events(&self) -> &EventHub {
+        &self.inner.events
+    }
+
+    /// Stores an operator action in the audit log and publishes it live. A
+    /// failure to store is logged: the action itself has happened.
+    pub async fn record_action(&self, action: &Action<'_>) {
+        match self
+            .inner
+            .audit
+            .record(action, crate::now_ms() as i64)
+            .await
+        {
+            Ok(entry) => self.inner.events.audit(&entry),
+            Err(e) => tracing::error!(
+                error = %e, actor = action.actor, action = action.action,
+                "cannot write the audit log"
+            ),
+        }
     }
 
     /// The key devices verify the cloud's messages with.
@@ -123,6 +165,10 @@ impl AppState {
 
     pub(crate) fn refusal_counters(&self) -> &RefusalCounters {
         &self.inner.refusals
+    }
+
+    pub(crate) fn login_limiter(&self) -> &LoginLimiter {
+        &self.inner.login_limiter
     }
 
     pub(crate) fn admin_token(&self) -> &str {

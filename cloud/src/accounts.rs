@@ -1,0 +1,432 @@
+//! Operator accounts: argon2id passwords, browser sessions (each with its own
+//! CSRF token) and API bearer tokens. Only SHA-256 digests of session and API
+//! token secrets are stored; the secrets themselves are shown once.
+
+use std::time::Duration;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::RngCore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+
+/// A session ends this long after its last use.
+pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
+/// `last_used_at` of a session or token is written at most this often.
+const TOUCH_EVERY_MS: i64 = 60_000;
+/// Shortest password an operator may choose.
+pub const MIN_PASSWORD_CHARS: usize = 10;
+/// API tokens start with this, so that a leaked one is recognisable in a scan.
+pub const TOKEN_PREFIX: &str = "dbt_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("operator {0:?} already exists")]
+    OperatorExists(String),
+    #[error("no operator named {0:?}")]
+    UnknownOperator(String),
+    #[error("operator names are 1 to 64 characters of letters, digits, '.', '_', '@' or '-'")]
+    BadName,
+    #[error("passwords must have at least {MIN_PASSWORD_CHARS} characters")]
+    WeakPassword,
+    #[error("no API token {0}")]
+    UnknownToken(i64),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Operator {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A live browser session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub operator: Operator,
+    /// Must come back with every state-changing request of this session.
+    pub csrf_token: String,
+}
+
+/// A new session: the cookie secret and its CSRF token.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub secret: String,
+    pub csrf_token: String,
+}
+
+/// An API token as it is listed; the secret is never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ApiToken {
+    pub id: i64,
+    pub operator: String,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Operator accounts in the registry database.
+#[derive(Debug, Clone)]
+pub struct Accounts {
+    pool: SqlitePool,
+}
+
+impl Accounts {
+    pub fn new(pool: SqlitePool) -> Self {
+        Accounts { pool }
+    }
+
+    pub async fn add_operator(
+        &self,
+        name: &str,
+        password: &str,
+        now: i64,
+    ) -> Result<Operator, AccountError> {
+        check_name(name)?;
+        let hash = hash_password(password).await?;
+        let inserted = sqlx::query_as(
+            "INSERT INTO operators (name, password_hash, created_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO NOTHING RETURNING id, name, created_at",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        inserted.ok_or_else(|| AccountError::OperatorExists(name.to_owned()))
+    }
+
+    pub async fn operators(&self) -> Result<Vec<Operator>, AccountError> {
+        Ok(
+            sqlx::query_as("SELECT id, name, created_at FROM operators ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Removes an operator with their sessions and tokens.
+    pub async fn remove_operator(&self, name: &str) -> Result<(), AccountError> {
+        let removed = sqlx::query("DELETE FROM operators WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Err(AccountError::UnknownOperator(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Sets a new password and ends the operator's sessions.
+    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), AccountError> {
+        let hash = hash_password(password).await?;
+        let mut tx = self.pool.begin().await?;
+        let id: Option<i64> = sqlx::query_scalar(
+            "UPDATE operators SET password_hash = ? WHERE name = ? RETURNING id",
+        )
+        .bind(hash)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let id = id.ok_or_else(|| AccountError::UnknownOperator(name.to_owned()))?;
+        sqlx::query("DELETE FROM operator_sessions WHERE operator_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The operator whose name and password these are. An unknown name costs
+    /// as much time as a wrong password, so timing does not reveal names.
+    pub async fn check_password(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<Operator>, AccountError> {
+        let row: Option<(i64, String, i64, String)> = sqlx::query_as(
+            "SELECT id, name, created_at, password_hash FROM operators WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        let (operator, hash) = match row {
+            Some((id, name, created_at, hash)) => (
+                Some(Operator {
+                    id,
+                    name,
+                    created_at,
+                }),
+                Some(hash),
+            ),
+            None => (None, None),
+        };
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || {
+            let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
+            PasswordHash::new(hash).is_ok_and(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+        })
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))?;
+        Ok(operator.filter(|_| matches))
+    }
+
+    pub async fn start_session(
+        &self,
+        operator: &Operator,
+        now: i64,
+    ) -> Result<NewSession, AccountError> {
+        let secret = random_secret();
+        let csrf_token = random_secret();
+        sqlx::query(
+            "INSERT INTO operator_sessions (token_hash, operator_id, csrf_token, created_at, last_used_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(digest(&secret))
+        .bind(operator.id)
+        .bind(&csrf_token)
+        .bind(now)
+        .bind(now)
+        .bind(now + SESSION_IDLE.as_millis() as i64)
+        .execute(&self.pool)
+        .await?;
+        // Expired sessions go when new ones come, so the table stays small.
+        sqlx::query("DELETE FROM operator_sessions WHERE expires_at < ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(NewSession { secret, csrf_token })
+    }
+
+    /// The live session of a cookie secret; extends it while in use.
+    pub async fn session(&self, secret: &str, now: i64) -> Result<Option<Session>, AccountError> {
+        let hash = digest(secret);
+        let row: Option<(i64, String, i64, String, i64)> = sqlx::query_as(
+            "SELECT o.id, o.name, o.created_at, s.csrf_token, s.last_used_at \
+             FROM operator_sessions s JOIN operators o ON o.id = s.operator_id \
+             WHERE s.token_hash = ? AND s.expires_at >= ?",
+        )
+        .bind(&hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((id, name, created_at, csrf_token, last_used_at)) = row else {
+            return Ok(None);
+        };
+        if now - last_used_at >= TOUCH_EVERY_MS {
+            sqlx::query(
+                "UPDATE operator_sessions SET last_used_at = ?, expires_at = ? WHERE token_hash = ?",
+            )
+            .bind(now)
+            .bind(now + SESSION_IDLE.as_millis() as i64)
+            .bind(&hash)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(Some(Session {
+            operator: Operator {
+                id,
+                name,
+                created_at,
+            },
+            csrf_token,
+        }))
+    }
+
+    pub async fn end_session(&self, secret: &str) -> Result<(), AccountError> {
+        sqlx::query("DELETE FROM operator_sessions WHERE token_hash = ?")
+            .bind(digest(secret))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A new API token for `operator`; the returned secret is shown once.
+    pub async fn create_token(
+        &self,
+        operator: &Operator,
+        name: &str,
+        now: i64,
+    ) -> Result<(ApiToken, String), AccountError> {
+        let secret = format!("{TOKEN_PREFIX}{}", random_secret());
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO api_tokens (operator_id, name, token_hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(operator.id)
+        .bind(name)
+        .bind(digest(&secret))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let token = ApiToken {
+            id,
+            operator: operator.name.clone(),
+            name: name.to_owned(),
+            created_at: now,
+            last_used_at: None,
+            revoked_at: None,
+        };
+        Ok((token, secret))
+    }
+
+    /// Every API token, newest first.
+    pub async fn tokens(&self) -> Result<Vec<ApiToken>, AccountError> {
+        Ok(sqlx::query_as(
+            "SELECT t.id, o.name AS operator, t.name, t.created_at, t.last_used_at, t.revoked_at \
+             FROM api_tokens t JOIN operators o ON o.id = t.operator_id ORDER BY t.id DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Revokes a token at once; revoking twice is harmless.
+    pub async fn revoke_token(&self, id: i64, now: i64) -> Result<ApiToken, AccountError> {
+        sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        let token = sqlx::query_as(
+            "SELECT t.id, o.name AS operator, t.name, t.created_at, t.last_used_at, t.revoked_at \
+             FROM api_tokens t JOIN operators o ON o.id = t.operator_id WHERE t.id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        token.ok_or(AccountError::UnknownToken(id))
+    }
+
+    /// The operator and token a bearer secret stands for, unless revoked.
+    pub async fn token_owner(
+        &self,
+        secret: &str,
+        now: i64,
+    ) -> Result<Option<(Operator, ApiToken)>, AccountError> {
+        if !secret.starts_with(TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let row: Option<TokenOwnerRow> = sqlx::query_as(
+            "SELECT o.id AS op_id, o.name AS op_name, o.created_at AS op_created, \
+                    t.id, t.name, t.created_at, t.last_used_at \
+             FROM api_tokens t JOIN operators o ON o.id = t.operator_id \
+             WHERE t.token_hash = ? AND t.revoked_at IS NULL",
+        )
+        .bind(digest(secret))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(TokenOwnerRow {
+            op_id,
+            op_name,
+            op_created,
+            id,
+            name,
+            created_at,
+            last_used_at,
+        }) = row
+        else {
+            return Ok(None);
+        };
+        if last_used_at.is_none_or(|at| now - at >= TOUCH_EVERY_MS) {
+            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
+        let operator = Operator {
+            id: op_id,
+            name: op_name,
+            created_at: op_created,
+        };
+        let token = ApiToken {
+            id,
+            operator: operator.name.clone(),
+            name,
+            created_at,
+            last_used_at: Some(now),
+            revoked_at: None,
+        };
+        Ok(Some((operator, token)))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenOwnerRow {
+    op_id: i64,
+    op_name: String,
+    op_created: i64,
+    id: i64,
+    name: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+}
+
+fn check_name(name: &str) -> Result<(), AccountError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AccountError::BadName)
+    }
+}
+
+async fn hash_password(password: &str) -> Result<String, AccountError> {
+    if password.chars().count() < MIN_PASSWORD_CHARS {
+        return Err(AccountError::WeakPassword);
+    }
+    let password = password.to_owned();
+    // argon2 is deliberately slow: keep it off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .map_err(|e| AccountError::Hash(e.to_string()))
+    })
+    .await
+    .map_err(|e| AccountError::Hash(e.to_string()))?
+}
+
+/// A valid argon2id hash of no one's password, checked against when the name
+/// is unknown.
+fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        Argon2::default()
+            .hash_password(random_secret().as_bytes(), &salt)
+            .map(|hash| hash.to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// 32 random bytes, base64url.
+fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn digest(secret: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,159 @@
+//! The audit log: every operator action (sign-ins, decisions on devices, RPC
+//! calls with their outcome and latency, token and account changes), read
+//! together with the devices' own auth events (new key, authenticated,
+//! refused and why).
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+
+/// Device auth events the audit log shows. Accept, reject and delete are
+/// operator actions and appear once, as such.
+const DEVICE_EVENTS: &str = "'new_key', 'authenticated', 'key_mismatch', 'auth_failed'";
+/// Most entries one page may hold.
+pub const MAX_PAGE: i64 = 500;
+
+/// What an operator did, to be recorded.
+#[derive(Debug, Clone)]
+pub struct Action<'a> {
+    pub actor: &'a str,
+    /// `login`, `logout`, `device.accept`, `device.reject`, `device.delete`,
+    /// `rpc`, `token.create`, `token.revoke`, `operator.add`, `operator.remove`.
+    pub action: &'a str,
+    /// The device, token or operator acted on.
+    pub target: &'a str,
+    /// `ok`, or why not (`wrong_password`, `timed_out`, `offline`, ...).
+    pub outcome: &'a str,
+    /// The RPC method, a token's name, ...
+    pub detail: &'a str,
+    pub latency_ms: Option<i64>,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// `operator` (an operator action) or `device` (a device auth event).
+    pub source: String,
+    pub id: i64,
+    pub at: i64,
+    /// The operator, or the device for device events.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub detail: String,
+    pub latency_ms: Option<i64>,
+}
+
+/// Which entries to list; every filter is optional and exact.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuditFilter {
+    /// `operator` or `device`.
+    pub source: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// A device id (or token, operator) acted on.
+    pub target: Option<String>,
+    /// Entries with any other outcome than `ok`, when `true`.
+    pub failures_only: Option<bool>,
+}
+
+/// One page of the audit log, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditPage {
+    pub entries: Vec<AuditEntry>,
+    /// Entries matching the filter in all.
+    pub total: i64,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    pool: SqlitePool,
+}
+
+impl AuditLog {
+    pub fn new(pool: SqlitePool) -> Self {
+        AuditLog { pool }
+    }
+
+    /// Stores an action; returns it as the log will show it.
+    pub async fn record(&self, action: &Action<'_>, now: i64) -> Result<AuditEntry, sqlx::Error> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(now)
+        .bind(action.actor)
+        .bind(action.action)
+        .bind(action.target)
+        .bind(action.outcome)
+        .bind(action.detail)
+        .bind(action.latency_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(AuditEntry {
+            source: "operator".into(),
+            id,
+            at: now,
+            actor: action.actor.to_owned(),
+            action: action.action.to_owned(),
+            target: action.target.to_owned(),
+            outcome: action.outcome.to_owned(),
+            detail: action.detail.to_owned(),
+            latency_ms: action.latency_ms,
+        })
+    }
+
+    pub async fn page(
+        &self,
+        filter: &AuditFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<AuditPage, sqlx::Error> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let offset = offset.max(0);
+        let union = format!(
+            "SELECT 'operator' AS source, id, at, actor, action, target, outcome, detail, latency_ms \
+             FROM audit_log \
+             UNION ALL \
+             SELECT 'device', id, at, device_id, event, device_id, \
+                    CASE WHEN event IN ('key_mismatch', 'auth_failed') THEN 'refused' ELSE 'ok' END, \
+                    detail, NULL \
+             FROM auth_events WHERE event IN ({DEVICE_EVENTS})"
+        );
+        let conditions = "(?1 IS NULL OR source = ?1) AND (?2 IS NULL OR actor = ?2) \
+             AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR target = ?4) \
+             AND (?5 = 0 OR outcome <> 'ok')";
+        let failures_only = filter.failures_only.unwrap_or(false);
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM ({union}) WHERE {conditions}"
+        ))
+        .bind(&filter.source)
+        .bind(&filter.actor)
+        .bind(&filter.action)
+        .bind(&filter.target)
+        .bind(failures_only)
+        .fetch_one(&self.pool)
+        .await?;
+        let entries = sqlx::query_as(&format!(
+            "SELECT * FROM ({union}) WHERE {conditions} \
+             ORDER BY at DESC, source, id DESC LIMIT ?6 OFFSET ?7"
+        ))
+        .bind(&filter.source)
+        .bind(&filter.actor)
+        .bind(&filter.action)
+        .bind(&filter.target)
+        .bind(failures_only)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(AuditPage {
+            entries,
+            total,
+            offset,
+            limit,
+        })
+    }
+}

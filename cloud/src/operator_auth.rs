@@ -1,0 +1,353 @@
+//! Who is calling the HTTP API, and signing in and out.
+//!
+//! A caller is an operator with a session cookie (browsers) or a bearer token
+//! (scripts, the CLI): an operator's API token, or the host's admin token file.
+//! Session callers must repeat their session's CSRF token in `X-CSRF-Token` on
+//! every state-changing request; the cookie is HttpOnly and SameSite=Strict.
+//! Sign-in attempts are rate limited per operator name and per client address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::accounts::{same_secret, Operator};
+use crate::audit::Action;
+use crate::error::AppError;
+use crate::now_ms;
+use crate::state::AppState;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "devbridge_session";
+/// Header carrying the CSRF token of a cookie session.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// Name under which the admin token file's holder appears in the audit log.
+pub const ADMIN_TOKEN_ACTOR: &str = "admin-token";
+/// Sign-in attempts per operator name, and per client address, per minute.
+const LOGINS_PER_NAME_PER_MINUTE: u32 = 5;
+const LOGINS_PER_ADDRESS_PER_MINUTE: u32 = 30;
+/// Limiter keys kept before stale ones are swept.
+const LIMITER_KEYS_KEPT: usize = 10_000;
+
+/// How a caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Session { csrf_token: String },
+    ApiToken { token_id: i64 },
+    AdminToken,
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Audit log name: the operator, or [`ADMIN_TOKEN_ACTOR`].
+    pub name: String,
+    /// None for the admin token, which belongs to no operator account.
+    pub operator: Option<Operator>,
+    pub credential: Credential,
+}
+
+impl Caller {
+    pub fn csrf_token(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Session { csrf_token } => Some(csrf_token),
+            _ => None,
+        }
+    }
+}
+
+/// Sign-in rate limits.
+pub struct LoginLimiter {
+    per_name: DefaultKeyedRateLimiter<String>,
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl Default for LoginLimiter {
+    fn default() -> Self {
+        let per_minute = |n| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        LoginLimiter {
+            per_name: DefaultKeyedRateLimiter::keyed(per_minute(LOGINS_PER_NAME_PER_MINUTE)),
+            per_address: DefaultKeyedRateLimiter::keyed(per_minute(LOGINS_PER_ADDRESS_PER_MINUTE)),
+        }
+    }
+}
+
+impl LoginLimiter {
+    /// Counts an attempt; `Err(wait)` if it is over either limit.
+    pub fn check(&self, name: &str, address: Option<IpAddr>) -> Result<(), Duration> {
+        if self.per_name.len() > LIMITER_KEYS_KEPT {
+            self.per_name.retain_recent();
+        }
+        if self.per_address.len() > LIMITER_KEYS_KEPT {
+            self.per_address.retain_recent();
+        }
+        let now = DefaultClock::default().now();
+        if let Some(address) = address {
+            self.per_address
+                .check_key(&address)
+                .map_err(|not_until| not_until.wait_time_from(now))?;
+        }
+        self.per_name
+            .check_key(&name.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(now))
+    }
+}
+
+/// Middleware of the API: puts the [`Caller`] in the request's extensions, or
+/// refuses the request (401 without credentials, 403 without CSRF token).
+pub(crate) async fn require_caller(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let unsafe_method = !matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let caller = caller_from_headers(&state, request.headers(), unsafe_method).await?;
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}
+
+/// The caller these headers authenticate. `needs_csrf`: a cookie session must
+/// also present its CSRF token.
+pub async fn caller_from_headers(
+    state: &AppState,
+    headers: &HeaderMap,
+    needs_csrf: bool,
+) -> Result<Caller, AppError> {
+    if let Some(authorization) = headers.get(header::AUTHORIZATION) {
+        let token = authorization
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(AppError::unauthorized)?;
+        return caller_from_token(state, token).await;
+    }
+    let Some(secret) = session_secret(headers) else {
+        return Err(AppError::unauthorized());
+    };
+    let session = state
+        .accounts()
+        .session(&secret, now_ms() as i64)
+        .await
+        .map_err(AppError::internal)?
+        .ok_or_else(|| {
+            AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "session_expired",
+                "your session has ended; sign in again",
+            )
+        })?;
+    if needs_csrf {
+        let presented = headers
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !same_secret(presented.as_bytes(), session.csrf_token.as_bytes()) {
+            return Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "missing or wrong X-CSRF-Token for this session; reload the page",
+            ));
+        }
+    }
+    Ok(Caller {
+        name: session.operator.name.clone(),
+        operator: Some(session.operator),
+        credential: Credential::Session {
+            csrf_token: session.csrf_token,
+        },
+    })
+}
+
+async fn caller_from_token(state: &AppState, token: &str) -> Result<Caller, AppError> {
+    if same_secret(token.as_bytes(), state.admin_token().as_bytes()) {
+        return Ok(Caller {
+            name: ADMIN_TOKEN_ACTOR.into(),
+            operator: None,
+            credential: Credential::AdminToken,
+        });
+    }
+    let (operator, api_token) = state
+        .accounts()
+        .token_owner(token, now_ms() as i64)
+        .await
+        .map_err(AppError::internal)?
+        .ok_or_else(AppError::unauthorized)?;
+    Ok(Caller {
+        name: operator.name.clone(),
+        operator: Some(operator),
+        credential: Credential::ApiToken {
+            token_id: api_token.id,
+        },
+    })
+}
+
+/// The session cookie's secret, if the request carries one.
+pub fn session_secret(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginRequest {
+    pub name: String,
+    pub password: String,
+}
+
+/// Why a sign-in failed, for the caller (the dashboard words it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefusal {
+    WrongPassword,
+    RateLimited(Duration),
+}
+
+/// Checks a sign-in and starts a session; records the attempt in the audit
+/// log. Returns the operator, the session's `Set-Cookie` value and its CSRF token.
+pub async fn sign_in(
+    state: &AppState,
+    name: &str,
+    password: &str,
+    address: Option<IpAddr>,
+) -> Result<Result<(Operator, HeaderValue, String), LoginRefusal>, AppError> {
+    let name = name.trim();
+    if let Err(wait) = state.login_limiter().check(name, address) {
+        record(state, name, "login", "rate_limited", "").await;
+        return Ok(Err(LoginRefusal::RateLimited(wait)));
+    }
+    let operator = state
+        .accounts()
+        .check_password(name, password)
+        .await
+        .map_err(AppError::internal)?;
+    let Some(operator) = operator else {
+        record(state, name, "login", "wrong_password", "").await;
+        return Ok(Err(LoginRefusal::WrongPassword));
+    };
+    let session = state
+        .accounts()
+        .start_session(&operator, now_ms() as i64)
+        .await
+        .map_err(AppError::internal)?;
+    record(state, &operator.name, "login", "ok", "").await;
+    let cookie = session_cookie(state, &session.secret, crate::accounts::SESSION_IDLE);
+    Ok(Ok((operator, cookie, session.csrf_token)))
+}
+
+/// Ends the session these headers carry, if any; returns the clearing cookie.
+pub async fn sign_out(state: &AppState, caller: &Caller, headers: &HeaderMap) -> HeaderValue {
+    if let Some(secret) = session_secret(headers) {
+        if let Err(e) = state.accounts().end_session(&secret).await {
+            tracing::warn!(error = %e, "cannot end a session");
+        }
+    }
+    record(state, &caller.name, "logout", "ok", "").await;
+    session_cookie(state, "", Duration::ZERO)
+}
+
+fn session_cookie(state: &AppState, value: &str, max_age: Duration) -> HeaderValue {
+    let secure = if state.config().secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let text = format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        max_age.as_secs()
+    );
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Records an operator action; a failure to record is logged, not fatal.
+pub async fn record(state: &AppState, actor: &str, action: &str, outcome: &str, target: &str) {
+    state
+        .record_action(&Action {
+            actor,
+            action,
+            target,
+            outcome,
+            detail: "",
+            latency_ms: None,
+        })
+        .await;
+}
+
+/// `POST /api/v1/login` `{name, password}` → the session cookie and
+/// `{operator, csrf_token}`.
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    address: Option<Extension<ConnectInfo<SocketAddr>>>,
+    body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, AppError> {
+    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let address = address.map(|Extension(ConnectInfo(a))| a.ip());
+    match sign_in(&state, &body.name, &body.password, address).await? {
+        Ok((operator, cookie, csrf_token)) => Ok((
+            [(header::SET_COOKIE, cookie)],
+            Json(json!({ "operator": operator, "csrf_token": csrf_token })),
+        )
+            .into_response()),
+        Err(LoginRefusal::WrongPassword) => Err(AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "wrong_password",
+            "unknown operator or wrong password",
+        )),
+        Err(LoginRefusal::RateLimited(wait)) => {
+            let mut response = AppError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many sign-in attempts; try again in {} s",
+                    wait.as_secs() + 1
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs() + 1));
+            Ok(response)
+        }
+    }
+}
+
+/// `POST /api/v1/logout`: ends the caller's session.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+) -> Response {
+    let cookie = sign_out(&state, &caller, &headers).await;
+    (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
+}
+
+/// `GET /api/v1/me`: who the caller is (and a session's CSRF token).
+pub(crate) async fn me(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
+    let via = match caller.credential {
+        Credential::Session { .. } => "session",
+        Credential::ApiToken { .. } => "api_token",
+        Credential::AdminToken => "admin_token",
+    };
+    Json(json!({
+        "name": caller.name,
+        "operator": caller.operator,
+        "via": via,
+        "csrf_token": caller.csrf_token(),
+    }))
+}

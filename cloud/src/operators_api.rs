@@ -1,0 +1,142 @@
+//! `/api/v1/operators` and `/api/v1/tokens`: operator accounts and the API
+//! bearer tokens operators create, list and revoke. Every change is audited.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::accounts::AccountError;
+use crate::error::AppError;
+use crate::now_ms;
+use crate::operator_auth::{self, Caller};
+use crate::state::AppState;
+
+impl From<AccountError> for AppError {
+    fn from(error: AccountError) -> Self {
+        match error {
+            AccountError::OperatorExists(_) => {
+                AppError::new(StatusCode::CONFLICT, "operator_exists", error.to_string())
+            }
+            AccountError::UnknownOperator(_) => {
+                AppError::new(StatusCode::NOT_FOUND, "unknown_operator", error.to_string())
+            }
+            AccountError::UnknownToken(_) => {
+                AppError::new(StatusCode::NOT_FOUND, "unknown_token", error.to_string())
+            }
+            AccountError::BadName | AccountError::WeakPassword => {
+                AppError::bad_request(error.to_string())
+            }
+            AccountError::Database(_) | AccountError::Hash(_) => AppError::internal(error),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOperator {
+    pub name: String,
+    pub password: String,
+}
+
+pub(crate) async fn list_operators(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let operators = state.accounts().operators().await?;
+    Ok(Json(json!({ "operators": operators })))
+}
+
+pub(crate) async fn add_operator(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<NewOperator>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let added = state
+        .accounts()
+        .add_operator(&body.name, &body.password, now_ms() as i64)
+        .await;
+    let outcome = if added.is_ok() { "ok" } else { "refused" };
+    operator_auth::record(&state, &caller.name, "operator.add", outcome, &body.name).await;
+    Ok((StatusCode::CREATED, Json(json!({ "operator": added? }))))
+}
+
+pub(crate) async fn remove_operator(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, AppError> {
+    if caller.operator.as_ref().is_some_and(|o| o.name == name) {
+        return Err(AppError::new(
+            StatusCode::CONFLICT,
+            "self_removal",
+            "operators cannot remove themselves; ask another operator",
+        ));
+    }
+    let removed = state.accounts().remove_operator(&name).await;
+    let outcome = if removed.is_ok() {
+        "ok"
+    } else {
+        "unknown_operator"
+    };
+    operator_auth::record(&state, &caller.name, "operator.remove", outcome, &name).await;
+    removed?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// What the token is for, e.g. `ci-deploy`.
+    pub name: String,
+}
+
+pub(crate) async fn list_tokens(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let tokens = state.accounts().tokens().await?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// Creates a token for the calling operator; its secret is in this answer only.
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<NewToken>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 100 {
+        return Err(AppError::bad_request(
+            "a token needs a name of 1 to 100 characters",
+        ));
+    }
+    let Some(operator) = &caller.operator else {
+        return Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "operator_required",
+            "API tokens belong to an operator: sign in as one (the admin token cannot create tokens)",
+        ));
+    };
+    let (token, secret) = state
+        .accounts()
+        .create_token(operator, name, now_ms() as i64)
+        .await?;
+    operator_auth::record(&state, &caller.name, "token.create", "ok", name).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "secret": secret })),
+    ))
+}
+
+pub(crate) async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    let revoked = state.accounts().revoke_token(id, now_ms() as i64).await;
+    let (outcome, target) = match &revoked {
+        Ok(token) => ("ok", token.name.clone()),
+        Err(_) => ("unknown_token", id.to_string()),
+    };
+    operator_auth::record(&state, &caller.name, "token.revoke", outcome, &target).await;
+    Ok(Json(json!({ "token": revoked? })))
+}
