@@ -1,5 +1,7 @@
-//! The `cloud` command line: `serve`, and operator commands that talk to a
-//! running cloud over its HTTP API.
+//! The `cloud` command line: `serve`; operator commands that talk to a
+//! running cloud over its HTTP API (`devices`, `rpc`, `audit`, `tokens`); and
+//! `operators`, which edits the accounts in the database directly, so that the
+//! first operator can be created on the cloud's host.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -29,6 +31,12 @@ pub enum Command {
     Devices(DevicesArgs),
     /// Call a JSON-RPC method on an accepted, connected device.
     Rpc(RpcArgs),
+    /// Read the audit log: operator actions and device auth events.
+    Audit(AuditArgs),
+    /// Create, list or revoke API tokens.
+    Tokens(TokensArgs),
+    /// Add, list or remove operator accounts (on the cloud's host: edits the database).
+    Operators(OperatorsArgs),
 }
 
 /// How to reach a running cloud.
@@ -42,10 +50,11 @@ pub struct ClientArgs {
         global = true
     )]
     pub url: String,
-    /// Admin bearer token (instead of --token-file).
+    /// Bearer token: an operator's API token (`cloud tokens create`) or the
+    /// admin token; instead of --token-file.
     #[arg(long, env = "CLOUD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
-    /// File holding the admin bearer token.
+    /// File holding the bearer token (the cloud writes its admin token there).
     #[arg(
         long,
         env = "CLOUD_ADMIN_TOKEN_FILE",
@@ -77,6 +86,103 @@ pub enum DevicesCommand {
     Reject { id: String },
     /// Forget a device (its next connection registers as pending again).
     Delete { id: String },
+    /// Show one device: state, key, health and its recent auth events.
+    Show {
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only `operator` actions or `device` auth events.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only this operator's actions (or this device's events).
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// Only this action, e.g. rpc, login, device.accept, new_key.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Only entries about this device (or token, operator).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Only entries whose outcome is not ok.
+    #[arg(long)]
+    pub failures: bool,
+    /// Entries to show, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+    /// Entries to skip, for the next page.
+    #[arg(long, default_value_t = 0)]
+    pub offset: i64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: TokensCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token for the calling operator; its secret is printed once.
+    Create { name: String },
+    /// List tokens (never their secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token at once.
+    Revoke { id: i64 },
+}
+
+#[derive(Debug, Args)]
+pub struct OperatorsArgs {
+    /// Registry database URL (the same the cloud serves from).
+    #[arg(
+        long = "database",
+        env = "DATABASE_URL",
+        default_value = "sqlite://data/cloud.db",
+        global = true
+    )]
+    pub database_url: String,
+    #[command(subcommand)]
+    pub command: OperatorsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorsCommand {
+    /// Add an operator. Without --password-stdin a strong password is made
+    /// up and printed once.
+    Add {
+        name: String,
+        /// Read the password from standard input (first line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List operators.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an operator with their sessions and API tokens.
+    Remove { name: String },
+    /// Set an operator's password (ends their sessions).
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -195,8 +301,254 @@ pub async fn devices(args: DevicesArgs) -> anyhow::Result<()> {
                 .await?;
             println!("deleted {id}");
         }
+        DevicesCommand::Show { id, json } => {
+            let answer = client
+                .send(reqwest::Method::GET, &path(&id, ""), None)
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                print!("{}", device_details(&answer, now_ms()));
+            }
+        }
     }
     Ok(())
+}
+
+pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (key, value) in [
+        ("source", &args.source),
+        ("actor", &args.actor),
+        ("action", &args.action),
+        ("target", &args.target),
+    ] {
+        if let Some(value) = value {
+            query.append_pair(key, value);
+        }
+    }
+    if args.failures {
+        query.append_pair("failures_only", "true");
+    }
+    query.append_pair("limit", &args.limit.to_string());
+    query.append_pair("offset", &args.offset.to_string());
+    let answer = client
+        .send(
+            reqwest::Method::GET,
+            &format!("/audit?{}", query.finish()),
+            None,
+        )
+        .await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+    let entries = answer["entries"].as_array().cloned().unwrap_or_default();
+    let rows = entries.iter().map(|e| {
+        let text = |field: &str| e[field].as_str().unwrap_or("").to_string();
+        vec![
+            e["at"].as_i64().map_or("-".into(), |at| ago(now_ms() - at)),
+            text("actor"),
+            text("action"),
+            text("target"),
+            text("outcome"),
+            text("detail"),
+            e["latency_ms"]
+                .as_i64()
+                .map_or(String::new(), |ms| format!("{ms} ms")),
+        ]
+    });
+    print!(
+        "{}",
+        table(
+            &["WHEN", "WHO", "ACTION", "TARGET", "OUTCOME", "DETAIL", "LATENCY"],
+            rows
+        )
+    );
+    let total = answer["total"].as_i64().unwrap_or(0);
+    let shown = args.offset + entries.len() as i64;
+    if shown < total {
+        println!("({shown} of {total}; --offset {shown} for more)");
+    }
+    Ok(())
+}
+
+pub async fn tokens(args: TokensArgs) -> anyhow::Result<()> {
+    let client = ApiClient::new(&args.client)?;
+    match args.command {
+        TokensCommand::Create { name } => {
+            let answer = client
+                .send(
+                    reqwest::Method::POST,
+                    "/tokens",
+                    Some(serde_json::json!({ "name": name })),
+                )
+                .await?;
+            eprintln!(
+                "created token {} ({name}); it is shown only now:",
+                answer["token"]["id"]
+            );
+            println!("{}", answer["secret"].as_str().unwrap_or(""));
+        }
+        TokensCommand::List { json } => {
+            let answer = client.send(reqwest::Method::GET, "/tokens", None).await?;
+            let tokens = answer["tokens"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
+            let when = |v: &Value| v.as_i64().map_or("-".into(), |at| ago(now_ms() - at));
+            let rows = tokens.iter().map(|t| {
+                vec![
+                    t["id"].to_string(),
+                    t["name"].as_str().unwrap_or("").into(),
+                    t["operator"].as_str().unwrap_or("").into(),
+                    when(&t["created_at"]),
+                    when(&t["last_used_at"]),
+                    if t["revoked_at"].is_null() {
+                        "active".into()
+                    } else {
+                        "revoked".into()
+                    },
+                ]
+            });
+            print!(
+                "{}",
+                table(
+                    &["ID", "NAME", "OPERATOR", "CREATED", "LAST USED", "STATE"],
+                    rows
+                )
+            );
+        }
+        TokensCommand::Revoke { id } => {
+            client
+                .send(reqwest::Method::DELETE, &format!("/tokens/{id}"), None)
+                .await?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn operators(args: OperatorsArgs) -> anyhow::Result<()> {
+    let registry = crate::Registry::open(&args.database_url)
+        .await
+        .with_context(|| format!("cannot open the database {}", args.database_url))?;
+    let accounts = crate::accounts::Accounts::new(registry.pool().clone());
+    match args.command {
+        OperatorsCommand::Add {
+            name,
+            password_stdin,
+        } => {
+            let (password, made_up) = password_from(password_stdin)?;
+            accounts.add_operator(&name, &password, now_ms()).await?;
+            if made_up {
+                println!("added operator {name} with password: {password}");
+            } else {
+                println!("added operator {name}");
+            }
+        }
+        OperatorsCommand::List { json } => {
+            let operators = accounts.operators().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&operators)?);
+                return Ok(());
+            }
+            let rows = operators
+                .iter()
+                .map(|o| vec![o.name.clone(), ago(now_ms() - o.created_at)]);
+            print!("{}", table(&["NAME", "CREATED"], rows));
+        }
+        OperatorsCommand::Remove { name } => {
+            accounts.remove_operator(&name).await?;
+            println!("removed operator {name}");
+        }
+        OperatorsCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let (password, made_up) = password_from(password_stdin)?;
+            accounts.set_password(&name, &password).await?;
+            if made_up {
+                println!("new password of {name}: {password}");
+            } else {
+                println!("password of {name} changed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first line of stdin, or a made-up password (and true).
+fn password_from(stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !stdin {
+        use base64::Engine;
+        use rand::RngCore;
+        let mut bytes = [0u8; 15];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        return Ok((
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
+            true,
+        ));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    Ok((line.trim_end_matches(['\r', '\n']).to_string(), false))
+}
+
+/// `cloud devices show` as text.
+fn device_details(answer: &Value, now_ms: i64) -> String {
+    let device = &answer["device"];
+    let text = |field: &str| device[field].as_str().unwrap_or("-").to_string();
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| out.push_str(&format!("{label:<14}{value}\n"));
+    line("id", text("id"));
+    line("status", text("status"));
+    line(
+        "online",
+        if device["online"].as_bool() == Some(true) {
+            "yes".into()
+        } else {
+            "no".into()
+        },
+    );
+    line("fingerprint", text("fingerprint"));
+    line("bridge", text("bridge_version"));
+    line(
+        "last seen",
+        device["last_seen"]
+            .as_i64()
+            .map_or("-".into(), |at| ago(now_ms - at)),
+    );
+    let health = &device["last_health"];
+    if health.is_object() {
+        line(
+            "health",
+            format!(
+                "cpu {:.0}%, load {}, {} containers running",
+                health["cpu_percent"].as_f64().unwrap_or(0.0),
+                health["load"][0].as_f64().unwrap_or(0.0),
+                health["containers_running"]
+            ),
+        );
+    }
+    out.push_str("\nauth events:\n");
+    let events = answer["auth_events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let rows = events.iter().take(10).map(|e| {
+        vec![
+            e["at"].as_i64().map_or("-".into(), |at| ago(now_ms - at)),
+            e["event"].as_str().unwrap_or("").into(),
+            e["detail"].as_str().unwrap_or("").into(),
+        ]
+    });
+    out.push_str(&table(&["WHEN", "EVENT", "DETAIL"], rows));
+    out
 }
 
 pub async fn rpc(args: RpcArgs) -> anyhow::Result<()> {
@@ -220,17 +572,9 @@ pub async fn rpc(args: RpcArgs) -> anyhow::Result<()> {
 
 /// A readable table: id, status, online, fingerprint, last seen, bridge version.
 fn device_table(devices: &[Value], now_ms: i64) -> String {
-    let mut rows = vec![[
-        "ID".to_string(),
-        "STATUS".into(),
-        "ONLINE".into(),
-        "FINGERPRINT".into(),
-        "LAST SEEN".into(),
-        "BRIDGE".into(),
-    ]];
-    for device in devices {
+    let rows = devices.iter().map(|device| {
         let text = |field: &str| device[field].as_str().unwrap_or("-").to_string();
-        rows.push([
+        vec![
             text("id"),
             text("status"),
             if device["online"].as_bool() == Some(true) {
@@ -244,18 +588,41 @@ fn device_table(devices: &[Value], now_ms: i64) -> String {
                 .as_i64()
                 .map_or("-".into(), |at| ago(now_ms - at)),
             text("bridge_version"),
-        ]);
+        ]
+    });
+    let mut out = table(
+        &[
+            "ID",
+            "STATUS",
+            "ONLINE",
+            "FINGERPRINT",
+            "LAST SEEN",
+            "BRIDGE",
+        ],
+        rows,
+    );
+    if devices.is_empty() {
+        out.push_str("(no devices)\n");
     }
-    let widths: Vec<usize> = (0..6)
+    out
+}
+
+/// Left-aligned columns, two spaces apart, headers first.
+fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut rows: Vec<Vec<String>> =
+        std::iter::once(headers.iter().map(|h| h.to_string()).collect())
+            .chain(rows)
+            .collect();
+    let widths: Vec<usize> = (0..headers.len())
         .map(|column| {
             rows.iter()
-                .map(|row| row[column].chars().count())
+                .map(|row| row.get(column).map_or(0, |c| c.chars().count()))
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in &mut rows {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -263,9 +630,6 @@ fn device_table(devices: &[Value], now_ms: i64) -> String {
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
-    }
-    if devices.is_empty() {
-        out.push_str("(no devices)\n");
     }
     out
 }
