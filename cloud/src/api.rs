@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
@@ -137,8 +137,9 @@ pub async fn device_views(
 
 async fn list_devices(
     State(state): State<AppState>,
-    Query(filter): Query<DeviceFilter>,
+    filter: Result<Query<DeviceFilter>, QueryRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let Query(filter) = filter.map_err(|e| AppError::bad_request(e.body_text()))?;
     let devices = device_views(&state, &filter).await?;
     Ok(Json(json!({ "devices": devices })))
 }
@@ -154,22 +155,34 @@ async fn health_history(
     Ok(Json(json!({ "samples": samples })))
 }
 
+/// `AuditFilter` plus paging (serde's `flatten` loses the bool's type in a query).
 #[derive(Debug, Deserialize)]
 struct AuditQuery {
-    #[serde(flatten)]
-    filter: AuditFilter,
+    source: Option<String>,
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    failures_only: Option<bool>,
     offset: Option<i64>,
     limit: Option<i64>,
 }
 
 async fn list_audit(
     State(state): State<AppState>,
-    Query(query): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<crate::audit::AuditPage>, AppError> {
+    let Query(query) = query.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let filter = AuditFilter {
+        source: query.source,
+        actor: query.actor,
+        action: query.action,
+        target: query.target,
+        failures_only: query.failures_only,
+    };
     let page = state
         .audit()
         .page(
-            &query.filter,
+            &filter,
             query.offset.unwrap_or(0),
             query.limit.unwrap_or(100),
         )

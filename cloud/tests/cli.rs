@@ -107,3 +107,166 @@ async fn a_wrong_token_is_reported() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("unauthorized"));
 }
+
+/// Runs `cloud ARGS` with `stdin` as its input; returns (success, stdout, stderr).
+async fn cloud_cli_with_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let output = child.wait_with_output().await.unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token() {
+    let cloud = TestCloud::start().await;
+    let database = cloud.state.config().database_url.clone();
+    let db = ["--database", database.as_str()];
+
+    let add = [&["operators", "add", "alice", "--password-stdin"][..], &db].concat();
+    let (ok, stdout, stderr) = cloud_cli_with_stdin(&add, "correct horse battery\n").await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "added operator alice");
+    let (ok, _, stderr) = cloud_cli_with_stdin(&add, "correct horse battery\n").await;
+    assert!(!ok);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let weak = [&["operators", "add", "bob", "--password-stdin"][..], &db].concat();
+    let (ok, _, stderr) = cloud_cli_with_stdin(&weak, "short\n").await;
+    assert!(!ok);
+    assert!(stderr.contains("at least 10"), "{stderr}");
+    // Without --password-stdin a password is made up and shown once.
+    let made_up = [&["operators", "add", "carol"][..], &db].concat();
+    let (ok, stdout, stderr) = cloud_cli_with_stdin(&made_up, "").await;
+    assert!(ok, "{stderr}");
+    let carol_password = stdout.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(carol_password.len() >= 20, "{stdout}");
+    let list = [&["operators", "list", "--json"][..], &db].concat();
+    let (_, stdout, _) = cloud_cli_with_stdin(&list, "").await;
+    let names: Vec<String> = serde_json::from_str::<Value>(&stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["alice", "carol"]);
+
+    // Both sign in to the running cloud with those passwords.
+    for (name, password) in [
+        ("alice", "correct horse battery"),
+        ("carol", &carol_password),
+    ] {
+        let response = cloud
+            .http
+            .post(cloud.url("/api/v1/login"))
+            .json(&json!({ "name": name, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+    }
+
+    // An operator's API token, made through the API, drives the CLI.
+    let alice = cloud
+        .state
+        .accounts()
+        .check_password("alice", "correct horse battery")
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, secret) = cloud
+        .state
+        .accounts()
+        .create_token(&alice, "laptop", 0)
+        .await
+        .unwrap();
+    let as_alice = |args: &[&str]| {
+        let mut full: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        full.extend([
+            "--url".into(),
+            cloud.url(""),
+            "--token".into(),
+            secret.clone(),
+        ]);
+        async move {
+            let output = Command::new(env!("CARGO_BIN_EXE_cloud"))
+                .args(&full)
+                .env_remove("CLOUD_URL")
+                .env_remove("CLOUD_TOKEN")
+                .output()
+                .await
+                .unwrap();
+            (
+                output.status.success(),
+                String::from_utf8(output.stdout).unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            )
+        }
+    };
+    let (ok, stdout, stderr) = as_alice(&["tokens", "create", "ci"]).await;
+    assert!(ok, "{stderr}");
+    let ci_secret = stdout.trim().to_owned();
+    assert!(ci_secret.starts_with("dbt_"), "{stdout}");
+    let (ok, stdout, _) = as_alice(&["tokens", "list"]).await;
+    assert!(ok);
+    assert!(stdout.starts_with("ID"), "{stdout}");
+    assert!(
+        stdout.contains("laptop") && stdout.contains("ci"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(&ci_secret));
+    let (_, stdout, _) = as_alice(&["tokens", "list", "--json"]).await;
+    let tokens: Value = serde_json::from_str(&stdout).unwrap();
+    let ci_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()["id"]
+        .to_string();
+    let (ok, stdout, _) = as_alice(&["tokens", "revoke", &ci_id]).await;
+    assert!(ok);
+    assert!(stdout.contains("revoked"), "{stdout}");
+    let (_, stdout, _) = as_alice(&["tokens", "list"]).await;
+    assert!(stdout.contains("revoked"), "{stdout}");
+
+    // The audit log, as a table and as JSON, shows what alice did.
+    let (ok, stdout, stderr) = as_alice(&["audit", "--actor", "alice"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("WHEN"), "{stdout}");
+    assert!(
+        stdout.contains("token.create") && stdout.contains("token.revoke"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = as_alice(&["audit", "--action", "login", "--json"]).await;
+    let page: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(page["total"], 2);
+}
+
+#[tokio::test]
+async fn devices_show_prints_the_device_and_its_auth_events() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.connect("dev-1").await;
+    device.authenticate().await;
+    let (ok, stdout, stderr) = cloud_cli(&cloud, &["devices", "show", "dev-1"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("pending"), "{stdout}");
+    assert!(stdout.contains(&device.fingerprint()), "{stdout}");
+    assert!(stdout.contains("new_key"), "{stdout}");
+    let (ok, _, stderr) = cloud_cli(&cloud, &["devices", "show", "nobody"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("unknown_device"), "{stderr}");
+}
