@@ -1,5 +1,9 @@
 //! The REST API under `/api/v1`, behind the admin bearer token: the device
 //! registry, operator decisions, the auth audit log, and RPC calls to devices.
+//!
+//! Each handler's `#[utoipa::path]` is both its route and its entry in the
+//! OpenAPI document (see [`crate::openapi`]); add routes only with `routes!`,
+//! or `tests/openapi.rs` fails for the undocumented one.
 
 use std::time::Duration;
 
@@ -8,14 +12,16 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::now_ms;
-use crate::registry::{DeviceRecord, DeviceStatus};
+use crate::registry::{AuthEvent, DeviceEvent, DeviceRecord, DeviceStatus};
 use crate::state::AppState;
 use protocol::close_code;
 
@@ -24,19 +30,19 @@ const DEVICE_AUTH_EVENTS: i64 = 50;
 /// Container events shown with a device.
 const DEVICE_CONTAINER_EVENTS: i64 = 50;
 
-pub(crate) fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/devices", get(list_devices))
-        .route("/devices/{id}", get(get_device).delete(delete_device))
-        .route("/devices/{id}/accept", post(accept_device))
-        .route("/devices/{id}/reject", post(reject_device))
-        .route("/devices/{id}/rpc", post(call_device))
-        .route("/auth-events", get(list_auth_events))
+pub(crate) fn routes(state: AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_devices))
+        .routes(routes!(get_device, delete_device))
+        .routes(routes!(accept_device))
+        .routes(routes!(reject_device))
+        .routes(routes!(call_device))
+        .routes(routes!(list_auth_events))
         .route_layer(middleware::from_fn_with_state(state, require_admin_token))
 }
 
 /// A device as the API shows it: the registry record plus live state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeviceView {
     pub id: String,
     pub status: DeviceStatus,
@@ -47,8 +53,46 @@ pub struct DeviceView {
     /// Whether the device has an authenticated connection right now.
     pub online: bool,
     pub bridge_version: Option<String>,
+    /// The latest `system.health` report the device sent.
     pub last_health: Option<Value>,
     pub last_health_at: Option<i64>,
+}
+
+/// `GET /devices`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceList {
+    /// Pending devices first, then by id.
+    pub devices: Vec<DeviceView>,
+}
+
+/// `GET /devices/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceDetails {
+    pub device: DeviceView,
+    /// The latest auth events of this device, newest first.
+    pub auth_events: Vec<AuthEvent>,
+    /// The latest container events the device reported, newest first.
+    pub container_events: Vec<DeviceEvent>,
+}
+
+/// A device after an operator's decision.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceDecision {
+    pub device: DeviceView,
+}
+
+/// `GET /auth-events`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuthEventList {
+    /// Newest first.
+    pub events: Vec<AuthEvent>,
+}
+
+/// What the device answered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RpcResult {
+    /// The JSON-RPC result, as the device sent it.
+    pub result: Value,
 }
 
 impl DeviceView {
@@ -91,7 +135,14 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn list_devices(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+/// Every device, pending ones first.
+#[utoipa::path(
+    get,
+    path = "/devices",
+    tag = "devices",
+    responses((status = 200, description = "The devices", body = DeviceList)),
+)]
+async fn list_devices(State(state): State<AppState>) -> Result<Json<DeviceList>, AppError> {
     let records = state.registry().devices().await?;
     let online = state.fleet().online_device_ids();
     let devices: Vec<DeviceView> = records
@@ -101,13 +152,24 @@ async fn list_devices(State(state): State<AppState>) -> Result<Json<Value>, AppE
             DeviceView::new(record, is_online)
         })
         .collect();
-    Ok(Json(json!({ "devices": devices })))
+    Ok(Json(DeviceList { devices }))
 }
 
+/// One device with its recent auth and container events.
+#[utoipa::path(
+    get,
+    path = "/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device", body = DeviceDetails),
+        (status = 404, description = "`unknown_device`", body = ErrorBody),
+    ),
+)]
 async fn get_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<DeviceDetails>, AppError> {
     let registry = state.registry();
     let record = registry
         .device(&id)
@@ -116,30 +178,56 @@ async fn get_device(
     let auth_events = registry.auth_events(Some(&id), DEVICE_AUTH_EVENTS).await?;
     let container_events = registry.device_events(&id, DEVICE_CONTAINER_EVENTS).await?;
     let online = state.fleet().is_online(&id);
-    Ok(Json(json!({
-        "device": DeviceView::new(record, online),
-        "auth_events": auth_events,
-        "container_events": container_events,
-    })))
+    Ok(Json(DeviceDetails {
+        device: DeviceView::new(record, online),
+        auth_events,
+        container_events,
+    }))
 }
 
+/// Accepts a device's key; a connected device goes live at once.
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/accept",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device, now accepted", body = DeviceDecision),
+        (status = 404, description = "`unknown_device`", body = ErrorBody),
+    ),
+)]
 async fn accept_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<DeviceDecision>, AppError> {
     decide(&state, &id, DeviceStatus::Accepted).await
 }
 
+/// Rejects a device's key; a connected device is cut off at once.
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/reject",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device, now rejected", body = DeviceDecision),
+        (status = 404, description = "`unknown_device`", body = ErrorBody),
+    ),
+)]
 async fn reject_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<DeviceDecision>, AppError> {
     decide(&state, &id, DeviceStatus::Rejected).await
 }
 
 /// Stores the decision first, then tells the connected device, so that a
 /// device told "accepted" is accepted in the registry too.
-async fn decide(state: &AppState, id: &str, status: DeviceStatus) -> Result<Json<Value>, AppError> {
+async fn decide(
+    state: &AppState,
+    id: &str,
+    status: DeviceStatus,
+) -> Result<Json<DeviceDecision>, AppError> {
     let record = state
         .registry()
         .set_status(id, status, "by admin token", now_ms() as i64)
@@ -148,9 +236,22 @@ async fn decide(state: &AppState, id: &str, status: DeviceStatus) -> Result<Json
     tracing::info!(device_id = %id, %status, "operator decision");
     state.fleet().apply_status(id, status).await;
     let online = state.fleet().is_online(id);
-    Ok(Json(json!({ "device": DeviceView::new(record, online) })))
+    Ok(Json(DeviceDecision {
+        device: DeviceView::new(record, online),
+    }))
 }
 
+/// Forgets a device (the audit log keeps it); a connected device is cut off.
+#[utoipa::path(
+    delete,
+    path = "/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`unknown_device`", body = ErrorBody),
+    ),
+)]
 async fn delete_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -169,41 +270,77 @@ async fn delete_device(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuthEventsQuery {
+    /// Only this device's events.
     device_id: Option<String>,
+    /// At most this many events (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
+/// The auth audit log: new keys, accepts, rejects, deletions, key mismatches
+/// and failed authentications, newest first.
+#[utoipa::path(
+    get,
+    path = "/auth-events",
+    tag = "audit",
+    params(AuthEventsQuery),
+    responses((status = 200, description = "The events", body = AuthEventList)),
+)]
 async fn list_auth_events(
     State(state): State<AppState>,
     Query(query): Query<AuthEventsQuery>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<AuthEventList>, AppError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let events = state
         .registry()
         .auth_events(query.device_id.as_deref(), limit)
         .await?;
-    Ok(Json(json!({ "events": events })))
+    Ok(Json(AuthEventList { events }))
 }
 
 /// Body of `POST /api/v1/devices/{id}/rpc`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RpcRequest {
+    /// Dotted method name, e.g. `containers.list`.
+    #[schema(example = "containers.list")]
     pub method: String,
+    /// A JSON object or array.
     #[serde(default)]
     pub params: Option<Value>,
     /// Defaults to the cloud's RPC timeout; at most its maximum.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<u64>,
 }
 
+/// Calls a JSON-RPC method on an accepted, connected device and waits for
+/// its answer. The error kinds tell why a call failed.
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/rpc",
+    tag = "rpc",
+    params(("id" = String, Path, description = "Device id")),
+    request_body = RpcRequest,
+    responses(
+        (status = 200, description = "The device's result", body = RpcResult),
+        (status = 400, description = "`bad_request`: unreadable body, bad method name, params or timeout", body = ErrorBody),
+        (status = 404, description = "`unknown_device`", body = ErrorBody),
+        (status = 409, description = "`not_accepted`: the device is pending or rejected", body = ErrorBody),
+        (status = 502, description = "`device_error`: the device answered with a JSON-RPC error (in `rpc_error`); \
+                                      `disconnected`: it dropped the connection before answering", body = ErrorBody),
+        (status = 503, description = "`offline`: accepted but not connected", body = ErrorBody),
+        (status = 504, description = "`timed_out`: no answer within the timeout", body = ErrorBody),
+    ),
+)]
 async fn call_device(
     State(state): State<AppState>,
     Path(id): Path<String>,
     body: Result<Json<RpcRequest>, JsonRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<RpcResult>, AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
     let max = state.config().max_rpc_timeout();
     let timeout = match body.timeout_ms {
@@ -221,5 +358,5 @@ async fn call_device(
         .fleet()
         .call(&id, &body.method, body.params, timeout)
         .await?;
-    Ok(Json(json!({ "result": result })))
+    Ok(Json(RpcResult { result }))
 }

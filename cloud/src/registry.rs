@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use utoipa::ToSchema;
 
 /// Container events kept per device; older ones are pruned on insert.
 pub const DEVICE_EVENTS_KEPT: i64 = 1000;
@@ -32,7 +33,7 @@ pub enum RegistryError {
 }
 
 /// Where an operator has put a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceStatus {
     /// Its key is known but no operator has decided yet; it may only authenticate.
@@ -151,7 +152,7 @@ impl TryFrom<DeviceRow> for DeviceRecord {
 }
 
 /// One line of the auth audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, ToSchema)]
 pub struct AuthEvent {
     pub id: i64,
     pub device_id: String,
@@ -161,7 +162,7 @@ pub struct AuthEvent {
 }
 
 /// One container event a device reported.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct DeviceEvent {
     pub id: i64,
     pub device_id: String,
@@ -195,6 +196,29 @@ impl Registry {
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Registry { pool })
+    }
+
+    /// Answers if the database does (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the database; every later query fails.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// How many devices have each status (for `/metrics`); a status no device
+    /// has is left out.
+    pub async fn count_by_status(&self) -> Result<Vec<(DeviceStatus, i64)>, RegistryError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM devices GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(status, count)| Ok((status.parse()?, count)))
+            .collect()
     }
 
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, RegistryError> {

@@ -1,6 +1,6 @@
 //! What every handler and device session shares: config, the cloud's signing
-//! identity, the registry, the fleet of live sessions, the replay guard and
-//! the refusal counters.
+//! identity, the registry, the fleet of live sessions, the replay guard,
+//! the refusal counters and the metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::CloudConfig;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::refusals::RefusalCounters;
 use crate::registry::Registry;
 
@@ -39,6 +40,8 @@ struct Shared {
     /// device may hop between connections.
     replay_guard: Mutex<ReplayGuard>,
     refusals: RefusalCounters,
+    /// This cloud's own metrics (never a global recorder: tests run several clouds).
+    metrics: Metrics,
     admin_token: String,
     /// Cancelled at shutdown; every device connection stops on it.
     sessions_stop: CancellationToken,
@@ -59,9 +62,10 @@ impl AppState {
         );
         let signer = Arc::new(Signer::new(config.cloud_id.clone(), key));
         let skew_ms = u64::try_from(config.skew.as_millis()).unwrap_or(u64::MAX);
+        let metrics = Metrics::default();
         Ok(AppState {
             inner: Arc::new(Shared {
-                fleet: Fleet::new(registry.clone()),
+                fleet: Fleet::new(registry.clone(), metrics.rpc()),
                 replay_guard: Mutex::new(
                     ReplayGuard::new(skew_ms, REPLAY_GUARD_CAPACITY)
                         .with_per_signer_capacity(REPLAY_GUARD_PER_DEVICE),
@@ -70,6 +74,7 @@ impl AppState {
                 signer,
                 registry,
                 refusals: RefusalCounters::default(),
+                metrics,
                 admin_token,
                 sessions_stop: CancellationToken::new(),
                 sessions: TaskTracker::new(),
@@ -107,6 +112,11 @@ impl AppState {
         self.inner.sessions_stop.cancel();
     }
 
+    /// Whether shutdown has begun (then `/readyz` says not ready).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.sessions_stop.is_cancelled()
+    }
+
     /// Waits until every device connection task has finished.
     pub async fn sessions_closed(&self) {
         self.inner.sessions.close();
@@ -123,6 +133,10 @@ impl AppState {
 
     pub(crate) fn refusal_counters(&self) -> &RefusalCounters {
         &self.inner.refusals
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub(crate) fn admin_token(&self) -> &str {
