@@ -52,9 +52,13 @@ pub struct DeviceView {
     pub last_seen: i64,
     /// Whether the device has an authenticated connection right now.
     pub online: bool,
+    // Always sent, null when unknown: required, and nullable.
+    #[schema(required = true)]
     pub bridge_version: Option<String>,
     /// The latest `system.health` report the device sent.
+    #[schema(required = true)]
     pub last_health: Option<Value>,
+    #[schema(required = true)]
     pub last_health_at: Option<i64>,
 }
 

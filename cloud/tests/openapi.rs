@@ -284,6 +284,13 @@ async fn the_device_schema_matches_what_the_api_sends() {
         .map(String::as_str)
         .collect();
     assert_eq!(sent, documented);
+    let required: BTreeSet<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    assert_eq!(required, sent, "every field is always sent");
     assert_eq!(
         schema["properties"]["status"]["$ref"],
         "#/components/schemas/DeviceStatus"
