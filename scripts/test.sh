@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
 # the tests need: nats-server (a real broker), busybox-static (the payload of
-# the tiny test images) and openssl (key scripts, interop check), from Debian.
+# the tiny test images), openssl (key scripts, interop check) and python3 with
+# venv, from Debian; then the Python checkers the cloud's tests run (the
+# OpenAPI validator), from PyPI into target/python-tools.
 # Docker must be running: the worker tests talk to the real engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +12,7 @@ missing=()
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v openssl >/dev/null || missing+=(openssl)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_cmd=""
@@ -18,6 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 export PATH="$PATH:/usr/sbin"
+scripts/ensure-python-tools.sh
 docker info >/dev/null 2>&1 || { echo "error: Docker is not running; the worker tests need the real engine" >&2; exit 1; }
 
 if cargo nextest --version >/dev/null 2>&1; then

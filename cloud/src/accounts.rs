@@ -40,7 +40,7 @@ pub enum AccountError {
     Hash(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Operator {
     pub id: i64,
     pub name: String,
@@ -63,7 +63,7 @@ pub struct NewSession {
 }
 
 /// An API token as it is listed; the secret is never stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: i64,
     pub operator: String,

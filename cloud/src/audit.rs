@@ -29,7 +29,7 @@ pub struct Action<'a> {
 }
 
 /// One line of the audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// `operator` (an operator action) or `device` (a device auth event).
     pub source: String,
@@ -58,7 +58,7 @@ pub struct AuditFilter {
 }
 
 /// One page of the audit log, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// Entries matching the filter in all.

@@ -5,7 +5,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::RpcError;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::fleet::{CallError, CallErrorKind};
 use crate::registry::RegistryError;
@@ -86,13 +87,40 @@ impl From<CallError> for AppError {
     }
 }
 
+/// The body of every API error (the OpenAPI document's `ErrorBody`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable label to branch on: `bad_request`, `unauthorized`,
+    /// `session_expired`, `wrong_password`, `rate_limited`, `csrf`,
+    /// `cross_origin`, `unknown_device`, `not_accepted`, `offline`,
+    /// `timed_out`, `disconnected`, `device_error`, `operator_exists`,
+    /// `unknown_operator`, `self_removal`, `operator_required`,
+    /// `unknown_token`, `internal`.
+    #[schema(value_type = String, example = "offline")]
+    pub kind: &'static str,
+    /// For people; its wording may change.
+    pub message: String,
+    /// The device's JSON-RPC error object, with `device_error` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = crate::openapi::JsonRpcError)]
+    pub rpc_error: Option<RpcError>,
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let mut error = json!({ "kind": self.kind, "message": self.message });
-        if let Some(rpc_error) = &self.rpc_error {
-            error["rpc_error"] = json!(rpc_error);
-        }
-        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                kind: self.kind,
+                message: self.message,
+                rpc_error: self.rpc_error,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

@@ -4,12 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use protocol::{check_method_name, Message, Refusal, RpcError, MAX_SAFE_INTEGER};
 use serde_json::Value;
 
 use crate::events::EventHub;
+use crate::metrics::RpcMetrics;
 use crate::registry::{DeviceStatus, Registry, RegistryError};
 use crate::session::DeviceSession;
 use protocol::close_code;
@@ -89,21 +90,40 @@ pub struct Fleet {
     registry: Registry,
     /// Where devices coming online and going offline are announced.
     events: EventHub,
+    /// Every call's outcome and latency, for `/metrics`.
+    metrics: RpcMetrics,
 }
 
 impl Fleet {
-    pub(crate) fn new(registry: Registry, events: EventHub) -> Self {
+    pub(crate) fn new(registry: Registry, events: EventHub, metrics: RpcMetrics) -> Self {
         Fleet {
             sessions: Mutex::new(HashMap::new()),
             next_connection_id: AtomicU64::new(1),
             registry,
             events,
+            metrics,
         }
     }
 
     /// Calls `method` on an accepted, connected device and waits up to
     /// `timeout` for its answer. `params`, if any, must be an object or array.
     pub async fn call(
+        &self,
+        device_id: &str,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let started = Instant::now();
+        let outcome = self
+            .call_unmeasured(device_id, method, params, timeout)
+            .await;
+        let failure = outcome.as_ref().err().map(CallError::kind);
+        self.metrics.observe(failure, started.elapsed());
+        outcome
+    }
+
+    async fn call_unmeasured(
         &self,
         device_id: &str,
         method: &str,
@@ -147,6 +167,14 @@ impl Fleet {
     /// Whether the device has an authenticated connection (pending or accepted).
     pub fn is_online(&self, device_id: &str) -> bool {
         self.lock().contains_key(device_id)
+    }
+
+    /// How many authenticated connections have `status`.
+    pub(crate) fn count_connections(&self, status: DeviceStatus) -> usize {
+        self.lock()
+            .values()
+            .filter(|s| s.status() == status)
+            .count()
     }
 
     /// Ids of devices with an authenticated connection.

@@ -79,6 +79,7 @@ pub(crate) async fn authenticate(
             _ = link.stop().cancelled() => return None,
             _ = tokio::time::sleep_until(deadline) => {
                 tracing::info!("device did not authenticate in time");
+                state.metrics().handshake_refused("auth_timeout");
                 link.close(close_code::AUTH_TIMEOUT, "authentication timed out");
                 return None;
             }
@@ -229,6 +230,7 @@ async fn decide(
                 device_id,
                 json!({ "presented": fingerprint, "registered": registered }),
             );
+            state.metrics().handshake_refused("key_mismatch");
             let mut error = RpcError::new(
                 ErrorCode::Refused,
                 format!("device id {device_id} is registered with a different key"),
@@ -243,6 +245,7 @@ async fn decide(
         }
         Err(e) => {
             tracing::error!(%device_id, error = %e, "registry failed during authentication");
+            state.metrics().handshake_refused("registry_unavailable");
             let error = RpcError::new(ErrorCode::InternalError, "registry unavailable; retry");
             send_error(state, link, device_id, request_id, error).await;
             link.close(close_code::INTERNAL_ERROR, "registry unavailable");
@@ -257,6 +260,7 @@ async fn decide(
     link.send(text).await.ok()?;
     if status == DeviceStatus::Rejected {
         tracing::info!(%device_id, "rejected device tried to connect; closing");
+        state.metrics().handshake_refused("rejected");
         link.close(close_code::REJECTED, "device rejected");
         return None;
     }
@@ -351,6 +355,7 @@ async fn fail(
     let AuthFailure { reason, error } = failure;
     tracing::warn!(device_id = device_id.unwrap_or("?"), reason, message = %error.message, "device authentication failed");
     state.refusal_counters().increment(reason);
+    state.metrics().handshake_refused(reason);
     if let Some(id) = device_id {
         // Only known devices get an audit line, so strangers cannot fill the log.
         let registry = state.registry();

@@ -18,8 +18,11 @@ pub mod error;
 pub mod events;
 pub mod fleet;
 mod handshake;
+mod health;
 mod inbound;
 mod link;
+mod metrics;
+mod openapi;
 pub mod operator_auth;
 mod operators_api;
 pub mod refusals;
@@ -33,8 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use axum::http::StatusCode;
 use axum::routing::{any, get};
-use axum::{Json, Router};
-use serde_json::{json, Value};
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
@@ -112,12 +114,15 @@ pub async fn serve(
     Ok(())
 }
 
-/// The whole HTTP surface: `/ws/device`, `/ws/events`, `/healthz` and `/api/v1`.
+/// The whole HTTP surface: `/ws/device`, `/ws/events`, `/healthz`, `/readyz`,
+/// `/metrics` and `/api/v1`.
 pub fn app(state: AppState) -> Router {
     let http_timeout = state.config().max_rpc_timeout() + HTTP_TIMEOUT_MARGIN;
     let http = Router::new()
-        .route("/healthz", get(healthz))
-        .nest("/api/v1", api::routes(state.clone()))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::scrape))
+        .merge(openapi::api_v1(state.clone()))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             http_timeout,
@@ -128,10 +133,6 @@ pub fn app(state: AppState) -> Router {
         .merge(http)
         .layer(TraceLayer::new_for_http())
         .with_state(state)
-}
-
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok", "version": VERSION }))
 }
 
 /// Milliseconds since the Unix epoch.

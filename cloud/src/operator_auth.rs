@@ -17,12 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::accounts::{same_secret, Operator};
 use crate::audit::Action;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorBody};
 use crate::now_ms;
 use crate::state::AppState;
 
@@ -206,7 +205,7 @@ pub fn session_secret(headers: &HeaderMap) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     pub name: String,
     pub password: String,
@@ -289,8 +288,43 @@ pub async fn record(state: &AppState, actor: &str, action: &str, outcome: &str, 
         .await;
 }
 
-/// `POST /api/v1/login` `{name, password}` → the session cookie and
-/// `{operator, csrf_token}`.
+/// A new session: its operator, and the CSRF token every state-changing
+/// request of the session must carry in `X-CSRF-Token`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SignedIn {
+    pub operator: Operator,
+    pub csrf_token: String,
+}
+
+/// Who the caller is.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Me {
+    /// The operator, or `admin-token`.
+    pub name: String,
+    #[schema(required = true)]
+    pub operator: Option<Operator>,
+    /// `session`, `api_token` or `admin_token`.
+    pub via: &'static str,
+    /// The session's CSRF token; null for bearer tokens.
+    #[schema(required = true)]
+    pub csrf_token: Option<String>,
+}
+
+/// Signs in: sets the session cookie (HttpOnly, SameSite=Strict). Limited to
+/// 5 attempts a minute per operator name and 30 per client address.
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "operators",
+    security(()),
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; the cookie is in `Set-Cookie`", body = SignedIn),
+        (status = 400, description = "`bad_request`: unreadable body", body = ErrorBody),
+        (status = 401, description = "`wrong_password`: unknown operator or wrong password", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many attempts; see `Retry-After`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn login(
     State(state): State<AppState>,
     address: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -301,7 +335,10 @@ pub(crate) async fn login(
     match sign_in(&state, &body.name, &body.password, address).await? {
         Ok((operator, cookie, csrf_token)) => Ok((
             [(header::SET_COOKIE, cookie)],
-            Json(json!({ "operator": operator, "csrf_token": csrf_token })),
+            Json(SignedIn {
+                operator,
+                csrf_token,
+            }),
         )
             .into_response()),
         Err(LoginRefusal::WrongPassword) => Err(AppError::new(
@@ -327,7 +364,16 @@ pub(crate) async fn login(
     }
 }
 
-/// `POST /api/v1/logout`: ends the caller's session.
+/// Signs out: ends the caller's session and clears its cookie.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "operators",
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 403, description = "`csrf`: a session without its CSRF token", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn logout(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -337,17 +383,23 @@ pub(crate) async fn logout(
     (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
 }
 
-/// `GET /api/v1/me`: who the caller is (and a session's CSRF token).
-pub(crate) async fn me(Extension(caller): Extension<Caller>) -> Json<serde_json::Value> {
+/// Who the caller is, and a session's CSRF token.
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "operators",
+    responses((status = 200, description = "The caller", body = Me)),
+)]
+pub(crate) async fn me(Extension(caller): Extension<Caller>) -> Json<Me> {
     let via = match caller.credential {
         Credential::Session { .. } => "session",
         Credential::ApiToken { .. } => "api_token",
         Credential::AdminToken => "admin_token",
     };
-    Json(json!({
-        "name": caller.name,
-        "operator": caller.operator,
-        "via": via,
-        "csrf_token": caller.csrf_token(),
-    }))
+    Json(Me {
+        csrf_token: caller.csrf_token().map(str::to_owned),
+        name: caller.name,
+        operator: caller.operator,
+        via,
+    })
 }

@@ -5,11 +5,11 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use crate::accounts::AccountError;
-use crate::error::AppError;
+use crate::accounts::{AccountError, ApiToken, Operator};
+use crate::error::{AppError, ErrorBody};
 use crate::now_ms;
 use crate::operator_auth::{self, Caller};
 use crate::state::AppState;
@@ -34,23 +34,73 @@ impl From<AccountError> for AppError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOperator {
     pub name: String,
     pub password: String,
 }
 
-pub(crate) async fn list_operators(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
-    let operators = state.accounts().operators().await?;
-    Ok(Json(json!({ "operators": operators })))
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorList {
+    /// By name.
+    pub operators: Vec<Operator>,
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperatorAdded {
+    pub operator: Operator,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenList {
+    /// Newest first; never their secrets.
+    pub tokens: Vec<ApiToken>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenCreated {
+    pub token: ApiToken,
+    /// The bearer secret; shown in this answer only.
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenRevoked {
+    pub token: ApiToken,
+}
+
+/// Every operator account.
+#[utoipa::path(
+    get,
+    path = "/operators",
+    tag = "operators",
+    responses((status = 200, description = "The operators", body = OperatorList)),
+)]
+pub(crate) async fn list_operators(
+    State(state): State<AppState>,
+) -> Result<Json<OperatorList>, AppError> {
+    let operators = state.accounts().operators().await?;
+    Ok(Json(OperatorList { operators }))
+}
+
+/// Adds an operator account.
+#[utoipa::path(
+    post,
+    path = "/operators",
+    tag = "operators",
+    request_body = NewOperator,
+    responses(
+        (status = 201, description = "Added", body = OperatorAdded),
+        (status = 400, description = "`bad_request`: bad name or a password under 10 characters", body = ErrorBody),
+        (status = 409, description = "`operator_exists`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn add_operator(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<NewOperator>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<(StatusCode, Json<OperatorAdded>), AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
     let added = state
         .accounts()
@@ -58,9 +108,24 @@ pub(crate) async fn add_operator(
         .await;
     let outcome = if added.is_ok() { "ok" } else { "refused" };
     operator_auth::record(&state, &caller.name, "operator.add", outcome, &body.name).await;
-    Ok((StatusCode::CREATED, Json(json!({ "operator": added? }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(OperatorAdded { operator: added? }),
+    ))
 }
 
+/// Removes an operator with their sessions and API tokens.
+#[utoipa::path(
+    delete,
+    path = "/operators/{name}",
+    tag = "operators",
+    params(("name" = String, Path, description = "Operator name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "`unknown_operator`", body = ErrorBody),
+        (status = 409, description = "`self_removal`: operators cannot remove themselves", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn remove_operator(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -84,24 +149,44 @@ pub(crate) async fn remove_operator(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// What the token is for, e.g. `ci-deploy`.
     pub name: String,
 }
 
-pub(crate) async fn list_tokens(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+/// Every API token, active and revoked.
+#[utoipa::path(
+    get,
+    path = "/tokens",
+    tag = "operators",
+    responses((status = 200, description = "The tokens", body = TokenList)),
+)]
+pub(crate) async fn list_tokens(
+    State(state): State<AppState>,
+) -> Result<Json<TokenList>, AppError> {
     let tokens = state.accounts().tokens().await?;
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
 /// Creates a token for the calling operator; its secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/tokens",
+    tag = "operators",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "Created", body = TokenCreated),
+        (status = 400, description = "`bad_request`: a name of 1 to 100 characters is needed", body = ErrorBody),
+        (status = 403, description = "`operator_required`: the admin token belongs to no operator", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn create_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<NewToken>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<(StatusCode, Json<TokenCreated>), AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
     let name = body.name.trim();
     if name.is_empty() || name.len() > 100 {
@@ -121,22 +206,30 @@ pub(crate) async fn create_token(
         .create_token(operator, name, now_ms() as i64)
         .await?;
     operator_auth::record(&state, &caller.name, "token.create", "ok", name).await;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": token, "secret": secret })),
-    ))
+    Ok((StatusCode::CREATED, Json(TokenCreated { token, secret })))
 }
 
+/// Revokes a token at once; revoking twice is harmless.
+#[utoipa::path(
+    delete,
+    path = "/tokens/{id}",
+    tag = "operators",
+    params(("id" = i64, Path, description = "Token id")),
+    responses(
+        (status = 200, description = "Revoked", body = TokenRevoked),
+        (status = 404, description = "`unknown_token`", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<TokenRevoked>, AppError> {
     let revoked = state.accounts().revoke_token(id, now_ms() as i64).await;
     let (outcome, target) = match &revoked {
         Ok(token) => ("ok", token.name.clone()),
         Err(_) => ("unknown_token", id.to_string()),
     };
     operator_auth::record(&state, &caller.name, "token.revoke", outcome, &target).await;
-    Ok(Json(json!({ "token": revoked? })))
+    Ok(Json(TokenRevoked { token: revoked? }))
 }

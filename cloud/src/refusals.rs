@@ -1,4 +1,4 @@
-//! Counts of refused frames by reason, for tests now and `/metrics` later.
+//! Counts of refused frames by reason, for tests and `/metrics`.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use utoipa::ToSchema;
 
 /// Container events kept per device; older ones are pruned on insert.
 pub const DEVICE_EVENTS_KEPT: i64 = 1000;
@@ -34,7 +35,7 @@ pub enum RegistryError {
 }
 
 /// Where an operator has put a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceStatus {
     /// Its key is known but no operator has decided yet; it may only authenticate.
@@ -153,7 +154,7 @@ impl TryFrom<DeviceRow> for DeviceRecord {
 }
 
 /// One line of the auth audit log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, ToSchema)]
 pub struct AuthEvent {
     pub id: i64,
     pub device_id: String,
@@ -163,7 +164,7 @@ pub struct AuthEvent {
 }
 
 /// One container event a device reported.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct DeviceEvent {
     pub id: i64,
     pub device_id: String,
@@ -173,7 +174,7 @@ pub struct DeviceEvent {
 }
 
 /// One health report of a device.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct HealthSample {
     pub at: i64,
     pub health: Value,
@@ -209,6 +210,29 @@ impl Registry {
     /// The database, shared with operator accounts and the audit log.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Answers if the database does (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the database; every later query fails.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// How many devices have each status (for `/metrics`); a status no device
+    /// has is left out.
+    pub async fn count_by_status(&self) -> Result<Vec<(DeviceStatus, i64)>, RegistryError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM devices GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(status, count)| Ok((status.parse()?, count)))
+            .collect()
     }
 
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, RegistryError> {

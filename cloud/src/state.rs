@@ -1,6 +1,7 @@
 //! What every handler and device session shares: config, the cloud's signing
 //! identity, the registry, operator accounts and the audit log, the fleet of
-//! live sessions, live events, the replay guard and the refusal counters.
+//! live sessions, live events, the replay guard, the refusal counters and the
+//! metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use crate::audit::{Action, AuditLog};
 use crate::config::CloudConfig;
 use crate::events::EventHub;
 use crate::fleet::Fleet;
+use crate::metrics::Metrics;
 use crate::operator_auth::LoginLimiter;
 use crate::refusals::RefusalCounters;
 use crate::registry::Registry;
@@ -47,6 +49,8 @@ struct Shared {
     /// device may hop between connections.
     replay_guard: Mutex<ReplayGuard>,
     refusals: RefusalCounters,
+    /// This cloud's own metrics (never a global recorder: tests run several clouds).
+    metrics: Metrics,
     admin_token: String,
     /// Cancelled at shutdown; every device connection stops on it.
     sessions_stop: CancellationToken,
@@ -68,9 +72,10 @@ impl AppState {
         let signer = Arc::new(Signer::new(config.cloud_id.clone(), key));
         let events = EventHub::default();
         let skew_ms = u64::try_from(config.skew.as_millis()).unwrap_or(u64::MAX);
+        let metrics = Metrics::default();
         Ok(AppState {
             inner: Arc::new(Shared {
-                fleet: Fleet::new(registry.clone(), events.clone()),
+                fleet: Fleet::new(registry.clone(), events.clone(), metrics.rpc()),
                 accounts: Accounts::new(registry.pool().clone()),
                 audit: AuditLog::new(registry.pool().clone()),
                 events,
@@ -83,6 +88,7 @@ impl AppState {
                 signer,
                 registry,
                 refusals: RefusalCounters::default(),
+                metrics,
                 admin_token,
                 sessions_stop: CancellationToken::new(),
                 sessions: TaskTracker::new(),
@@ -149,6 +155,11 @@ impl AppState {
         self.inner.sessions_stop.cancel();
     }
 
+    /// Whether shutdown has begun (then `/readyz` says not ready).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.sessions_stop.is_cancelled()
+    }
+
     /// Waits until every device connection task has finished.
     pub async fn sessions_closed(&self) {
         self.inner.sessions.close();
@@ -169,6 +180,10 @@ impl AppState {
 
     pub(crate) fn login_limiter(&self) -> &LoginLimiter {
         &self.inner.login_limiter
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     pub(crate) fn admin_token(&self) -> &str {

@@ -6,6 +6,8 @@
 //! sending frames a real bridge never would; the full bridge is tested in e2e.
 #![allow(dead_code)]
 
+pub mod python;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
