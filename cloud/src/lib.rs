@@ -13,6 +13,7 @@ pub mod audit;
 pub mod cli;
 pub mod cloud_methods;
 pub mod config;
+mod dashboard;
 mod device_ws;
 pub mod error;
 pub mod events;
@@ -118,6 +119,7 @@ pub fn app(state: AppState) -> Router {
     let http = Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/v1", api::routes(state.clone()))
+        .merge(dashboard::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             http_timeout,
