@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
 # the tests need: nats-server (a real broker), busybox-static (the payload of
-# the tiny test images) and openssl (key scripts, interop check), from Debian.
+# the tiny test images), openssl (key scripts, interop check) and chromium with
+# chromium-driver (the dashboard's browser tests), from Debian.
 # Docker must be running: the worker tests talk to the real engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,9 @@ missing=()
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v openssl >/dev/null || missing+=(openssl)
+# The dashboard's browser tests drive a real headless Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_cmd=""

@@ -170,6 +170,7 @@
   function setLive(state) {
     const node = $('live');
     if (!node) return;
+    node.hidden = false; // only pages that subscribe show it
     node.dataset.state = state;
     node.textContent = state === 'on' ? 'live' : state === 'retrying' ? 'reconnecting…' : 'offline';
   }
@@ -283,7 +284,7 @@
 
   function healthChart(container) {
     const NS = 'http://www.w3.org/2000/svg';
-    const W = 600, H = 140, L = 30, R = 8, T = 8, B = 20;
+    const H = 150, L = 34, R = 10, T = 10, B = 22;
     let samples = [];
     const svgNode = (tag, attrs) => {
       const node = document.createElementNS(NS, tag);
@@ -293,7 +294,9 @@
     function draw() {
       const now = Date.now();
       samples = samples.filter((s) => s.at >= now - HOUR_MS);
-      const svg = svgNode('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none' });
+      // Drawn at the container's own width, so that text is never stretched.
+      const W = Math.max(240, Math.round(container.clientWidth || 600));
+      const svg = svgNode('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H });
       const x = (at) => L + ((at - (now - HOUR_MS)) / HOUR_MS) * (W - L - R);
       const y = (p) => T + (1 - Math.min(100, Math.max(0, p)) / 100) * (H - T - B);
       for (const p of [0, 50, 100]) {
@@ -326,6 +329,8 @@
       }
       container.replaceChildren(svg);
     }
+    let resizing = null;
+    window.addEventListener('resize', () => { clearTimeout(resizing); resizing = setTimeout(draw, 200); });
     return {
       set(list) { samples = list.slice(); draw(); },
       add(sample) { samples.push(sample); draw(); },
@@ -653,11 +658,11 @@
     function row(entry) {
       const ok = entry.outcome === 'ok';
       const tr = h('tr', { class: ok ? '' : 'failure' },
-        h('td', {}, h('time', { 'data-ms': entry.at }, String(entry.at))),
+        h('td', { class: 'nowrap' }, h('time', { 'data-ms': entry.at }, String(entry.at))),
         h('td', {}, entry.source),
-        h('td', {}, entry.actor),
-        h('td', {}, entry.action),
-        h('td', {}, entry.target),
+        h('td', { class: 'nowrap' }, entry.actor),
+        h('td', { class: 'nowrap' }, entry.action),
+        h('td', { class: 'nowrap' }, entry.target),
         h('td', {}, h('span', { class: `outcome ${ok ? 'ok' : 'bad'}` }, entry.outcome)),
         h('td', {}, entry.detail),
         h('td', { class: 'num' }, entry.latency_ms === null || entry.latency_ms === undefined ? '' : `${entry.latency_ms} ms`));
