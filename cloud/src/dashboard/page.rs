@@ -5,7 +5,7 @@
 use askama::Template;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::accounts::same_secret;
@@ -25,13 +25,15 @@ impl FromRequestParts<AppState> for SignedIn {
         match caller_from_headers(state, &parts.headers, false).await {
             Ok(caller) => Ok(SignedIn { caller }),
             Err(e) if e.status == StatusCode::UNAUTHORIZED => {
-                let here = parts
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_owned();
+                // A form posted with an ended session cannot be replayed
+                // by a redirect; come back to the list instead.
+                let here = if parts.method == Method::GET {
+                    parts.uri.path_and_query().map_or("/", |p| p.as_str())
+                } else {
+                    "/devices"
+                };
                 let query: String = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("next", &here)
+                    .append_pair("next", here)
                     .finish();
                 Err(Redirect::to(&format!("/login?{query}")).into_response())
             }
