@@ -664,7 +664,7 @@
         h('td', { class: 'nowrap' }, entry.action),
         h('td', { class: 'nowrap' }, entry.target),
         h('td', {}, h('span', { class: `outcome ${ok ? 'ok' : 'bad'}` }, entry.outcome)),
-        h('td', {}, entry.detail),
+        h('td', { class: 'detail' }, entry.detail),
         h('td', { class: 'num' }, entry.latency_ms === null || entry.latency_ms === undefined ? '' : `${entry.latency_ms} ms`));
       localizeTimes(tr);
       return tr;

@@ -233,3 +233,53 @@ async fn pages_carry_a_strict_policy_and_assets_are_cacheable() {
     let missing = http.get(cloud.url("/assets/nope.js")).send().await.unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test]
+async fn a_token_made_in_the_dashboard_is_shown_once_and_works_until_revoked() {
+    let cloud = cloud_with_operator().await;
+    let http = browser();
+    let (session, csrf) = signed_in(&cloud, &http).await;
+    let created = http
+        .post(cloud.url("/tokens"))
+        .header(COOKIE, &session)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form(&[("csrf_token", &csrf), ("name", "ci-deploy")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let html = created.text().await.unwrap();
+    let marker = "id=\"new-token-secret\">";
+    let start = html.find(marker).expect("the secret") + marker.len();
+    let secret = html[start..].split('<').next().unwrap().to_owned();
+    assert!(secret.starts_with("dbt_"), "{secret}");
+
+    let api = |token: String| {
+        http.get(cloud.url("/api/v1/devices"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(api(secret.clone()).await.unwrap().status(), 200);
+    let list = http
+        .get(cloud.url("/tokens"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("ci-deploy") && !list.contains(&secret));
+
+    let id = cloud.state.accounts().tokens().await.unwrap()[0].id;
+    let revoked = http
+        .post(cloud.url(&format!("/tokens/{id}/revoke")))
+        .header(COOKIE, &session)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form(&[("csrf_token", &csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 303);
+    assert_eq!(api(secret).await.unwrap().status(), 401);
+}

@@ -75,6 +75,22 @@ async fn an_operator_signs_in_through_the_form_and_a_wrong_password_is_told() {
     let log = browser.wait_for_text("#audit-body", "ok", SHOWN).await;
     assert!(log.contains("wrong_password"), "{log}");
 
+    // An API token: its secret is shown once.
+    browser.click("nav a[href='/tokens']").await;
+    browser.fill("#token-name", "ci-deploy").await;
+    browser.click("#create-token button[type=submit]").await;
+    let secret = browser
+        .wait_for_text("#new-token-secret", "dbt_", SHOWN)
+        .await;
+    browser.screenshot("09-tokens").await;
+    let reply = reqwest::Client::new()
+        .get(url(&cloud, "/api/v1/devices"))
+        .bearer_auth(secret.trim())
+        .send()
+        .await
+        .expect("an API call");
+    assert_eq!(reply.status(), 200);
+
     browser.click(".topbar form button[type=submit]").await;
     browser.wait_for("#login-form", SHOWN).await;
     browser.goto(&url(&cloud, "/devices")).await;

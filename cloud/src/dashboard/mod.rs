@@ -15,6 +15,7 @@ mod format;
 mod login;
 mod logs_page;
 mod page;
+mod tokens_page;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue};
@@ -40,6 +41,8 @@ pub(crate) fn routes() -> Router<AppState> {
             get(logs_page::show),
         )
         .route("/audit", get(audit_page::show))
+        .route("/tokens", get(tokens_page::show).post(tokens_page::create))
+        .route("/tokens/{id}/revoke", post(tokens_page::revoke))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/assets/{file}", get(assets::serve))

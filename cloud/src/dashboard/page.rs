@@ -66,7 +66,7 @@ pub(super) struct Chrome {
     pub operator: String,
     /// Forms carry it as a hidden field; the script sends it as `X-CSRF-Token`.
     pub csrf_token: String,
-    /// Which navigation entry is the current page: `devices` or `audit`.
+    /// Which navigation entry is the current page: `devices`, `audit` or `tokens`.
     pub nav: &'static str,
     /// Cache-busting version of the embedded assets.
     pub assets: &'static str,
