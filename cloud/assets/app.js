@@ -393,12 +393,13 @@
       badge.className = `badge ${online ? 'online' : 'offline'}`;
     }
 
-    async function act(action, name, button) {
+    async function act(action, name) {
       const verbs = { start: 'Start', stop: 'Stop', restart: 'Restart' };
+      const doing = { start: 'Starting', stop: 'Stopping', restart: 'Restarting' };
       const ok = await confirmAction(`${verbs[action]} container ${name} on ${deviceId}?`, verbs[action]);
       if (!ok) return;
       for (const b of body.querySelectorAll('button')) b.disabled = true;
-      say(`${verbs[action]}ing ${name}…`);
+      say(`${doing[action]} ${name}…`);
       try {
         await rpc(deviceId, `containers.${action}`, { container: name });
         say(`${verbs[action]} of ${name} done.`, 'ok');
@@ -413,7 +414,7 @@
       const running = c.state === 'running';
       const button = (action, label) => {
         const b = h('button', { type: 'button', class: action === 'stop' ? 'danger' : '', 'data-action': action, 'aria-label': `${label} ${name}` }, label);
-        b.addEventListener('click', () => act(action, name, b));
+        b.addEventListener('click', () => act(action, name));
         return b;
       };
       const logs = h('a', { href: `/devices/${encodeURIComponent(deviceId)}/containers/${encodeURIComponent(name)}/logs`, class: 'logs-link' }, 'Logs');

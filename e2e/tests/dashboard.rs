@@ -159,6 +159,10 @@ async fn an_operator_accepts_a_new_device_and_reads_its_container_logs_live() {
     )
     .await;
 
+    // Stops at once on SIGTERM, so that stopping it from the page is quick.
+    let stoppable =
+        TestContainer::start("trap 'exit 0' TERM; while true; do sleep 0.2; done").await;
+
     // The device page: the container table comes from the worker and Docker.
     let started = Instant::now();
     browser.click(&format!("{row} a.device-link")).await;
@@ -174,6 +178,25 @@ async fn an_operator_accepts_a_new_device_and_reads_its_container_logs_live() {
     );
     wait_until_chart_drawn(&browser).await;
     browser.screenshot("04-device").await;
+    // Stop and start again, each after a confirmation.
+    let stoppable_row = format!("tr[data-container='{}']", stoppable.name);
+    for (action, done, state) in [
+        ("stop", "Stop of", "exited"),
+        ("start", "Start of", "running"),
+    ] {
+        browser
+            .click(&format!("{stoppable_row} button[data-action={action}]"))
+            .await;
+        browser
+            .wait_for_text("#confirm-text", &stoppable.name, SHOWN)
+            .await;
+        browser.click("#confirm-ok").await;
+        browser
+            .wait_for_text("#containers-message", done, SHOWN)
+            .await;
+        browser.wait_for_text(&stoppable_row, state, SHOWN).await;
+    }
+
     let device_url = url(&cloud, "/devices/device-web-1");
     let device_wall = browser.goto(&device_url).await;
     let device_timing = browser.page_timing().await;
