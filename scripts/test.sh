@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
 # the tests need: nats-server (a real broker), busybox-static (the payload of
-# the tiny test images), openssl (key scripts, interop check) and python3 with
-# venv, from Debian; then the Python checkers the cloud's tests run (the
-# OpenAPI validator), from PyPI into target/python-tools.
+# the tiny test images), openssl (key scripts, interop check), chromium with
+# chromium-driver (the dashboard's browser tests) and python3 with venv, from
+# Debian; then the Python checkers the cloud's tests run (the OpenAPI
+# validator), from PyPI into target/python-tools.
 # Docker must be running: the worker tests talk to the real engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,9 @@ command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(n
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v openssl >/dev/null || missing+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# The dashboard's browser tests drive a real headless Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_cmd=""

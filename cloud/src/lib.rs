@@ -13,6 +13,7 @@ pub mod audit;
 pub mod cli;
 pub mod cloud_methods;
 pub mod config;
+mod dashboard;
 mod device_ws;
 pub mod error;
 pub mod events;
@@ -123,6 +124,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::scrape))
         .merge(openapi::api_v1(state.clone()))
+        .merge(dashboard::routes())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             http_timeout,
