@@ -168,3 +168,45 @@ async fn the_auth_log_records_every_step() {
     let (_, all) = cloud.get("/api/v1/auth-events").await;
     assert_eq!(all["events"].as_array().unwrap().len(), 5);
 }
+
+#[tokio::test]
+async fn devices_are_filtered_by_state_and_by_part_of_the_id() {
+    let cloud = TestCloud::start().await;
+    let _accepted = cloud.accepted_device("Kiosk-01").await;
+    let mut pending = cloud.connect("kiosk-02").await;
+    pending.authenticate().await;
+    let mut gone = cloud.connect("gateway-1").await;
+    gone.authenticate().await;
+    gone.drop_connection();
+    support::wait_until("gateway-1 offline", || async {
+        cloud.device("gateway-1").await["device"]["online"] == false
+    })
+    .await;
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for (query, expected) in [
+        ("", vec!["gateway-1", "kiosk-02", "Kiosk-01"]),
+        ("?state=pending", vec!["gateway-1", "kiosk-02"]),
+        ("?state=accepted", vec!["Kiosk-01"]),
+        ("?state=rejected", vec![]),
+        ("?state=online", vec!["kiosk-02", "Kiosk-01"]),
+        ("?state=offline", vec!["gateway-1"]),
+        ("?q=KIOSK", vec!["kiosk-02", "Kiosk-01"]),
+        ("?q=kiosk&state=pending", vec!["kiosk-02"]),
+        ("?q=nothing", vec![]),
+    ] {
+        let (status, body) = cloud.get(&format!("/api/v1/devices{query}")).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        assert_eq!(ids(&body), expected, "{query}");
+    }
+    let (status, body) = cloud.get("/api/v1/devices?state=sleeping").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["kind"], "bad_request");
+}

@@ -279,3 +279,56 @@ async fn health_and_container_events_land_in_the_registry() {
     let (_, list) = cloud.get("/api/v1/devices").await;
     assert_eq!(list["devices"][0]["last_health"], health);
 }
+
+#[tokio::test]
+async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    for cpu in [10.0, 20.0, 30.0] {
+        device
+            .send_message(&Message::notification(
+                "device.health",
+                json!({ "cpu_percent": cpu }),
+            ))
+            .await;
+    }
+    device.ping_cloud().await;
+    let (status, body) = cloud.get("/api/v1/devices/dev-1/health").await;
+    assert_eq!(status, 200, "{body}");
+    let samples = body["samples"].as_array().unwrap();
+    let cpus: Vec<f64> = samples
+        .iter()
+        .map(|s| s["health"]["cpu_percent"].as_f64().unwrap())
+        .collect();
+    assert_eq!(cpus, [10.0, 20.0, 30.0]);
+    assert!(samples
+        .windows(2)
+        .all(|w| w[0]["at"].as_i64() <= w[1]["at"].as_i64()));
+
+    // Reports older than an hour are pruned when the next one arrives.
+    let an_hour_ago = support::now_ms() as i64 - 3_600_001;
+    sqlx::query("UPDATE device_health SET at = ? WHERE health LIKE '%10.0%'")
+        .bind(an_hour_ago)
+        .execute(cloud.state.registry().pool())
+        .await
+        .unwrap();
+    device
+        .send_message(&Message::notification(
+            "device.health",
+            json!({ "cpu_percent": 40.0 }),
+        ))
+        .await;
+    device.ping_cloud().await;
+    let (_, body) = cloud.get("/api/v1/devices/dev-1/health").await;
+    let cpus: Vec<f64> = body["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["health"]["cpu_percent"].as_f64().unwrap())
+        .collect();
+    assert_eq!(cpus, [20.0, 30.0, 40.0]);
+
+    let (status, body) = cloud.get("/api/v1/devices/nobody/health").await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["kind"], "unknown_device");
+}
