@@ -6,9 +6,13 @@
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
+use crate::registry::AuthEvent;
+
 /// Device auth events the audit log shows. Accept, reject and delete are
 /// operator actions and appear once, as such.
-const DEVICE_EVENTS: &str = "'new_key', 'authenticated', 'key_mismatch', 'auth_failed'";
+const DEVICE_EVENTS: [&str; 4] = ["new_key", "authenticated", "key_mismatch", "auth_failed"];
+/// Those whose outcome reads `refused`.
+const REFUSED_DEVICE_EVENTS: [&str; 2] = ["key_mismatch", "auth_failed"];
 /// Most entries one page may hold.
 pub const MAX_PAGE: i64 = 500;
 
@@ -42,6 +46,28 @@ pub struct AuditEntry {
     pub outcome: String,
     pub detail: String,
     pub latency_ms: Option<i64>,
+}
+
+impl AuditEntry {
+    /// A device auth event as the audit log shows it, or None for the kinds
+    /// it leaves to the operator action that caused them.
+    pub fn from_device_event(event: &AuthEvent) -> Option<AuditEntry> {
+        if !DEVICE_EVENTS.contains(&event.event.as_str()) {
+            return None;
+        }
+        let refused = REFUSED_DEVICE_EVENTS.contains(&event.event.as_str());
+        Some(AuditEntry {
+            source: "device".into(),
+            id: event.id,
+            at: event.at,
+            actor: event.device_id.clone(),
+            action: event.event.clone(),
+            target: event.device_id.clone(),
+            outcome: if refused { "refused" } else { "ok" }.into(),
+            detail: event.detail.clone(),
+            latency_ms: None,
+        })
+    }
 }
 
 /// Which entries to list; every filter is optional and exact.
@@ -113,14 +139,22 @@ impl AuditLog {
     ) -> Result<AuditPage, sqlx::Error> {
         let limit = limit.clamp(1, MAX_PAGE);
         let offset = offset.max(0);
+        let quoted = |kinds: &[&str]| {
+            kinds
+                .iter()
+                .map(|kind| format!("'{kind}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (shown, refused) = (quoted(&DEVICE_EVENTS), quoted(&REFUSED_DEVICE_EVENTS));
         let union = format!(
             "SELECT 'operator' AS source, id, at, actor, action, target, outcome, detail, latency_ms \
              FROM audit_log \
              UNION ALL \
              SELECT 'device', id, at, device_id, event, device_id, \
-                    CASE WHEN event IN ('key_mismatch', 'auth_failed') THEN 'refused' ELSE 'ok' END, \
+                    CASE WHEN event IN ({refused}) THEN 'refused' ELSE 'ok' END, \
                     detail, NULL \
-             FROM auth_events WHERE event IN ({DEVICE_EVENTS})"
+             FROM auth_events WHERE event IN ({shown})"
         );
         let conditions = "(?1 IS NULL OR source = ?1) AND (?2 IS NULL OR actor = ?2) \
              AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR target = ?4) \

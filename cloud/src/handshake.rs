@@ -212,7 +212,7 @@ async fn decide(
                 "known device id presented a different key; refused"
             );
             let detail = format!("presented {fingerprint}; registered {registered}");
-            if let Err(e) = state
+            match state
                 .registry()
                 .add_auth_event(
                     device_id,
@@ -222,7 +222,8 @@ async fn decide(
                 )
                 .await
             {
-                tracing::warn!(%device_id, error = %e, "cannot record key_mismatch");
+                Ok(event) => state.publish_auth_event(&event),
+                Err(e) => tracing::warn!(%device_id, error = %e, "cannot record key_mismatch"),
             }
             state.refusal_counters().increment("key_mismatch");
             state.events().device(
@@ -286,10 +287,11 @@ async fn verdict(
     let record = match registry.device(id).await? {
         Some(record) => record,
         None => {
-            if registry
+            if let Some(event) = registry
                 .register_new_key(id, &params.public_key_pem, fingerprint, bridge_version, now)
                 .await?
             {
+                state.publish_auth_event(&event);
                 tracing::info!(device_id = %id, %fingerprint, "new device key; pending approval");
                 state.events().device(
                     "device.new_key",
@@ -307,9 +309,10 @@ async fn verdict(
     if keys::public_key_from_pem(&record.public_key).ok() != Some(params.key) {
         return Ok(Verdict::KeyMismatch(record.fingerprint));
     }
-    registry
+    let event = registry
         .record_authenticated(id, bridge_version, record.status.as_str(), now)
         .await?;
+    state.publish_auth_event(&event);
     Ok(Verdict::Status(record.status))
 }
 
@@ -361,11 +364,12 @@ async fn fail(
         let registry = state.registry();
         if let Ok(Some(_)) = registry.device(id).await {
             let detail = format!("{reason}: {}", error.message);
-            if let Err(e) = registry
+            match registry
                 .add_auth_event(id, AuthEventKind::AuthFailed, &detail, now_ms() as i64)
                 .await
             {
-                tracing::warn!(device_id = id, error = %e, "cannot record auth_failed");
+                Ok(event) => state.publish_auth_event(&event),
+                Err(e) => tracing::warn!(device_id = id, error = %e, "cannot record auth_failed"),
             }
         }
     }

@@ -256,8 +256,8 @@ impl Registry {
         rows.into_iter().map(DeviceRecord::try_from).collect()
     }
 
-    /// Records an unknown device as pending, with a `new_key` event. Returns
-    /// false (and changes nothing) if the id is already registered.
+    /// Records an unknown device as pending, with a `new_key` event, which it
+    /// returns. Returns None (and changes nothing) if the id is already registered.
     pub async fn register_new_key(
         &self,
         id: &str,
@@ -265,7 +265,7 @@ impl Registry {
         fingerprint: &str,
         bridge_version: Option<&str>,
         now: i64,
-    ) -> Result<bool, RegistryError> {
+    ) -> Result<Option<AuthEvent>, RegistryError> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO devices (id, public_key, fingerprint, status, first_seen, last_seen, bridge_version) \
@@ -281,22 +281,24 @@ impl Registry {
         .await?
         .rows_affected()
             == 1;
-        if inserted {
-            insert_auth_event(&mut tx, id, AuthEventKind::NewKey, fingerprint, now).await?;
-        }
+        let event = if inserted {
+            Some(insert_auth_event(&mut tx, id, AuthEventKind::NewKey, fingerprint, now).await?)
+        } else {
+            None
+        };
         tx.commit().await?;
-        Ok(inserted)
+        Ok(event)
     }
 
     /// A known device proved possession of its key: bumps last_seen, stores the
-    /// bridge version and logs `authenticated`.
+    /// bridge version and logs (and returns) `authenticated`.
     pub async fn record_authenticated(
         &self,
         id: &str,
         bridge_version: Option<&str>,
         detail: &str,
         now: i64,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<AuthEvent, RegistryError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE devices SET last_seen = ?, bridge_version = COALESCE(?, bridge_version) WHERE id = ?",
@@ -306,9 +308,10 @@ impl Registry {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        insert_auth_event(&mut tx, id, AuthEventKind::Authenticated, detail, now).await?;
+        let event =
+            insert_auth_event(&mut tx, id, AuthEventKind::Authenticated, detail, now).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(event)
     }
 
     /// An operator decision. Returns the updated device, or None if unknown.
@@ -494,7 +497,7 @@ impl Registry {
         event: AuthEventKind,
         detail: &str,
         now: i64,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<AuthEvent, RegistryError> {
         let mut conn = self.pool.acquire().await?;
         insert_auth_event(&mut conn, device_id, event, detail, now).await
     }
@@ -523,15 +526,17 @@ async fn insert_auth_event(
     event: AuthEventKind,
     detail: &str,
     now: i64,
-) -> Result<(), RegistryError> {
-    sqlx::query("INSERT INTO auth_events (device_id, at, event, detail) VALUES (?, ?, ?, ?)")
-        .bind(device_id)
-        .bind(now)
-        .bind(event.as_str())
-        .bind(detail)
-        .execute(conn)
-        .await?;
-    Ok(())
+) -> Result<AuthEvent, RegistryError> {
+    Ok(sqlx::query_as(
+        "INSERT INTO auth_events (device_id, at, event, detail) VALUES (?, ?, ?, ?) \
+         RETURNING id, device_id, at, event, detail",
+    )
+    .bind(device_id)
+    .bind(now)
+    .bind(event.as_str())
+    .bind(detail)
+    .fetch_one(conn)
+    .await?)
 }
 
 fn create_parent_dir(file: &Path) -> Result<(), RegistryError> {

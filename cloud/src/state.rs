@@ -120,6 +120,13 @@ impl AppState {
         &self.inner.events
     }
 
+    /// Publishes a device auth event, already stored, to the live audit log.
+    pub(crate) fn publish_auth_event(&self, event: &crate::registry::AuthEvent) {
+        if let Some(entry) = crate::audit::AuditEntry::from_device_event(event) {
+            self.inner.events.audit(&entry);
+        }
+    }
+
     /// Stores an operator action in the audit log and publishes it live. A
     /// failure to store is logged: the action itself has happened.
     pub async fn record_action(&self, action: &Action<'_>) {

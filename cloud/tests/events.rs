@@ -103,6 +103,18 @@ async fn a_device_topic_carries_only_that_device_and_the_audit_topic_only_audit_
     other.authenticate().await;
     let mut device = cloud.connect("dev-1").await;
     device.authenticate().await;
+    // Device auth events reach the audit topic as the audit log shows them.
+    let mut live = Vec::new();
+    for expected in ["dev-2", "dev-1"] {
+        let entry = next_event(&mut audit).await;
+        assert_eq!(entry["type"], "audit.entry");
+        assert_eq!(entry["data"]["action"], "new_key");
+        assert_eq!(entry["data"]["actor"], expected);
+        live.push(entry["data"].clone());
+    }
+    let (_, page) = cloud.get("/api/v1/audit?source=device").await;
+    assert_eq!(page["entries"][0], live[1]);
+    assert_eq!(page["entries"][1], live[0]);
     let first = next_event(&mut one).await;
     assert_eq!(first["type"], "device.new_key");
     assert_eq!(first["device_id"], "dev-1");

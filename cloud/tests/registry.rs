@@ -13,14 +13,20 @@ async fn open() -> (tempfile::TempDir, Registry) {
 #[tokio::test]
 async fn a_registered_id_keeps_its_first_key() {
     let (_dir, registry) = open().await;
-    assert!(registry
+    let new_key = registry
         .register_new_key("dev-1", "PEM-1", "SHA256:one", Some("1.0"), 1)
         .await
-        .unwrap());
-    assert!(!registry
+        .unwrap()
+        .expect("registered");
+    assert_eq!(
+        (new_key.event.as_str(), new_key.detail.as_str()),
+        ("new_key", "SHA256:one")
+    );
+    assert!(registry
         .register_new_key("dev-1", "PEM-2", "SHA256:two", Some("2.0"), 2)
         .await
-        .unwrap());
+        .unwrap()
+        .is_none());
     let device = registry.device("dev-1").await.unwrap().unwrap();
     assert_eq!(
         (device.public_key.as_str(), device.status),
