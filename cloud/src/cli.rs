@@ -29,6 +29,8 @@ pub enum Command {
     Devices(DevicesArgs),
     /// Call a JSON-RPC method on an accepted, connected device.
     Rpc(RpcArgs),
+    /// Exit 0 if the cloud on this host answers /healthz (for container health checks).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 /// How to reach a running cloud.

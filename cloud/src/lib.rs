@@ -15,6 +15,7 @@ mod device_ws;
 pub mod error;
 pub mod fleet;
 mod handshake;
+pub mod healthcheck;
 mod inbound;
 mod link;
 pub mod refusals;

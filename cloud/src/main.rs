@@ -27,6 +27,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Devices(args) => cloud::cli::devices(args).await,
         Command::Rpc(args) => cloud::cli::rpc(args).await,
+        Command::Healthcheck(args) => cloud::healthcheck::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
