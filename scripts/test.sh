@@ -2,7 +2,8 @@
 # Runs every test of the workspace. On a fresh machine it first installs what
 # the tests need: nats-server (a real broker), busybox-static (the payload of
 # the tiny test images) and openssl (key scripts, interop check), from Debian.
-# Docker must be running: the worker tests talk to the real engine.
+# Docker must be running: the worker tests talk to the real engine, and the dev
+# stack tests run ./run-dev.sh (Docker Compose) from a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 docker info >/dev/null 2>&1 || { echo "error: Docker is not running; the worker tests need the real engine" >&2; exit 1; }
+# The dev stack tests run ./run-dev.sh, which needs Compose (v2 plugin or v1) and git.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null ||
+  { echo "error: neither 'docker compose' nor 'docker-compose' is installed; the dev stack tests run ./run-dev.sh with it" >&2; exit 1; }
+command -v git >/dev/null || { echo "error: git is missing; the dev stack tests clone the repository" >&2; exit 1; }
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

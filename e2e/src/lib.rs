@@ -2,6 +2,7 @@
 //! scenarios in `tests/` read as stories. The one stand-in, `test_cloud`, is a
 //! test peer that plays the cloud so that the bridge can be tested alone.
 
+pub mod dev_stack;
 pub mod docker;
 pub mod nats;
 pub mod stack;
