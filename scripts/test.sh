@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
-# the tests need: nats-server (a real broker), busybox-static (the payload of
-# the tiny test images) and openssl (key scripts, interop check), from Debian.
+# the tests need: nats-server (a real broker, also the nats image's payload),
+# busybox-static (the payload of the tiny test images), openssl (key scripts,
+# interop check), git and Docker Compose (the dev stack tests), from Debian.
 # Docker must be running: the worker tests talk to the real engine, and the dev
 # stack tests run ./run-dev.sh (Docker Compose) from a fresh clone.
 set -euo pipefail
@@ -11,6 +12,8 @@ missing=()
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v git >/dev/null || missing+=(git)
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_cmd=""
@@ -23,7 +26,6 @@ docker info >/dev/null 2>&1 || { echo "error: Docker is not running; the worker 
 # The dev stack tests run ./run-dev.sh, which needs Compose (v2 plugin or v1) and git.
 docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null ||
   { echo "error: neither 'docker compose' nor 'docker-compose' is installed; the dev stack tests run ./run-dev.sh with it" >&2; exit 1; }
-command -v git >/dev/null || { echo "error: git is missing; the dev stack tests clone the repository" >&2; exit 1; }
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
