@@ -64,3 +64,31 @@ pub fn read_state_file(path: &Path) -> std::io::Result<LinkState> {
         .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
     Ok(written.state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_state_file_holds_the_last_state_and_only_authenticated_ones_are_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for state in [LinkState::Connecting, LinkState::Pending, LinkState::Live] {
+            let payload = serde_json::json!({"state": state, "device_id": "d-1", "at_ms": 1});
+            write_state_file(&path, &payload.to_string()).await.unwrap();
+            assert_eq!(read_state_file(&path).unwrap(), state);
+        }
+        let connected: Vec<LinkState> = [
+            LinkState::Connecting,
+            LinkState::Pending,
+            LinkState::Live,
+            LinkState::Disconnected,
+            LinkState::Rejected,
+        ]
+        .into_iter()
+        .filter(|state| state.is_connected())
+        .collect();
+        assert_eq!(connected, [LinkState::Pending, LinkState::Live]);
+        assert!(read_state_file(&dir.path().join("missing")).is_err());
+    }
+}
