@@ -2,9 +2,11 @@
 //! repository, `./run-dev.sh` with a project prefix and port of its own (so a
 //! developer's own stack is left alone), and `./run-dev.sh down` on drop.
 //!
-//! The release build of the clone goes to one target folder under this
-//! repository's `target/dev-stack/`, and each scenario clones to a fixed path
-//! there: dependencies are built once and reused by every later run.
+//! The clone lives at a fixed path, `target/dev-stack/clone`, and is brought to
+//! exactly what a fresh clone of HEAD holds (checked out, every untracked file
+//! removed) before each scenario; its release build goes to
+//! `target/dev-stack/cargo`. So the build is made once and only redone for
+//! what changed, across scenarios and runs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,27 +34,20 @@ pub struct DevStack {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl DevStack {
-    /// Clones HEAD into `target/dev-stack/<scenario>` and runs
-    /// `DEVICES=<devices> ./run-dev.sh` there. Panics, with its output, if it fails.
+    /// Brings the clone to HEAD and runs `DEVICES=<devices> ./run-dev.sh` there,
+    /// with a project prefix named after `scenario`. Panics, with its output,
+    /// if it fails.
     pub async fn up(scenario: &str, devices: usize) -> DevStack {
         let turn = ONE_AT_A_TIME.lock().await;
         let repo = repo_root();
         let work = target_dir(&repo).join("dev-stack");
-        let clone = work.join("clones").join(scenario);
-        let head = run_ok(Command::new("git").args(["-C", &path_str(&repo), "rev-parse", "HEAD"]));
-        if clone.exists() {
-            std::fs::remove_dir_all(&clone).expect("removing the previous clone");
-        }
-        std::fs::create_dir_all(clone.parent().expect("clone has a parent")).unwrap();
-        run_ok(Command::new("git").args(["clone", "--quiet", &path_str(&repo), &path_str(&clone)]));
-        run_ok(Command::new("git").args([
-            "-C",
-            &path_str(&clone),
-            "checkout",
-            "--quiet",
-            "--detach",
-            &head,
-        ]));
+        let clone = work.join("clone");
+        tokio::task::spawn_blocking({
+            let clone = clone.clone();
+            move || checkout_head(&repo, &clone)
+        })
+        .await
+        .expect("checking out HEAD");
 
         let stack = DevStack {
             clone,
@@ -206,7 +201,6 @@ impl Drop for DevStack {
             .map(|name| format!("{}/{name}:latest", self.prefix))
             .collect();
         let _ = Command::new("docker").arg("rmi").args(&images).output();
-        let _ = std::fs::remove_dir_all(&self.clone);
     }
 }
 
@@ -275,6 +269,29 @@ impl Api {
             Err(error) => Err((0, Value::String(error.to_string()))),
         }
     }
+}
+
+/// Makes `clone` hold what a fresh clone of `repo`'s HEAD holds: the commit
+/// checked out, nothing untracked (no keys, no data). Files that did not change
+/// keep their times, so cargo rebuilds only what changed.
+fn checkout_head(repo: &Path, clone: &Path) {
+    let git = |dir: &Path, args: &[&str]| run_ok(Command::new("git").arg("-C").arg(dir).args(args));
+    let head = git(repo, &["rev-parse", "HEAD"]).trim().to_string();
+    if !clone.join(".git").is_dir() {
+        if clone.exists() {
+            std::fs::remove_dir_all(clone).expect("removing a broken clone");
+        }
+        std::fs::create_dir_all(clone).expect("creating the clone folder");
+        git(clone, &["init", "--quiet"]);
+    }
+    git(clone, &["fetch", "--quiet", &path_str(repo), "HEAD"]);
+    let fetched = git(clone, &["rev-parse", "FETCH_HEAD"]).trim().to_string();
+    assert_eq!(fetched, head, "HEAD moved while fetching; run again");
+    git(
+        clone,
+        &["checkout", "--quiet", "--force", "--detach", &head],
+    );
+    git(clone, &["clean", "--quiet", "-ffdx"]);
 }
 
 fn repo_root() -> PathBuf {
