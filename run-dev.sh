@@ -151,7 +151,7 @@ cloud_cli() {
   [ -n "$container" ] || die "the cloud stack is not running; start it with ./run-dev.sh"
   local tty=()
   [ -t 0 ] && [ -t 1 ] && tty=(-t)
-  exec docker exec -i "${tty[@]}" "$container" cloud "$@"
+  exec docker exec -i ${tty[@]+"${tty[@]}"} "$container" cloud "$@"
 }
 
 # Creates the dev admin (an operator account) once, with a random password kept
@@ -185,8 +185,8 @@ up() {
     echo "installing nats-server (its binary goes into the nats image)"
     local sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-    "${sudo_cmd[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq nats-server >/dev/null
+    ${sudo_cmd[@]+"${sudo_cmd[@]}"} apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive ${sudo_cmd[@]+"${sudo_cmd[@]}"} apt-get install -y -qq nats-server >/dev/null
   }
 
   scripts/ensure-cloud-keys.sh
