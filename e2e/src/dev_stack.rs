@@ -58,23 +58,28 @@ impl DevStack {
             down: false,
             _turn: turn,
         };
-        let mut run_dev = stack.run_dev(&[]);
+        stack.run_up().await;
+        stack
+    }
+
+    /// Runs `./run-dev.sh` (again): it must succeed and print the dashboard URL.
+    pub async fn run_up(&self) {
+        let mut run_dev = self.run_dev(&[]);
         let output = tokio::task::spawn_blocking(move || run_dev.output())
             .await
             .expect("run-dev.sh task")
             .expect("running run-dev.sh");
         print_output("./run-dev.sh", &output);
         if !output.status.success() {
-            stack.print_logs();
+            self.print_logs();
             panic!("./run-dev.sh failed: {}", output.status);
         }
         let printed = String::from_utf8_lossy(&output.stdout);
-        let url = format!("http://127.0.0.1:{}/", stack.port);
+        let url = format!("http://127.0.0.1:{}/", self.port);
         assert!(
             printed.contains(&url),
             "run-dev.sh prints the dashboard URL {url}"
         );
-        stack
     }
 
     /// `./run-dev.sh ARGS` in the clone, with this stack's settings.

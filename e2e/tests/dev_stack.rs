@@ -1,6 +1,7 @@
 //! `./run-dev.sh` from a fresh clone, as a newcomer runs it: both Compose
 //! stacks come up healthy, a device is accepted over the API and answers from
-//! its own containers, survives a cloud restart, and `down` leaves nothing.
+//! its own containers, survives a cloud restart and a second `./run-dev.sh`,
+//! and `down` leaves nothing.
 //!
 //! These tests build release binaries and images and run real containers;
 //! nextest runs them alone (`.config/nextest.toml`).
@@ -95,6 +96,14 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
         .await
         .unwrap_or_else(|error| panic!("system.health after the restart: {error:?}"));
     assert!(health.is_object(), "{health}");
+
+    // A second run reuses keys and data: same key, still accepted, and the
+    // old token still works.
+    let fingerprint = device["fingerprint"].clone();
+    stack.run_up().await;
+    let device = api.device("device-001").await;
+    assert_eq!(device["fingerprint"], fingerprint, "{device}");
+    assert_eq!(device["status"], "accepted", "{device}");
 
     stack.down();
     let leftovers = stack.leftovers();
