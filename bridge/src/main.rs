@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Keeps one signed WebSocket to the cloud and relays it to the device's NATS.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "`bridge healthcheck` exits 0 while a running bridge is authenticated to the cloud (see --state-file)."
+)]
 struct Args {
     /// The cloud's device endpoint (`wss://` over the internet).
     #[arg(
@@ -77,11 +80,11 @@ struct Args {
     state_file: Option<PathBuf>,
 }
 
-/// `bridge healthcheck`: exits 0 while the running bridge is authenticated to
-/// the cloud (pending or live), as it last wrote to its state file. Container
-/// images have no shell, so the binary carries its own check.
+// Container images have no shell, so the binary carries its own check.
+/// Exits 0 while the running bridge is authenticated to the cloud (pending or
+/// live), as it last wrote to its state file.
 #[derive(Parser, Debug)]
-#[command(name = "bridge healthcheck")]
+#[command(name = "bridge healthcheck", bin_name = "bridge healthcheck")]
 struct HealthcheckArgs {
     /// The running bridge's state file.
     #[arg(long, env = "BRIDGE_STATE_FILE")]
