@@ -45,9 +45,11 @@ for name in cloud bridge worker nats; do
   cp "docker/$name.Dockerfile" "$staging/$name/Dockerfile"
   echo "building $prefix/$name:latest"
   # Quiet unless it fails: the legacy builder's deprecation notice is noise here.
-  if ! out=$(docker build --tag "$prefix/$name:latest" "$staging/$name" 2>&1); then
+  if ! out=$(docker build --label devbridge-stack=1 --tag "$prefix/$name:latest" "$staging/$name" 2>&1); then
     echo "$out" >&2
     exit 1
   fi
 done
+# The images these replaced, once no container uses them; only ours (by label).
+docker image prune --force --filter label=devbridge-stack=1 >/dev/null
 docker images --filter "reference=$prefix/*:latest" --format '  {{.Repository}}:{{.Tag}}  {{.Size}}'
