@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
-# the tests need: nats-server (a real broker), busybox-static (the payload of
-# the tiny test images), openssl (key scripts, interop check), chromium with
-# chromium-driver (the dashboard's browser tests) and python3 with venv, from
+# the tests need: nats-server (a real broker, also the nats image's payload),
+# busybox-static (the payload of the tiny test images), openssl (key scripts,
+# interop check), chromium with chromium-driver (the dashboard's browser
+# tests), python3 with venv, git and Docker Compose (the dev stack tests), from
 # Debian; then the Python checkers the cloud's tests run (the OpenAPI
 # validator), from PyPI into target/python-tools.
-# Docker must be running: the worker tests talk to the real engine.
+# Docker must be running: the worker tests talk to the real engine, and the dev
+# stack tests run ./run-dev.sh (Docker Compose) from a fresh clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # The dashboard's browser tests drive a real headless Chromium.
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v git >/dev/null || missing+=(git)
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo_cmd=""
@@ -27,6 +31,9 @@ fi
 export PATH="$PATH:/usr/sbin"
 scripts/ensure-python-tools.sh
 docker info >/dev/null 2>&1 || { echo "error: Docker is not running; the worker tests need the real engine" >&2; exit 1; }
+# The dev stack tests run ./run-dev.sh, which needs Compose (v2 plugin or v1) and git.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null ||
+  { echo "error: neither 'docker compose' nor 'docker-compose' is installed; the dev stack tests run ./run-dev.sh with it" >&2; exit 1; }
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

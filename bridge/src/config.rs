@@ -1,5 +1,6 @@
 //! The bridge's configuration, parsed once in `main` and passed down.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub struct BridgeConfig {
     pub reconnect_max: Duration,
     /// Wait after the cloud rejected this device, before trying again.
     pub rejected_backoff: Duration,
+    /// A file the link state is written to on each change, so a container
+    /// health check (`bridge healthcheck`) can read it; none by default.
+    pub state_file: Option<PathBuf>,
 }
 
 impl BridgeConfig {
@@ -59,6 +63,7 @@ impl BridgeConfig {
             reconnect_min: Duration::from_millis(500),
             reconnect_max: Duration::from_secs(30),
             rejected_backoff: Duration::from_secs(600),
+            state_file: None,
         }
     }
 

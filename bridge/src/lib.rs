@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
-pub use status::LinkState;
+pub use status::{read_state_file, LinkState};
 
 use session::{run_session, Outbound, SessionEnd};
 
@@ -102,13 +102,13 @@ impl Bridge {
         let mut guard = ReplayGuard::new(config.skew.as_millis() as u64, REPLAY_CAPACITY);
         let mut backoff = new_backoff(&config);
         loop {
-            status::announce(&nats, &device_id, LinkState::Connecting).await;
+            status::announce(&nats, &config, LinkState::Connecting).await;
             let end = run_session(&config, &nats, &mut guard, &stats, &live, &shutdown).await;
             let wait = match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Rejected(reason) => {
                     tracing::warn!(%device_id, %reason, wait_secs = config.rejected_backoff.as_secs(), "rejected by the cloud");
-                    status::announce(&nats, &device_id, LinkState::Rejected).await;
+                    status::announce(&nats, &config, LinkState::Rejected).await;
                     backoff = new_backoff(&config);
                     config.rejected_backoff
                 }
@@ -116,7 +116,7 @@ impl Bridge {
                     authenticated,
                     reason,
                 } => {
-                    status::announce(&nats, &device_id, LinkState::Disconnected).await;
+                    status::announce(&nats, &config, LinkState::Disconnected).await;
                     if authenticated {
                         backoff = new_backoff(&config);
                     }

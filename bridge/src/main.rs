@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Keeps one signed WebSocket to the cloud and relays it to the device's NATS.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(
+    version,
+    after_help = "`bridge healthcheck` exits 0 while a running bridge is authenticated to the cloud (see --state-file)."
+)]
 struct Args {
     /// The cloud's device endpoint (`wss://` over the internet).
     #[arg(
@@ -72,10 +75,40 @@ struct Args {
     /// Wait after the cloud rejected this device, in seconds.
     #[arg(long, env = "REJECTED_BACKOFF_SECS", default_value_t = 600)]
     rejected_backoff_secs: u64,
+    /// File to write the link state to on each change, for `bridge healthcheck`.
+    #[arg(long, env = "BRIDGE_STATE_FILE")]
+    state_file: Option<PathBuf>,
+}
+
+// Container images have no shell, so the binary carries its own check.
+/// Exits 0 while the running bridge is authenticated to the cloud (pending or
+/// live), as it last wrote to its state file.
+#[derive(Parser, Debug)]
+#[command(name = "bridge healthcheck", bin_name = "bridge healthcheck")]
+struct HealthcheckArgs {
+    /// The running bridge's state file.
+    #[arg(long, env = "BRIDGE_STATE_FILE")]
+    state_file: PathBuf,
+}
+
+fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let path = &args.state_file;
+    let state = bridge::read_state_file(path)
+        .with_context(|| format!("cannot read the link state from {}", path.display()))?;
+    anyhow::ensure!(state.is_connected(), "link state is {state:?}");
+    println!("{state:?}");
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Before parsing the bridge's flags: the check needs none of them (no DEVICE_ID).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "healthcheck")
+    {
+        return healthcheck(HealthcheckArgs::parse_from(std::env::args_os().skip(1)));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -111,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
     config.max_frame_bytes = args.max_frame_bytes;
     config.reconnect_max = Duration::from_secs(args.reconnect_max_secs);
     config.rejected_backoff = Duration::from_secs(args.rejected_backoff_secs);
+    config.state_file = args.state_file;
 
     let nats = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()

@@ -367,7 +367,7 @@ impl Session<'_> {
                     self.stage = Stage::Live;
                     *self.live.lock().expect("live link lock") = Some(self.uplink.clone());
                     tracing::info!(device_id, "accepted by the cloud; live");
-                    announce(self.nats, device_id, LinkState::Live).await;
+                    announce(self.nats, self.config, LinkState::Live).await;
                 }
                 None
             }
@@ -379,7 +379,7 @@ impl Session<'_> {
                     fingerprint = %protocol::keys::fingerprint(&self.config.signer.public_key()),
                     "key is pending approval by an operator"
                 );
-                announce(self.nats, device_id, LinkState::Pending).await;
+                announce(self.nats, self.config, LinkState::Pending).await;
                 None
             }
             Some("rejected") => Some(SessionEnd::Rejected("device rejected by the cloud".into())),

@@ -1,8 +1,13 @@
-//! The bridge's connection state, announced to workers on `bridge.status`.
+//! The bridge's connection state, announced to workers on `bridge.status` and,
+//! when configured, written to a state file for a container health check.
 
-use serde::Serialize;
+use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+use serde::{Deserialize, Serialize};
+
+use crate::BridgeConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkState {
     Connecting,
@@ -14,16 +19,76 @@ pub enum LinkState {
     Rejected,
 }
 
-pub async fn announce(nats: &async_nats::Client, device_id: &str, state: LinkState) {
+impl LinkState {
+    /// Authenticated to the cloud (pending or live): the link works, whatever
+    /// an operator decides.
+    pub fn is_connected(self) -> bool {
+        matches!(self, LinkState::Pending | LinkState::Live)
+    }
+}
+
+pub async fn announce(nats: &async_nats::Client, config: &BridgeConfig, state: LinkState) {
     let payload = serde_json::json!({
         "state": state,
-        "device_id": device_id,
+        "device_id": config.device_id(),
         "at_ms": crate::now_ms(),
     });
+    if let Some(path) = &config.state_file {
+        if let Err(error) = write_state_file(path, &payload.to_string()).await {
+            tracing::warn!(path = %path.display(), %error, "cannot write the state file");
+        }
+    }
     if let Err(error) = nats
         .publish(protocol::nats::BRIDGE_STATUS, payload.to_string().into())
         .await
     {
         tracing::warn!(%error, "cannot publish bridge.status");
+    }
+}
+
+/// Writes beside the file and renames, so a reader never sees half a state.
+async fn write_state_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    tokio::fs::write(&partial, contents).await?;
+    tokio::fs::rename(&partial, path).await
+}
+
+/// The state last written to `path` by a running bridge.
+pub fn read_state_file(path: &Path) -> std::io::Result<LinkState> {
+    #[derive(Deserialize)]
+    struct Written {
+        state: LinkState,
+    }
+    let text = std::fs::read_to_string(path)?;
+    let written: Written = serde_json::from_str(&text)
+        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
+    Ok(written.state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_state_file_holds_the_last_state_and_only_authenticated_ones_are_connected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        for state in [LinkState::Connecting, LinkState::Pending, LinkState::Live] {
+            let payload = serde_json::json!({"state": state, "device_id": "d-1", "at_ms": 1});
+            write_state_file(&path, &payload.to_string()).await.unwrap();
+            assert_eq!(read_state_file(&path).unwrap(), state);
+        }
+        let connected: Vec<LinkState> = [
+            LinkState::Connecting,
+            LinkState::Pending,
+            LinkState::Live,
+            LinkState::Disconnected,
+            LinkState::Rejected,
+        ]
+        .into_iter()
+        .filter(|state| state.is_connected())
+        .collect();
+        assert_eq!(connected, [LinkState::Pending, LinkState::Live]);
+        assert!(read_state_file(&dir.path().join("missing")).is_err());
     }
 }

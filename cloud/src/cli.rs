@@ -37,6 +37,8 @@ pub enum Command {
     Tokens(TokensArgs),
     /// Add, list or remove operator accounts (on the cloud's host: edits the database).
     Operators(OperatorsArgs),
+    /// Exit 0 if the cloud on this host answers /healthz (for container health checks).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 /// How to reach a running cloud.

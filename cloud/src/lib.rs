@@ -20,6 +20,7 @@ pub mod events;
 pub mod fleet;
 mod handshake;
 mod health;
+pub mod healthcheck;
 mod inbound;
 mod link;
 mod metrics;

@@ -3,6 +3,7 @@
 //! test peer that plays the cloud so that the bridge can be tested alone.
 
 pub mod browser;
+pub mod dev_stack;
 pub mod docker;
 pub mod nats;
 pub mod stack;

@@ -10,6 +10,8 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 use worker::WorkerConfig;
 
+mod healthcheck;
+
 /// JSON-RPC methods over the Docker API, served on the device-local NATS.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -34,6 +36,15 @@ struct Args {
     /// How long a call from this device to the cloud may take, in milliseconds.
     #[arg(long, env = "CLOUD_CALL_TIMEOUT_MS", default_value_t = 10_000)]
     cloud_call_timeout_ms: u64,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Exit 0 if a worker answers rpc.discover on NATS_URL (for container health checks).
+    Healthcheck,
 }
 
 /// How long the worker may take to stop after a signal.
@@ -42,6 +53,9 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Healthcheck) = args.command {
+        return healthcheck::run(&args.nats_url, Duration::from_secs(3)).await;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

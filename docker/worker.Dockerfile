@@ -1,0 +1,7 @@
+# The Docker-backed worker: one static binary on an empty image (nothing is pulled).
+# Build context: a staging folder made by docker/build-images.sh.
+FROM scratch
+COPY rootfs/ /
+ENV PATH=/usr/local/bin \
+    NATS_URL=nats://nats:4222
+CMD ["worker"]
