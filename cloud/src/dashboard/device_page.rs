@@ -62,18 +62,7 @@ pub(super) async fn show(
     };
     let online = state.fleet().is_online(&id);
     let first_seen_ms = record.first_seen;
-    let device = DeviceRow::new(DeviceView {
-        id: record.id,
-        status: record.status,
-        fingerprint: record.fingerprint,
-        public_key: record.public_key,
-        first_seen: record.first_seen,
-        last_seen: record.last_seen,
-        online,
-        bridge_version: record.bridge_version,
-        last_health: record.last_health,
-        last_health_at: record.last_health_at,
-    });
+    let device = DeviceRow::new(DeviceView::new(record, online));
     render(&DevicePage {
         chrome: signed_in.chrome("devices"),
         device,

@@ -75,7 +75,8 @@ pub(super) async fn submit(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = local_path(Some(&form.next), "/");
-    let expected = cookie_value(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let expected =
+        crate::operator_auth::cookie_value(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !same_secret(form.form_token.as_bytes(), expected.as_bytes()) {
         let error = "This sign-in form has expired. Please try again.".to_owned();
         return login_page(
@@ -180,15 +181,4 @@ fn login_cookie(state: &AppState, value: &str, max_age_secs: u64) -> HeaderValue
         "{LOGIN_CSRF_COOKIE}={value}; Path=/login; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}"
     );
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
 }
