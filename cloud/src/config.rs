@@ -30,6 +30,11 @@ pub struct CloudConfig {
     pub ping_interval: Duration,
     /// Method a device calls to authenticate.
     pub auth_rpc_method: String,
+    /// Most nonces the replay guard keeps for one device: with the default
+    /// 60 s window, 15,000 is 250 messages a second sustained. A device beyond
+    /// it is refused (`too_many_messages`) until its old nonces expire; the
+    /// others are not affected.
+    pub replay_per_device: usize,
     /// Marks the session cookie `Secure`: set it when browsers reach the
     /// cloud over HTTPS.
     pub secure_cookies: bool,
@@ -48,6 +53,7 @@ impl Default for CloudConfig {
             auth_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
             auth_rpc_method: protocol::auth::DEFAULT_AUTHENTICATE.into(),
+            replay_per_device: 15_000,
             secure_cookies: false,
         }
     }
@@ -109,6 +115,10 @@ pub struct ServeArgs {
     /// JSON-RPC method devices call to authenticate.
     #[arg(long, env = "AUTH_RPC_METHOD", default_value = protocol::auth::DEFAULT_AUTHENTICATE)]
     pub auth_rpc_method: String,
+    /// Most messages one device may send within the clock-skew window (the
+    /// replay guard remembers each nonce that long); beyond it they are refused.
+    #[arg(long, env = "REPLAY_CAP_PER_DEVICE", default_value_t = 15_000)]
+    pub replay_per_device: usize,
     /// Send the session cookie only over HTTPS (set when a TLS proxy fronts the cloud).
     #[arg(long, env = "SESSION_COOKIE_SECURE", default_value_t = false)]
     pub secure_cookies: bool,
@@ -127,6 +137,7 @@ impl ServeArgs {
             auth_timeout: Duration::from_secs(self.auth_timeout_secs),
             ping_interval: Duration::from_secs(self.ping_interval_secs.max(1)),
             auth_rpc_method: self.auth_rpc_method,
+            replay_per_device: self.replay_per_device.max(1),
             secure_cookies: self.secure_cookies,
         }
     }

@@ -25,10 +25,6 @@ use crate::registry::Registry;
 /// Most nonces the cloud-wide replay guard remembers at once (it fails closed
 /// beyond). About 100 bytes each, so ~100 MB at worst.
 const REPLAY_GUARD_CAPACITY: usize = 1_000_000;
-/// Most nonces of one device at once: over a 60 s window, 250 messages a
-/// second. A device beyond it is refused (`too_many_messages`); the others
-/// are not affected.
-const REPLAY_GUARD_PER_DEVICE: usize = 15_000;
 
 /// A cheap, cloneable handle on the cloud's shared state.
 #[derive(Clone)]
@@ -82,7 +78,7 @@ impl AppState {
                 login_limiter: LoginLimiter::default(),
                 replay_guard: Mutex::new(
                     ReplayGuard::new(skew_ms, REPLAY_GUARD_CAPACITY)
-                        .with_per_signer_capacity(REPLAY_GUARD_PER_DEVICE),
+                        .with_per_signer_capacity(config.replay_per_device),
                 ),
                 config,
                 signer,

@@ -391,3 +391,22 @@ async fn unknown_cloud_method_is_method_not_found() {
     assert_eq!(error.code, protocol::ErrorCode::MethodNotFound.code());
     device.ping_cloud().await;
 }
+
+#[tokio::test]
+async fn a_device_over_its_message_cap_is_refused_and_the_others_carry_on() {
+    let cloud = TestCloud::start_with(|config| config.replay_per_device = 4).await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let mut bystander = cloud.accepted_device("dev-2").await;
+    // The authentication request took one nonce; three more fit.
+    for _ in 0..3 {
+        device.ping_cloud().await;
+    }
+    device.send_message(&ping("r-over")).await;
+    device
+        .expect_refusal(json!("r-over"), "too_many_messages")
+        .await;
+    assert_eq!(cloud.state.refusals().get("too_many_messages"), Some(&1));
+    for _ in 0..3 {
+        bystander.ping_cloud().await;
+    }
+}
