@@ -25,8 +25,8 @@ pub enum RegistryError {
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("cannot create the database directory {path}: {source}")]
-    CreateDir {
+    #[error("cannot create {path}: {source}")]
+    Create {
         path: String,
         source: std::io::Error,
     },
@@ -199,6 +199,7 @@ impl Registry {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5));
         create_parent_dir(options.get_filename())?;
+        create_private_file(options.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -539,6 +540,30 @@ async fn insert_auth_event(
     .await?)
 }
 
+/// Creates the database file readable by its owner only, since it holds
+/// password hashes; SQLite gives its journal files the same mode. An
+/// existing file is left as it is.
+fn create_private_file(file: &Path) -> Result<(), RegistryError> {
+    if file.as_os_str() == ":memory:" || file.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(RegistryError::Create {
+            path: file.display().to_string(),
+            source,
+        }),
+    }
+}
+
 fn create_parent_dir(file: &Path) -> Result<(), RegistryError> {
     let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
@@ -546,7 +571,7 @@ fn create_parent_dir(file: &Path) -> Result<(), RegistryError> {
     if file.as_os_str() == ":memory:" {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|source| RegistryError::CreateDir {
+    std::fs::create_dir_all(dir).map_err(|source| RegistryError::Create {
         path: dir.display().to_string(),
         source,
     })

@@ -56,3 +56,25 @@ async fn only_the_latest_container_events_are_kept() {
     assert_eq!(events[0].payload, json!({ "n": total - 1 }));
     assert_eq!(events.last().unwrap().payload, json!({ "n": 5 }));
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_database_file_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cloud.db");
+    let registry = Registry::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    registry
+        .register_new_key("dev-1", "PEM", "SHA256:x", None, 1)
+        .await
+        .unwrap();
+    for file in ["cloud.db", "cloud.db-wal"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
