@@ -283,3 +283,24 @@ async fn a_token_made_in_the_dashboard_is_shown_once_and_works_until_revoked() {
     assert_eq!(revoked.status(), 303);
     assert_eq!(api(secret).await.unwrap().status(), 401);
 }
+
+#[tokio::test]
+async fn a_filter_the_list_does_not_know_gets_a_page_that_says_so() {
+    let cloud = cloud_with_operator().await;
+    let http = browser();
+    let (session, _) = signed_in(&cloud, &http).await;
+    let response = http
+        .get(cloud.url("/devices?state=sleeping"))
+        .header(COOKIE, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.headers()[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = response.text().await.unwrap();
+    assert!(html.contains("unknown state"), "{html}");
+    assert!(html.contains("href=\"/devices\""), "{html}");
+}

@@ -5,6 +5,7 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -79,6 +80,16 @@ pub(super) async fn show(
             q: filter.q.unwrap_or_default(),
             state: filter.state.unwrap_or_default(),
         }),
+        // A hand-typed filter the API refuses gets a page, not JSON.
+        Err(e) if e.status == StatusCode::BAD_REQUEST => render_with_status(
+            StatusCode::BAD_REQUEST,
+            &MessagePage {
+                chrome: signed_in.chrome("devices"),
+                title: "That filter is not one the list knows".into(),
+                message: e.message,
+                back: "/devices".into(),
+            },
+        ),
         Err(e) => e.into_response(),
     }
 }
