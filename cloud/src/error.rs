@@ -8,6 +8,7 @@ use protocol::RpcError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::accounts::AccountError;
 use crate::fleet::{CallError, CallErrorKind};
 use crate::registry::RegistryError;
 
@@ -58,6 +59,26 @@ impl AppError {
             "internal",
             "internal error; see the cloud's log",
         )
+    }
+}
+
+impl From<AccountError> for AppError {
+    fn from(error: AccountError) -> Self {
+        match error {
+            AccountError::OperatorExists(_) => {
+                AppError::new(StatusCode::CONFLICT, "operator_exists", error.to_string())
+            }
+            AccountError::UnknownOperator(_) => {
+                AppError::new(StatusCode::NOT_FOUND, "unknown_operator", error.to_string())
+            }
+            AccountError::UnknownToken(_) => {
+                AppError::new(StatusCode::NOT_FOUND, "unknown_token", error.to_string())
+            }
+            AccountError::BadName | AccountError::WeakPassword => {
+                AppError::bad_request(error.to_string())
+            }
+            AccountError::Database(_) | AccountError::Hash(_) => AppError::internal(error),
+        }
     }
 }
 

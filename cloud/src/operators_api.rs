@@ -8,31 +8,11 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::accounts::{AccountError, ApiToken, Operator};
+use crate::accounts::{ApiToken, Operator};
 use crate::error::{AppError, ErrorBody};
 use crate::now_ms;
 use crate::operator_auth::{self, Caller};
 use crate::state::AppState;
-
-impl From<AccountError> for AppError {
-    fn from(error: AccountError) -> Self {
-        match error {
-            AccountError::OperatorExists(_) => {
-                AppError::new(StatusCode::CONFLICT, "operator_exists", error.to_string())
-            }
-            AccountError::UnknownOperator(_) => {
-                AppError::new(StatusCode::NOT_FOUND, "unknown_operator", error.to_string())
-            }
-            AccountError::UnknownToken(_) => {
-                AppError::new(StatusCode::NOT_FOUND, "unknown_token", error.to_string())
-            }
-            AccountError::BadName | AccountError::WeakPassword => {
-                AppError::bad_request(error.to_string())
-            }
-            AccountError::Database(_) | AccountError::Hash(_) => AppError::internal(error),
-        }
-    }
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

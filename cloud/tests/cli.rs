@@ -7,11 +7,20 @@ use serde_json::{json, Value};
 use support::TestCloud;
 use tokio::process::Command;
 
-/// Runs `cloud ARGS --url ... --token ...`; returns (success, stdout, stderr).
+/// Runs `cloud ARGS --url ... --token <admin token>`; returns (success, stdout, stderr).
 async fn cloud_cli(cloud: &TestCloud, args: &[&str]) -> (bool, String, String) {
+    cloud_cli_with_token(cloud, &cloud.token, args).await
+}
+
+/// Runs `cloud ARGS --url ... --token TOKEN`; returns (success, stdout, stderr).
+async fn cloud_cli_with_token(
+    cloud: &TestCloud,
+    token: &str,
+    args: &[&str],
+) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(args)
-        .args(["--url", &cloud.url(""), "--token", &cloud.token])
+        .args(["--url", &cloud.url(""), "--token", token])
         .env_remove("CLOUD_URL")
         .env_remove("CLOUD_TOKEN")
         .output()
@@ -193,34 +202,12 @@ async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token(
         .create_token(&alice, "laptop", 0)
         .await
         .unwrap();
-    let as_alice = |args: &[&str]| {
-        let mut full: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        full.extend([
-            "--url".into(),
-            cloud.url(""),
-            "--token".into(),
-            secret.clone(),
-        ]);
-        async move {
-            let output = Command::new(env!("CARGO_BIN_EXE_cloud"))
-                .args(&full)
-                .env_remove("CLOUD_URL")
-                .env_remove("CLOUD_TOKEN")
-                .output()
-                .await
-                .unwrap();
-            (
-                output.status.success(),
-                String::from_utf8(output.stdout).unwrap(),
-                String::from_utf8(output.stderr).unwrap(),
-            )
-        }
-    };
-    let (ok, stdout, stderr) = as_alice(&["tokens", "create", "ci"]).await;
+    let (ok, stdout, stderr) =
+        cloud_cli_with_token(&cloud, &secret, &["tokens", "create", "ci"]).await;
     assert!(ok, "{stderr}");
     let ci_secret = stdout.trim().to_owned();
     assert!(ci_secret.starts_with("dbt_"), "{stdout}");
-    let (ok, stdout, _) = as_alice(&["tokens", "list"]).await;
+    let (ok, stdout, _) = cloud_cli_with_token(&cloud, &secret, &["tokens", "list"]).await;
     assert!(ok);
     assert!(stdout.starts_with("ID"), "{stdout}");
     assert!(
@@ -228,7 +215,7 @@ async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token(
         "{stdout}"
     );
     assert!(!stdout.contains(&ci_secret));
-    let (_, stdout, _) = as_alice(&["tokens", "list", "--json"]).await;
+    let (_, stdout, _) = cloud_cli_with_token(&cloud, &secret, &["tokens", "list", "--json"]).await;
     let tokens: Value = serde_json::from_str(&stdout).unwrap();
     let ci_id = tokens
         .as_array()
@@ -237,21 +224,24 @@ async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token(
         .find(|t| t["name"] == "ci")
         .unwrap()["id"]
         .to_string();
-    let (ok, stdout, _) = as_alice(&["tokens", "revoke", &ci_id]).await;
+    let (ok, stdout, _) =
+        cloud_cli_with_token(&cloud, &secret, &["tokens", "revoke", &ci_id]).await;
     assert!(ok);
     assert!(stdout.contains("revoked"), "{stdout}");
-    let (_, stdout, _) = as_alice(&["tokens", "list"]).await;
+    let (_, stdout, _) = cloud_cli_with_token(&cloud, &secret, &["tokens", "list"]).await;
     assert!(stdout.contains("revoked"), "{stdout}");
 
     // The audit log, as a table and as JSON, shows what alice did.
-    let (ok, stdout, stderr) = as_alice(&["audit", "--actor", "alice"]).await;
+    let (ok, stdout, stderr) =
+        cloud_cli_with_token(&cloud, &secret, &["audit", "--actor", "alice"]).await;
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("WHEN"), "{stdout}");
     assert!(
         stdout.contains("token.create") && stdout.contains("token.revoke"),
         "{stdout}"
     );
-    let (_, stdout, _) = as_alice(&["audit", "--action", "login", "--json"]).await;
+    let (_, stdout, _) =
+        cloud_cli_with_token(&cloud, &secret, &["audit", "--action", "login", "--json"]).await;
     let page: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(page["total"], 2);
 }
