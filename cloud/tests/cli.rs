@@ -260,3 +260,53 @@ async fn devices_show_prints_the_device_and_its_auth_events() {
     assert!(!ok);
     assert!(stderr.contains("unknown_device"), "{stderr}");
 }
+
+#[tokio::test]
+async fn passwd_changes_the_password_and_ends_sessions_and_remove_removes() {
+    let cloud = TestCloud::start().await;
+    let database = cloud.state.config().database_url.clone();
+    let db = ["--database", database.as_str()];
+    let login = |password: String| {
+        let request = cloud
+            .http
+            .post(cloud.url("/api/v1/login"))
+            .json(&json!({ "name": "alice", "password": password }));
+        async move { request.send().await.unwrap() }
+    };
+    let add = [&["operators", "add", "alice", "--password-stdin"][..], &db].concat();
+    let (ok, _, stderr) = cloud_cli_with_stdin(&add, "correct horse battery\n").await;
+    assert!(ok, "{stderr}");
+    let session = login("correct horse battery".into()).await;
+    assert_eq!(session.status(), 200);
+    let cookie = session.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let passwd = [&["operators", "passwd", "alice"][..], &db].concat();
+    let (ok, stdout, stderr) = cloud_cli_with_stdin(&passwd, "").await;
+    assert!(ok, "{stderr}");
+    let new_password = stdout.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(login("correct horse battery".into()).await.status(), 401);
+    let me = cloud
+        .http
+        .get(cloud.url("/api/v1/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 401, "the old session ended");
+    assert_eq!(login(new_password.clone()).await.status(), 200);
+
+    let remove = [&["operators", "remove", "alice"][..], &db].concat();
+    let (ok, stdout, stderr) = cloud_cli_with_stdin(&remove, "").await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("removed operator alice"), "{stdout}");
+    assert_eq!(login(new_password).await.status(), 401);
+    let (ok, _, stderr) = cloud_cli_with_stdin(&remove, "").await;
+    assert!(!ok);
+    assert!(stderr.contains("no operator named"), "{stderr}");
+}
