@@ -147,6 +147,20 @@ impl Accounts {
 
     /// The operator whose name and password these are. An unknown name costs
     /// as much time as a wrong password, so timing does not reveal names.
+    /// The operator of this name, if there is one.
+    pub async fn operator(&self, name: &str) -> Result<Option<Operator>, AccountError> {
+        let row: Option<(i64, String, i64)> =
+            sqlx::query_as("SELECT id, name, created_at FROM operators WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|(id, name, created_at)| Operator {
+            id,
+            name,
+            created_at,
+        }))
+    }
+
     pub async fn check_password(
         &self,
         name: &str,
@@ -374,15 +388,19 @@ struct TokenOwnerRow {
 }
 
 fn check_name(name: &str) -> Result<(), AccountError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'));
-    if ok {
+    if is_valid_name(name) {
         Ok(())
     } else {
         Err(AccountError::BadName)
     }
+}
+
+/// An operator name: 1 to 64 of `A-Z a-z 0-9 . _ @ -`.
+pub fn is_valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
 }
 
 async fn hash_password(password: &str) -> Result<String, AccountError> {

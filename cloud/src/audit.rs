@@ -3,10 +3,14 @@
 //! together with the devices' own auth events (new key, authenticated,
 //! refused and why).
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
+use tokio_util::sync::CancellationToken;
 
 use crate::registry::AuthEvent;
+use crate::state::AppState;
 
 /// Device auth events the audit log shows. Accept, reject and delete are
 /// operator actions and appear once, as such.
@@ -15,6 +19,10 @@ const DEVICE_EVENTS: [&str; 4] = ["new_key", "authenticated", "key_mismatch", "a
 const REFUSED_DEVICE_EVENTS: [&str; 2] = ["key_mismatch", "auth_failed"];
 /// Most entries one page may hold.
 pub const MAX_PAGE: i64 = 500;
+/// Refusals alike within this long share one row (see [`AuditLog::record_refusal`]).
+pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(3600);
+/// How often entries beyond the retention are pruned.
+const PRUNE_PERIOD: Duration = Duration::from_secs(600);
 
 /// What an operator did, to be recorded.
 #[derive(Debug, Clone)]
@@ -46,6 +54,9 @@ pub struct AuditEntry {
     pub outcome: String,
     pub detail: String,
     pub latency_ms: Option<i64>,
+    /// Attempts this entry stands for: refusals alike within an hour share
+    /// one entry, `at` being the latest.
+    pub count: i64,
 }
 
 impl AuditEntry {
@@ -66,6 +77,7 @@ impl AuditEntry {
             outcome: if refused { "refused" } else { "ok" }.into(),
             detail: event.detail.clone(),
             latency_ms: None,
+            count: event.count,
         })
     }
 }
@@ -128,7 +140,75 @@ impl AuditLog {
             outcome: action.outcome.to_owned(),
             detail: action.detail.to_owned(),
             latency_ms: action.latency_ms,
+            count: 1,
         })
+    }
+
+    /// Stores a refused action in aggregate: the latest entry with the same
+    /// actor, action, target and outcome within [`AGGREGATION_WINDOW`] counts
+    /// one more (and takes this detail and time); otherwise a new entry.
+    /// So repeated refusals cost a row an hour, not a row each.
+    pub async fn record_refusal(
+        &self,
+        action: &Action<'_>,
+        now: i64,
+    ) -> Result<AuditEntry, sqlx::Error> {
+        let since = now - AGGREGATION_WINDOW.as_millis() as i64;
+        let updated: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE audit_log SET count = count + 1, at = ?1, detail = ?2 WHERE id = \
+             (SELECT id FROM audit_log WHERE actor = ?3 AND action = ?4 AND target = ?5 \
+              AND outcome = ?6 AND at >= ?7 ORDER BY id DESC LIMIT 1) \
+             RETURNING id, count",
+        )
+        .bind(now)
+        .bind(action.detail)
+        .bind(action.actor)
+        .bind(action.action)
+        .bind(action.target)
+        .bind(action.outcome)
+        .bind(since)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((id, count)) = updated else {
+            return self.record(action, now).await;
+        };
+        Ok(AuditEntry {
+            source: "operator".into(),
+            id,
+            at: now,
+            actor: action.actor.to_owned(),
+            action: action.action.to_owned(),
+            target: action.target.to_owned(),
+            outcome: action.outcome.to_owned(),
+            detail: action.detail.to_owned(),
+            latency_ms: action.latency_ms,
+            count,
+        })
+    }
+
+    /// Forgets operator actions and device auth events older than
+    /// `retention`, and all but the newest `max_rows` of each. Returns how
+    /// many entries went.
+    pub async fn prune(
+        &self,
+        now: i64,
+        retention: Duration,
+        max_rows: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let oldest_kept = now.saturating_sub(retention.as_millis() as i64);
+        let mut pruned = 0;
+        for table in ["audit_log", "auth_events"] {
+            pruned += sqlx::query(&format!(
+                "DELETE FROM {table} WHERE at < ?1 OR id <= \
+                 (SELECT id FROM {table} ORDER BY id DESC LIMIT 1 OFFSET ?2)"
+            ))
+            .bind(oldest_kept)
+            .bind(max_rows)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(pruned)
     }
 
     pub async fn page(
@@ -148,12 +228,12 @@ impl AuditLog {
         };
         let (shown, refused) = (quoted(&DEVICE_EVENTS), quoted(&REFUSED_DEVICE_EVENTS));
         let union = format!(
-            "SELECT 'operator' AS source, id, at, actor, action, target, outcome, detail, latency_ms \
+            "SELECT 'operator' AS source, id, at, actor, action, target, outcome, detail, latency_ms, count \
              FROM audit_log \
              UNION ALL \
              SELECT 'device', id, at, device_id, event, device_id, \
                     CASE WHEN event IN ({refused}) THEN 'refused' ELSE 'ok' END, \
-                    detail, NULL \
+                    detail, NULL, count \
              FROM auth_events WHERE event IN ({shown})"
         );
         let conditions = "(?1 IS NULL OR source = ?1) AND (?2 IS NULL OR actor = ?2) \
@@ -189,5 +269,28 @@ impl AuditLog {
             offset,
             limit,
         })
+    }
+}
+
+/// Prunes the audit log to its retention at start and every [`PRUNE_PERIOD`]
+/// until `shutdown`.
+pub(crate) async fn prune_periodically(state: AppState, shutdown: CancellationToken) {
+    let limits = &state.config().limits;
+    let mut ticks = tokio::time::interval(PRUNE_PERIOD);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = crate::now_ms() as i64;
+        match state
+            .audit()
+            .prune(now, limits.audit_retention, limits.audit_max_rows)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "audit log entries beyond the retention pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        }
     }
 }

@@ -37,9 +37,24 @@ pub(crate) async fn answer(
     }
 }
 
-/// Records a notification from an accepted device; unknown ones are logged.
+/// Records a notification from an accepted device; unknown ones, and ones
+/// over their size limit, are logged and dropped before anything is stored.
 pub(crate) async fn notify(state: &AppState, device_id: &str, method: &str, params: Option<Value>) {
     let now = now_ms() as i64;
+    let limits = &state.config().limits;
+    let limit = match method {
+        HEALTH => limits.max_health_bytes,
+        _ => limits.max_container_event_bytes,
+    };
+    if let Some(size) = params
+        .as_ref()
+        .map(|p| p.to_string().len())
+        .filter(|size| *size > limit)
+    {
+        tracing::warn!(%device_id, %method, size, limit, "notification over its size limit; dropped");
+        state.refusal_counters().increment("notification_too_large");
+        return;
+    }
     let stored = match (method, params) {
         (HEALTH, Some(health @ Value::Object(_))) => {
             let stored = state

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 /// Settings of a running cloud. The library never reads the environment;
 /// `main` builds this from [`ServeArgs`], tests build it directly.
 #[derive(Debug, Clone)]
@@ -38,6 +40,76 @@ pub struct CloudConfig {
     /// Marks the session cookie `Secure`: set it when browsers reach the
     /// cloud over HTTPS.
     pub secure_cookies: bool,
+    /// What strangers, pending devices and devices can make the cloud hold.
+    pub limits: Limits,
+}
+
+/// Bounds on everything a party without a proven key (or a device) can make
+/// the cloud hold: connections, handshakes, registrations, stored text and
+/// the audit log. The defaults are far above what a real fleet does.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// TCP connections served at once (devices, browsers, scripts); beyond
+    /// it a new connection is closed at once.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// Device WebSockets that have not authenticated yet, in all.
+    pub max_unauthenticated: usize,
+    /// ... and from one client address.
+    pub max_unauthenticated_per_address: usize,
+    /// Device handshakes one client address may start per minute.
+    pub handshakes_per_address_per_minute: u32,
+    /// New (pending) device ids one client address may register per hour.
+    pub new_devices_per_address_per_hour: u32,
+    /// Pending devices the registry holds at most; beyond it new ids are refused.
+    pub max_pending_devices: i64,
+    /// Messages a pending device may send per minute; beyond it the cloud
+    /// closes its connection.
+    pub pending_messages_per_minute: u32,
+    /// Connections a pending or rejected device may open per minute.
+    pub pending_reconnects_per_minute: u32,
+    /// Longest `bridge_version` a device may report, in bytes.
+    pub max_bridge_version_bytes: usize,
+    /// Largest health report stored, in bytes of JSON.
+    pub max_health_bytes: usize,
+    /// Largest container event stored, in bytes of JSON.
+    pub max_container_event_bytes: usize,
+    /// Audit log entries (operator actions and device auth events) are kept
+    /// this long ...
+    pub audit_retention: Duration,
+    /// ... and at most this many of each.
+    pub audit_max_rows: i64,
+    /// Failed sign-ins per minute for one name from one client address.
+    pub sign_in_failures_per_name_per_minute: u32,
+    /// Failed sign-ins per minute from one client address.
+    pub sign_in_failures_per_address_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 100_000,
+            header_read_timeout: Duration::from_secs(10),
+            max_unauthenticated: 2_000,
+            max_unauthenticated_per_address: 64,
+            handshakes_per_address_per_minute: 600,
+            new_devices_per_address_per_hour: 100,
+            max_pending_devices: 1_000,
+            pending_messages_per_minute: 12,
+            pending_reconnects_per_minute: 6,
+            max_bridge_version_bytes: 64,
+            max_health_bytes: 16 * 1024,
+            max_container_event_bytes: 4 * 1024,
+            audit_retention: Duration::from_secs(365 * 24 * 3600),
+            audit_max_rows: 1_000_000,
+            sign_in_failures_per_name_per_minute: 5,
+            sign_in_failures_per_address_per_minute: 30,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 impl Default for CloudConfig {
@@ -55,6 +127,7 @@ impl Default for CloudConfig {
             auth_rpc_method: protocol::auth::DEFAULT_AUTHENTICATE.into(),
             replay_per_device: 15_000,
             secure_cookies: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -122,6 +195,101 @@ pub struct ServeArgs {
     /// Send the session cookie only over HTTPS (set when a TLS proxy fronts the cloud).
     #[arg(long, env = "SESSION_COOKIE_SECURE", default_value_t = false)]
     pub secure_cookies: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Flags of `cloud serve` that bound what strangers and devices can make the
+/// cloud hold (see [`Limits`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// TCP connections served at once; beyond it new ones are closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Device WebSockets not yet authenticated, in all.
+    #[arg(long, env = "MAX_UNAUTHENTICATED", default_value_t = 2_000)]
+    pub max_unauthenticated: usize,
+    /// Device WebSockets not yet authenticated, from one client address.
+    #[arg(long, env = "MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = 64)]
+    pub max_unauthenticated_per_address: usize,
+    /// Device handshakes one client address may start per minute.
+    #[arg(long, env = "HANDSHAKES_PER_ADDRESS_PER_MINUTE", default_value_t = 600)]
+    pub handshakes_per_address_per_minute: u32,
+    /// New device ids one client address may register (as pending) per hour.
+    #[arg(long, env = "NEW_DEVICES_PER_ADDRESS_PER_HOUR", default_value_t = 100)]
+    pub new_devices_per_address_per_hour: u32,
+    /// Pending devices the registry holds at most.
+    #[arg(long, env = "MAX_PENDING_DEVICES", default_value_t = 1_000)]
+    pub max_pending_devices: i64,
+    /// Messages a pending device may send per minute before it is cut off.
+    #[arg(long, env = "PENDING_MESSAGES_PER_MINUTE", default_value_t = 12)]
+    pub pending_messages_per_minute: u32,
+    /// Connections a pending or rejected device may open per minute.
+    #[arg(long, env = "PENDING_RECONNECTS_PER_MINUTE", default_value_t = 6)]
+    pub pending_reconnects_per_minute: u32,
+    /// Longest bridge version a device may report, in bytes.
+    #[arg(long, env = "MAX_BRIDGE_VERSION_BYTES", default_value_t = 64)]
+    pub max_bridge_version_bytes: usize,
+    /// Largest health report stored, in bytes of JSON.
+    #[arg(long, env = "MAX_HEALTH_BYTES", default_value_t = 16 * 1024)]
+    pub max_health_bytes: usize,
+    /// Largest container event stored, in bytes of JSON.
+    #[arg(long, env = "MAX_CONTAINER_EVENT_BYTES", default_value_t = 4 * 1024)]
+    pub max_container_event_bytes: usize,
+    /// Days the audit log keeps an entry.
+    #[arg(long, env = "AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    pub audit_retention_days: u64,
+    /// Most entries the audit log keeps (of operator actions, and of device
+    /// auth events).
+    #[arg(long, env = "AUDIT_MAX_ROWS", default_value_t = 1_000_000)]
+    pub audit_max_rows: i64,
+    /// Failed sign-ins per minute for one name from one client address.
+    #[arg(
+        long,
+        env = "SIGN_IN_FAILURES_PER_NAME_PER_MINUTE",
+        default_value_t = 5
+    )]
+    pub sign_in_failures_per_name_per_minute: u32,
+    /// Failed sign-ins per minute from one client address.
+    #[arg(
+        long,
+        env = "SIGN_IN_FAILURES_PER_ADDRESS_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub sign_in_failures_per_address_per_minute: u32,
+    /// Reverse proxies (addresses or CIDR ranges, comma-separated) whose
+    /// X-Forwarded-For names the client.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl LimitArgs {
+    pub fn into_limits(self) -> Limits {
+        Limits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
+            max_unauthenticated: self.max_unauthenticated.max(1),
+            max_unauthenticated_per_address: self.max_unauthenticated_per_address.max(1),
+            handshakes_per_address_per_minute: self.handshakes_per_address_per_minute.max(1),
+            new_devices_per_address_per_hour: self.new_devices_per_address_per_hour.max(1),
+            max_pending_devices: self.max_pending_devices.max(0),
+            pending_messages_per_minute: self.pending_messages_per_minute.max(1),
+            pending_reconnects_per_minute: self.pending_reconnects_per_minute.max(1),
+            max_bridge_version_bytes: self.max_bridge_version_bytes,
+            max_health_bytes: self.max_health_bytes,
+            max_container_event_bytes: self.max_container_event_bytes,
+            audit_retention: Duration::from_secs(self.audit_retention_days.max(1) * 24 * 3600),
+            audit_max_rows: self.audit_max_rows.max(1),
+            sign_in_failures_per_name_per_minute: self.sign_in_failures_per_name_per_minute.max(1),
+            sign_in_failures_per_address_per_minute: self
+                .sign_in_failures_per_address_per_minute
+                .max(1),
+            trusted_proxies: self.trusted_proxies,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -139,6 +307,7 @@ impl ServeArgs {
             auth_rpc_method: self.auth_rpc_method,
             replay_per_device: self.replay_per_device.max(1),
             secure_cookies: self.secure_cookies,
+            limits: self.limits.into_limits(),
         }
     }
 }

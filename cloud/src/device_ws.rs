@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use protocol::SUBPROTOCOL;
 
+use crate::admission::ClientAddress;
 use crate::session;
 use crate::state::AppState;
 
@@ -17,7 +18,13 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// that a frame just over the limit is refused with an error, not a cut socket.
 const TRANSPORT_CAP_FACTOR: usize = 4;
 
-pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+/// Refuses the upgrade (before any WebSocket exists) when the client address
+/// is over its handshake rate (429) or no unauthenticated slot is free (503).
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    ws: WebSocketUpgrade,
+) -> Response {
     let offered = ws
         .requested_protocols()
         .any(|p| p.as_bytes() == SUBPROTOCOL.as_bytes());
@@ -31,6 +38,19 @@ pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade)
         )
             .into_response();
     }
+    let slot = match state.admission().open_device_socket(address) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            tracing::info!(%address, reason = refused.reason, "{}", refused.message);
+            state.metrics().handshake_refused(refused.reason);
+            let status = if refused.reason == "too_many_handshakes" {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            return (status, format!("{}\n", refused.message)).into_response();
+        }
+    };
     let transport_cap = TRANSPORT_CAP_FACTOR * state.config().max_frame_bytes;
     let tracker = state.session_tracker().clone();
     ws.protocols([SUBPROTOCOL])
@@ -40,5 +60,7 @@ pub(crate) async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade)
         .max_message_size(transport_cap)
         .max_frame_size(transport_cap)
         .on_failed_upgrade(|error| tracing::info!(%error, "device WebSocket upgrade failed"))
-        .on_upgrade(move |socket| tracker.track_future(session::run_connection(state, socket)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(session::run_connection(state, socket, address, slot))
+        })
 }

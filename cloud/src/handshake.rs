@@ -5,6 +5,8 @@
 //! but the authentication request is heard; a failed attempt closes the
 //! connection (the challenge was single-use) with a code that says why.
 
+use std::net::IpAddr;
+
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -16,10 +18,11 @@ use rand::RngCore;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
+use crate::admission;
 use crate::inbound;
 use crate::link::Link;
 use crate::now_ms;
-use crate::registry::{AuthEventKind, DeviceStatus, RegistryError};
+use crate::registry::{AuthEventKind, DeviceStatus, Registration, RegistryError};
 use crate::session::refuse;
 use crate::state::AppState;
 use protocol::close_code;
@@ -32,6 +35,9 @@ pub(crate) struct Authenticated {
     pub device_id: String,
     pub key: PublicKey,
     pub status: DeviceStatus,
+    /// The device's timestamp on its authentication request: nothing it
+    /// signed before may be heard on this connection (see `session`).
+    pub signed_at: u64,
 }
 
 /// The params of the authentication request.
@@ -63,6 +69,7 @@ pub(crate) async fn authenticate(
     state: &AppState,
     link: &Link,
     stream: &mut SplitStream<WebSocket>,
+    address: IpAddr,
 ) -> Option<Authenticated> {
     let config = state.config();
     let challenge = new_challenge();
@@ -121,7 +128,7 @@ pub(crate) async fn authenticate(
             }
             continue;
         };
-        return match attempt(state, link, frame, &challenge).await {
+        return match attempt(state, link, frame, &challenge, address).await {
             Ok(device) => device,
             Err((claimed_device, failure)) => {
                 fail(state, link, claimed_device.as_deref(), request_id, failure).await;
@@ -138,10 +145,12 @@ async fn attempt(
     link: &Link,
     frame: Map<String, Value>,
     challenge: &str,
+    address: IpAddr,
 ) -> Result<Option<Authenticated>, (Option<String>, AuthFailure)> {
     let config = state.config();
+    let max_version = config.limits.max_bridge_version_bytes;
     // The key to verify with comes from the frame itself: proof of possession.
-    let claimed = auth_params(frame.get("params")).map_err(|f| (None, f))?;
+    let claimed = auth_params(frame.get("params"), max_version).map_err(|f| (None, f))?;
     let claimed_id = Some(claimed.device_id.clone());
     let expect = Expectation {
         signer_id: &claimed.device_id,
@@ -151,7 +160,10 @@ async fn attempt(
         skew_ms: state.skew_ms(),
         now_ms: now_ms(),
     };
-    let verified = inbound::verify(frame, &expect, state.replay_guard()).map_err(|refused| {
+    // No replay guard: the request must carry this connection's one-time
+    // challenge, so a recorded one is refused, and nothing a stranger sends
+    // is remembered under the id it claims.
+    let verified = inbound::verify(frame, &expect).map_err(|refused| {
         let refusal = refused.refusal;
         let mut error = RpcError::refused(&refusal);
         error.message = format!("authentication {}", error.message);
@@ -165,6 +177,7 @@ async fn attempt(
     })?;
 
     // From here on, act only on the verified message.
+    let signed_at = verified.meta.timestamp;
     let Message::Request { id, params, .. } = verified.message else {
         let failure = AuthFailure::new(
             "bad_auth_params",
@@ -173,7 +186,7 @@ async fn attempt(
         );
         return Err((claimed_id, failure));
     };
-    let params = auth_params(params.as_ref()).map_err(|f| (claimed_id.clone(), f))?;
+    let params = auth_params(params.as_ref(), max_version).map_err(|f| (claimed_id.clone(), f))?;
     if params.challenge.as_deref() != Some(challenge) {
         return Err((
             claimed_id,
@@ -184,7 +197,7 @@ async fn attempt(
             ),
         ));
     }
-    Ok(decide(state, link, id, params).await)
+    Ok(decide(state, link, id, params, signed_at, address).await)
 }
 
 /// What the registry says of a device that proved possession of a key.
@@ -192,6 +205,8 @@ enum Verdict {
     Status(DeviceStatus),
     /// The id is registered with another key (whose fingerprint this is).
     KeyMismatch(String),
+    /// A limit on strangers or unaccepted devices: try again later.
+    SlowDown(admission::Refused),
 }
 
 /// Answers a device that proved possession of its key with the registry's
@@ -201,11 +216,23 @@ async fn decide(
     link: &Link,
     request_id: Value,
     params: AuthParams,
+    signed_at: u64,
+    address: IpAddr,
 ) -> Option<Authenticated> {
     let device_id = params.device_id.as_str();
     let fingerprint = keys::fingerprint(&params.key);
-    let status = match verdict(state, &params, &fingerprint).await {
+    let status = match verdict(state, &params, &fingerprint, address).await {
         Ok(Verdict::Status(status)) => status,
+        Ok(Verdict::SlowDown(refused)) => {
+            tracing::info!(%device_id, %address, reason = refused.reason, "{}", refused.message);
+            state.refusal_counters().increment(refused.reason);
+            state.metrics().handshake_refused(refused.reason);
+            let mut error = RpcError::new(ErrorCode::Refused, refused.message);
+            error.data = Some(json!({ "reason": refused.reason }));
+            send_error(state, link, device_id, request_id, error).await;
+            link.close(close_code::TRY_AGAIN_LATER, "slow down; retry later");
+            return None;
+        }
         Ok(Verdict::KeyMismatch(registered)) => {
             tracing::warn!(
                 %device_id, presented = %fingerprint, %registered,
@@ -214,7 +241,7 @@ async fn decide(
             let detail = format!("presented {fingerprint}; registered {registered}");
             match state
                 .registry()
-                .add_auth_event(
+                .add_refused_attempt(
                     device_id,
                     AuthEventKind::KeyMismatch,
                     &detail,
@@ -270,15 +297,18 @@ async fn decide(
         device_id: params.device_id,
         key: params.key,
         status,
+        signed_at,
     })
 }
 
-/// Looks the device up, registering an unknown one as pending, and records
-/// the authentication of a known one. Never re-keys.
+/// Looks the device up, registering an unknown one as pending (within the
+/// limits on new ids), and records the authentication of a known one. Never
+/// re-keys. Nothing of a known device is touched unless the key matches.
 async fn verdict(
     state: &AppState,
     params: &AuthParams,
     fingerprint: &str,
+    address: IpAddr,
 ) -> Result<Verdict, RegistryError> {
     let registry = state.registry();
     let now = now_ms() as i64;
@@ -287,37 +317,65 @@ async fn verdict(
     let record = match registry.device(id).await? {
         Some(record) => record,
         None => {
-            if let Some(event) = registry
-                .register_new_key(id, &params.public_key_pem, fingerprint, bridge_version, now)
+            if let Err(refused) = state.admission().register_new_device(address) {
+                return Ok(Verdict::SlowDown(refused));
+            }
+            let max_pending = state.config().limits.max_pending_devices;
+            match registry
+                .register_new_key(
+                    id,
+                    &params.public_key_pem,
+                    fingerprint,
+                    bridge_version,
+                    max_pending,
+                    now,
+                )
                 .await?
             {
-                state.publish_auth_event(&event);
-                tracing::info!(device_id = %id, %fingerprint, "new device key; pending approval");
-                state.events().device(
-                    "device.new_key",
-                    id,
-                    json!({ "fingerprint": fingerprint, "status": DeviceStatus::Pending }),
-                );
-                return Ok(Verdict::Status(DeviceStatus::Pending));
+                Registration::Registered(event) => {
+                    state.publish_auth_event(&event);
+                    tracing::info!(device_id = %id, %fingerprint, "new device key; pending approval");
+                    state.events().device(
+                        "device.new_key",
+                        id,
+                        json!({ "fingerprint": fingerprint, "status": DeviceStatus::Pending }),
+                    );
+                    return Ok(Verdict::Status(DeviceStatus::Pending));
+                }
+                Registration::PendingFull => {
+                    return Ok(Verdict::SlowDown(admission::Refused {
+                        reason: "too_many_pending",
+                        message: format!(
+                            "{max_pending} devices already wait for an operator's decision; \
+                             no new device ids until some are accepted, rejected or deleted"
+                        ),
+                    }));
+                }
+                // Another connection registered this id a moment ago.
+                Registration::Exists => registry.device(id).await?.ok_or_else(|| {
+                    RegistryError::Corrupt(format!("device {id} vanished while registering"))
+                })?,
             }
-            // Another connection registered this id a moment ago.
-            registry.device(id).await?.ok_or_else(|| {
-                RegistryError::Corrupt(format!("device {id} vanished while registering"))
-            })?
         }
     };
     if keys::public_key_from_pem(&record.public_key).ok() != Some(params.key) {
         return Ok(Verdict::KeyMismatch(record.fingerprint));
     }
+    if record.status != DeviceStatus::Accepted {
+        if let Err(refused) = state.admission().reconnect_unaccepted(id) {
+            return Ok(Verdict::SlowDown(refused));
+        }
+    }
     let event = registry
-        .record_authenticated(id, bridge_version, record.status.as_str(), now)
+        .record_authenticated(id, bridge_version, record.status, now)
         .await?;
     state.publish_auth_event(&event);
     Ok(Verdict::Status(record.status))
 }
 
-/// Reads `{device_id, public_key, challenge, bridge_version}`.
-fn auth_params(params: Option<&Value>) -> Result<AuthParams, AuthFailure> {
+/// Reads `{device_id, public_key, challenge, bridge_version}`; a bridge
+/// version is at most `max_version` bytes of printable ASCII.
+fn auth_params(params: Option<&Value>, max_version: usize) -> Result<AuthParams, AuthFailure> {
     let bad =
         |message: &str| AuthFailure::new("bad_auth_params", ErrorCode::InvalidParams, message);
     let params = params.and_then(Value::as_object).ok_or_else(|| {
@@ -330,19 +388,29 @@ fn auth_params(params: Option<&Value>) -> Result<AuthParams, AuthFailure> {
             "params.device_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
         ));
     }
-    let public_key_pem =
+    let presented_pem =
         text("public_key").ok_or_else(|| bad("params.public_key must be a PEM string"))?;
-    let key = keys::public_key_from_pem(&public_key_pem).map_err(|e| {
+    let key = keys::public_key_from_pem(&presented_pem).map_err(|e| {
         bad(&format!(
             "params.public_key is not an Ed25519 SPKI PEM key: {e}"
         ))
     })?;
+    // Stored in its canonical form, whatever padding the device sent.
+    let public_key_pem = keys::public_key_to_pem(&key);
+    let bridge_version = text("bridge_version");
+    if let Some(version) = &bridge_version {
+        if version.len() > max_version || !version.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(&format!(
+                "params.bridge_version must be at most {max_version} printable ASCII characters"
+            )));
+        }
+    }
     Ok(AuthParams {
         device_id,
         public_key_pem,
         key,
         challenge: text("challenge"),
-        bridge_version: text("bridge_version"),
+        bridge_version,
     })
 }
 
@@ -360,12 +428,13 @@ async fn fail(
     state.refusal_counters().increment(reason);
     state.metrics().handshake_refused(reason);
     if let Some(id) = device_id {
-        // Only known devices get an audit line, so strangers cannot fill the log.
+        // Only known devices get an audit line, one an hour that counts the
+        // attempts, so strangers cannot fill the log.
         let registry = state.registry();
         if let Ok(Some(_)) = registry.device(id).await {
             let detail = format!("{reason}: {}", error.message);
             match registry
-                .add_auth_event(id, AuthEventKind::AuthFailed, &detail, now_ms() as i64)
+                .add_refused_attempt(id, AuthEventKind::AuthFailed, &detail, now_ms() as i64)
                 .await
             {
                 Ok(event) => state.publish_auth_event(&event),

@@ -1,6 +1,7 @@
 //! The checks every frame from a device passes before the cloud acts on it:
-//! strict parse, signature and meta, replay guard, method name. What comes out
-//! is the verified [`Message`](protocol::Message), never the raw text.
+//! strict parse, signature and meta, method name, and for an accepted
+//! device's session the replay checks. What comes out is the verified
+//! [`Message`](protocol::Message), never the raw text.
 
 use std::sync::Mutex;
 
@@ -45,34 +46,40 @@ pub(crate) fn request_id(frame: &Map<String, Value>) -> Option<Value> {
     }
 }
 
-/// Verifies signature and meta, admits the nonce to the cloud-wide replay
-/// guard, and checks the method name.
-pub(crate) fn verify(
-    frame: Map<String, Value>,
-    expect: &Expectation,
-    replay_guard: &Mutex<ReplayGuard>,
-) -> Result<Verified, Refused> {
+/// Verifies signature and meta and checks the method name.
+pub(crate) fn verify(frame: Map<String, Value>, expect: &Expectation) -> Result<Verified, Refused> {
     let reply_to = request_id(&frame);
     let refused = |refusal| Refused {
         refusal,
         reply_to: reply_to.clone(),
     };
     let verified = protocol::verify(frame, expect).map_err(refused)?;
-    {
-        let mut guard = replay_guard
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        guard
-            .admit(
-                &verified.meta.signer_id,
-                &verified.meta.nonce,
-                verified.meta.timestamp,
-                expect.now_ms,
-            )
-            .map_err(refused)?;
-    }
     if let Some(method) = verified.message.method() {
         check_method_name(method).map_err(refused)?;
     }
     Ok(verified)
+}
+
+/// The replay checks of a verified frame on an accepted device's connection:
+/// it was signed no earlier than the connection's authentication (so nothing
+/// recorded on an earlier connection, even before a restart of the cloud,
+/// is heard again), and its nonce is new to the cloud-wide replay guard,
+/// which then remembers it under the device's proven key.
+pub(crate) fn admit(
+    verified: &Verified,
+    authenticated_at: u64,
+    now_ms: u64,
+    replay_guard: &Mutex<ReplayGuard>,
+) -> Result<(), Refusal> {
+    let meta = &verified.meta;
+    if meta.timestamp < authenticated_at {
+        return Err(Refusal::OlderThanSession {
+            signed_at: meta.timestamp,
+            authenticated_at,
+        });
+    }
+    replay_guard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .admit(&meta.signer_id, &meta.nonce, meta.timestamp, now_ms)
 }

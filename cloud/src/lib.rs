@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod admin_token;
+mod admission;
 pub mod api;
 pub mod audit;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod fleet;
 mod handshake;
 mod health;
 pub mod healthcheck;
+mod http_server;
 mod inbound;
 mod link;
 mod metrics;
@@ -32,7 +34,6 @@ pub mod registry;
 mod session;
 mod state;
 
-use std::future::IntoFuture;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -86,17 +87,22 @@ pub async fn serve(
         cloud_id = %state.config().cloud_id,
         "cloud listening (devices on /ws/device, API on /api/v1)"
     );
-    let service = app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
-    let mut server = tokio::spawn(server);
+    let limits = state.config().limits.clone();
+    let mut server = tokio::spawn(http_server::serve(
+        listener,
+        app(state.clone()),
+        limits,
+        shutdown.clone(),
+    ));
+    let pruning = tokio::spawn(audit::prune_periodically(state.clone(), shutdown.clone()));
     tokio::select! {
         ended = &mut server => {
-            return ended.context("server task failed")?.context("server failed");
+            ended.context("server task failed")?;
+            anyhow::bail!("server stopped");
         }
         _ = shutdown.cancelled() => {}
     }
+    pruning.abort();
     tracing::info!("shutting down");
     state.close_all_sessions();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

@@ -138,6 +138,10 @@ struct Snapshot {
     /// Live connections of pending and of accepted devices.
     connections: [(DeviceStatus, usize); 2],
     refusals: HashMap<&'static str, u64>,
+    /// Device connections that have not authenticated yet.
+    unauthenticated: usize,
+    /// Nonces the cloud-wide replay guard holds.
+    remembered_nonces: usize,
 }
 
 impl Metrics {
@@ -190,6 +194,22 @@ impl Metrics {
             "Authenticated device connections, by the device's status",
             connections,
         );
+        for (name, help, value) in [
+            (
+                "unauthenticated_device_connections",
+                "Device connections that have not authenticated yet (MAX_UNAUTHENTICATED bounds them)",
+                snapshot.unauthenticated,
+            ),
+            (
+                "replay_guard_nonces",
+                "Nonces of accepted devices the replay guard remembers",
+                snapshot.remembered_nonces,
+            ),
+        ] {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+            scraped.register(name, help, gauge);
+        }
         let refused = Family::<ReasonLabel, Counter>::default();
         for (reason, count) in snapshot.refusals {
             refused.get_or_create(&ReasonLabel { reason }).inc_by(count);
@@ -234,6 +254,8 @@ pub(crate) async fn scrape(State(state): State<AppState>) -> Response {
         connections: [DeviceStatus::Pending, DeviceStatus::Accepted]
             .map(|status| (status, fleet.count_connections(status))),
         refusals: state.refusals(),
+        unauthenticated: state.admission().unauthenticated(),
+        remembered_nonces: state.remembered_nonces(),
     };
     match state.metrics().encode(snapshot) {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),

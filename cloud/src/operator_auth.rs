@@ -6,21 +6,23 @@
 //! every state-changing request; the cookie is HttpOnly and SameSite=Strict.
 //! Sign-in attempts are rate limited per operator name and per client address.
 
-use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
 use serde::{Deserialize, Serialize};
 
-use crate::accounts::{same_secret, Operator};
+use crate::accounts::{is_valid_name, same_secret, Operator};
+use crate::admission::ClientAddress;
 use crate::audit::Action;
+use crate::config::Limits;
 use crate::error::{AppError, ErrorBody};
 use crate::now_ms;
 use crate::state::AppState;
@@ -31,11 +33,13 @@ pub const SESSION_COOKIE: &str = "devbridge_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// Name under which the admin token file's holder appears in the audit log.
 pub const ADMIN_TOKEN_ACTOR: &str = "admin-token";
-/// Sign-in attempts per operator name, and per client address, per minute.
-const LOGINS_PER_NAME_PER_MINUTE: u32 = 5;
-const LOGINS_PER_ADDRESS_PER_MINUTE: u32 = 30;
-/// Limiter keys kept before stale ones are swept.
-const LIMITER_KEYS_KEPT: usize = 10_000;
+/// Failed sign-ins are counted within windows this long.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Sources whose failures are counted at once, at most.
+const FAILURE_KEYS_KEPT: usize = 100_000;
+/// How the audit log names the actor of a sign-in with a name that is no
+/// operator's: the names strangers try are not worth a row each.
+pub const UNKNOWN_OPERATOR: &str = "(unknown)";
 
 /// How a caller proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,40 +68,99 @@ impl Caller {
     }
 }
 
-/// Sign-in rate limits.
+/// Failed sign-ins, counted per (name, client address) and per client
+/// address in one-minute windows. Only failures count, and never across
+/// addresses for a name: someone else's failures do not lock out a correct
+/// password typed elsewhere.
 pub struct LoginLimiter {
-    per_name: DefaultKeyedRateLimiter<String>,
-    per_address: DefaultKeyedRateLimiter<IpAddr>,
-}
-
-impl Default for LoginLimiter {
-    fn default() -> Self {
-        let per_minute = |n| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
-        LoginLimiter {
-            per_name: DefaultKeyedRateLimiter::keyed(per_minute(LOGINS_PER_NAME_PER_MINUTE)),
-            per_address: DefaultKeyedRateLimiter::keyed(per_minute(LOGINS_PER_ADDRESS_PER_MINUTE)),
-        }
-    }
+    per_name: FailureCounter<(String, IpAddr)>,
+    per_address: FailureCounter<IpAddr>,
 }
 
 impl LoginLimiter {
-    /// Counts an attempt; `Err(wait)` if it is over either limit.
-    pub fn check(&self, name: &str, address: Option<IpAddr>) -> Result<(), Duration> {
-        if self.per_name.len() > LIMITER_KEYS_KEPT {
-            self.per_name.retain_recent();
+    pub fn new(limits: &Limits) -> Self {
+        LoginLimiter {
+            per_name: FailureCounter::new(limits.sign_in_failures_per_name_per_minute),
+            per_address: FailureCounter::new(limits.sign_in_failures_per_address_per_minute),
         }
-        if self.per_address.len() > LIMITER_KEYS_KEPT {
-            self.per_address.retain_recent();
+    }
+
+    /// `Err(wait)` if this name or address has used up its failures.
+    pub fn check(&self, name: &str, address: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        let waits = [
+            self.per_address.wait(&address, now),
+            self.per_name.wait(&(name.to_owned(), address), now),
+        ];
+        match waits.into_iter().flatten().max() {
+            Some(wait) => Err(wait),
+            None => Ok(()),
         }
-        let now = DefaultClock::default().now();
-        if let Some(address) = address {
-            self.per_address
-                .check_key(&address)
-                .map_err(|not_until| not_until.wait_time_from(now))?;
+    }
+
+    /// Counts a failed sign-in.
+    pub fn failed(&self, name: &str, address: IpAddr) {
+        let now = Instant::now();
+        self.per_address.fail(address, now);
+        self.per_name.fail((name.to_owned(), address), now);
+    }
+}
+
+/// Failures per key within fixed windows of [`FAILURE_WINDOW`].
+struct FailureCounter<K> {
+    limit: u32,
+    windows: Mutex<HashMap<K, FailureWindow>>,
+}
+
+#[derive(Clone, Copy)]
+struct FailureWindow {
+    started: Instant,
+    failures: u32,
+}
+
+impl<K: Hash + Eq> FailureCounter<K> {
+    fn new(limit: u32) -> Self {
+        FailureCounter {
+            limit: limit.max(1),
+            windows: Mutex::new(HashMap::new()),
         }
-        self.per_name
-            .check_key(&name.to_owned())
-            .map_err(|not_until| not_until.wait_time_from(now))
+    }
+
+    /// How long `key` must wait, if it has used up its failures. When the
+    /// table is full of live windows a new key waits too: failing closed
+    /// keeps a spread-out guesser from outrunning the count.
+    fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
+        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        match windows.get(key) {
+            Some(window) => {
+                let elapsed = now.duration_since(window.started);
+                (elapsed < FAILURE_WINDOW && window.failures >= self.limit)
+                    .then(|| FAILURE_WINDOW - elapsed)
+            }
+            None => (windows.len() >= FAILURE_KEYS_KEPT).then_some(FAILURE_WINDOW),
+        }
+    }
+
+    fn fail(&self, key: K, now: Instant) {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        if windows.len() >= FAILURE_KEYS_KEPT {
+            windows.retain(|_, window| now.duration_since(window.started) < FAILURE_WINDOW);
+            if windows.len() >= FAILURE_KEYS_KEPT {
+                tracing::warn!("sign-in failure table is full; new sources wait a minute");
+                return;
+            }
+        }
+        let window = windows.entry(key).or_insert(FailureWindow {
+            started: now,
+            failures: 0,
+        });
+        if now.duration_since(window.started) >= FAILURE_WINDOW {
+            *window = FailureWindow {
+                started: now,
+                failures: 0,
+            };
+        }
+        window.failures += 1;
     }
 }
 
@@ -224,25 +287,55 @@ pub enum LoginRefusal {
 }
 
 /// Checks a sign-in and starts a session; records the attempt in the audit
-/// log. Returns the operator, the session's `Set-Cookie` value and its CSRF token.
+/// log (refusals in aggregate: a row an hour per operator and outcome, and
+/// names that are no operator's under [`UNKNOWN_OPERATOR`]). Returns the
+/// operator, the session's `Set-Cookie` value and its CSRF token.
 pub async fn sign_in(
     state: &AppState,
     name: &str,
     password: &str,
-    address: Option<IpAddr>,
+    address: IpAddr,
 ) -> Result<Result<(Operator, HeaderValue, String), LoginRefusal>, AppError> {
     let name = name.trim();
+    let valid_name = is_valid_name(name);
+    let known = valid_name
+        && state
+            .accounts()
+            .operator(name)
+            .await
+            .map_err(AppError::internal)?
+            .is_some();
+    let actor = if known { name } else { UNKNOWN_OPERATOR };
+    // Only a name that could be an operator's is kept, and only its latest.
+    let detail = match (known, valid_name) {
+        (true, _) => format!("from {address}"),
+        (false, true) => format!("from {address}; name tried: {name}"),
+        (false, false) => format!("from {address}; not a valid operator name"),
+    };
+    let refuse = |outcome: &'static str| Action {
+        actor,
+        action: "login",
+        target: "",
+        outcome,
+        detail: &detail,
+        latency_ms: None,
+    };
     if let Err(wait) = state.login_limiter().check(name, address) {
-        record(state, name, "login", "rate_limited", "").await;
+        state.record_refusal(&refuse("rate_limited")).await;
         return Ok(Err(LoginRefusal::RateLimited(wait)));
     }
-    let operator = state
-        .accounts()
-        .check_password(name, password)
-        .await
-        .map_err(AppError::internal)?;
+    let operator = if valid_name {
+        state
+            .accounts()
+            .check_password(name, password)
+            .await
+            .map_err(AppError::internal)?
+    } else {
+        None
+    };
     let Some(operator) = operator else {
-        record(state, name, "login", "wrong_password", "").await;
+        state.login_limiter().failed(name, address);
+        state.record_refusal(&refuse("wrong_password")).await;
         return Ok(Err(LoginRefusal::WrongPassword));
     };
     let session = state
@@ -315,8 +408,9 @@ pub struct Me {
     pub csrf_token: Option<String>,
 }
 
-/// Signs in: sets the session cookie (HttpOnly, SameSite=Strict). Limited to
-/// 5 attempts a minute per operator name and 30 per client address.
+/// Signs in: sets the session cookie (HttpOnly, SameSite=Strict). Failures
+/// are limited per operator name and client address (5 a minute by default)
+/// and per client address (30).
 #[utoipa::path(
     post,
     path = "/login",
@@ -332,11 +426,10 @@ pub struct Me {
 )]
 pub(crate) async fn login(
     State(state): State<AppState>,
-    address: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ClientAddress(address): ClientAddress,
     body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
-    let address = address.map(|Extension(ConnectInfo(a))| a.ip());
     match sign_in(&state, &body.name, &body.password, address).await? {
         Ok((operator, cookie, csrf_token)) => Ok((
             [(header::SET_COOKIE, cookie)],

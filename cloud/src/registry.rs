@@ -18,6 +18,9 @@ use utoipa::ToSchema;
 pub const DEVICE_EVENTS_KEPT: i64 = 1000;
 /// Health reports are kept this long, for the dashboard's chart.
 pub const HEALTH_HISTORY: Duration = Duration::from_secs(3600);
+/// At most one health report per device is kept per this period, however
+/// often the device sends them (the latest is always shown).
+pub const HEALTH_SAMPLE_PERIOD: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -161,6 +164,8 @@ pub struct AuthEvent {
     pub at: i64,
     pub event: String,
     pub detail: String,
+    /// Attempts this event stands for (refusals alike within an hour share one).
+    pub count: i64,
 }
 
 /// One container event a device reported.
@@ -178,6 +183,17 @@ pub struct DeviceEvent {
 pub struct HealthSample {
     pub at: i64,
     pub health: Value,
+}
+
+/// What [`Registry::register_new_key`] did.
+#[derive(Debug)]
+pub enum Registration {
+    /// The device is now pending; its `new_key` event.
+    Registered(AuthEvent),
+    /// The id was registered already (perhaps a moment ago, by another connection).
+    Exists,
+    /// The registry holds the most pending devices it may.
+    PendingFull,
 }
 
 /// A cheap, cloneable handle on the registry database.
@@ -257,20 +273,34 @@ impl Registry {
         rows.into_iter().map(DeviceRecord::try_from).collect()
     }
 
-    /// Records an unknown device as pending, with a `new_key` event, which it
-    /// returns. Returns None (and changes nothing) if the id is already registered.
+    /// Records an unknown device as pending, with a `new_key` event, unless
+    /// the id is already registered or `max_pending` devices are pending
+    /// (then nothing changes).
     pub async fn register_new_key(
         &self,
         id: &str,
         public_key_pem: &str,
         fingerprint: &str,
         bridge_version: Option<&str>,
+        max_pending: i64,
         now: i64,
-    ) -> Result<Option<AuthEvent>, RegistryError> {
+    ) -> Result<Registration, RegistryError> {
         let mut tx = self.pool.begin().await?;
+        if sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM devices WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            > 0
+        {
+            return Ok(Registration::Exists);
+        }
+        // In the same transaction as the count, so concurrent registrations
+        // cannot overshoot the cap.
         let inserted = sqlx::query(
             "INSERT INTO devices (id, public_key, fingerprint, status, first_seen, last_seen, bridge_version) \
-             VALUES (?, ?, ?, 'pending', ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+             SELECT ?, ?, ?, 'pending', ?, ?, ? \
+             WHERE (SELECT COUNT(*) FROM devices WHERE status = 'pending') < ? \
+             ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(public_key_pem)
@@ -278,28 +308,30 @@ impl Registry {
         .bind(now)
         .bind(now)
         .bind(bridge_version)
+        .bind(max_pending)
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
-        let event = if inserted {
-            Some(insert_auth_event(&mut tx, id, AuthEventKind::NewKey, fingerprint, now).await?)
-        } else {
-            None
-        };
+        if !inserted {
+            return Ok(Registration::PendingFull);
+        }
+        let event = insert_auth_event(&mut tx, id, AuthEventKind::NewKey, fingerprint, now).await?;
         tx.commit().await?;
-        Ok(event)
+        Ok(Registration::Registered(event))
     }
 
     /// A known device proved possession of its key: bumps last_seen, stores the
-    /// bridge version and logs (and returns) `authenticated`.
+    /// bridge version and logs (and returns) `authenticated`, in aggregate
+    /// for a device that is not accepted (it may reconnect all day).
     pub async fn record_authenticated(
         &self,
         id: &str,
         bridge_version: Option<&str>,
-        detail: &str,
+        status: DeviceStatus,
         now: i64,
     ) -> Result<AuthEvent, RegistryError> {
+        let detail = status.as_str();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE devices SET last_seen = ?, bridge_version = COALESCE(?, bridge_version) WHERE id = ?",
@@ -309,8 +341,12 @@ impl Registry {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let event =
-            insert_auth_event(&mut tx, id, AuthEventKind::Authenticated, detail, now).await?;
+        let kind = AuthEventKind::Authenticated;
+        let event = if status == DeviceStatus::Accepted {
+            insert_auth_event(&mut tx, id, kind, detail, now).await?
+        } else {
+            aggregate_auth_event(&mut tx, id, kind, detail, now).await?
+        };
         tx.commit().await?;
         Ok(event)
     }
@@ -385,7 +421,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Stores a health report as the device's latest, and in its last hour.
+    /// Stores a health report as the device's latest, and in its last hour
+    /// (at most one per [`HEALTH_SAMPLE_PERIOD`]).
     pub async fn record_health(
         &self,
         id: &str,
@@ -401,12 +438,16 @@ impl Registry {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO device_health (device_id, at, health) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(now)
-            .bind(&text)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO device_health (device_id, at, health) SELECT ?1, ?2, ?3 \
+             WHERE NOT EXISTS (SELECT 1 FROM device_health WHERE device_id = ?1 AND at > ?4)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(&text)
+        .bind(now - HEALTH_SAMPLE_PERIOD.as_millis() as i64)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM device_health WHERE device_id = ? AND at < ?")
             .bind(id)
             .bind(now - HEALTH_HISTORY.as_millis() as i64)
@@ -503,6 +544,20 @@ impl Registry {
         insert_auth_event(&mut conn, device_id, event, detail, now).await
     }
 
+    /// Records a refused attempt on a known device in aggregate: one row per
+    /// kind and hour counts them (see [`crate::audit::AGGREGATION_WINDOW`]),
+    /// so a stranger hammering an id costs its owner one bounded record.
+    pub async fn add_refused_attempt(
+        &self,
+        device_id: &str,
+        event: AuthEventKind,
+        detail: &str,
+        now: i64,
+    ) -> Result<AuthEvent, RegistryError> {
+        let mut conn = self.pool.acquire().await?;
+        aggregate_auth_event(&mut conn, device_id, event, detail, now).await
+    }
+
     /// The auth audit log, newest first, of one device or of all.
     pub async fn auth_events(
         &self,
@@ -510,7 +565,7 @@ impl Registry {
         limit: i64,
     ) -> Result<Vec<AuthEvent>, RegistryError> {
         let events = sqlx::query_as(
-            "SELECT id, device_id, at, event, detail FROM auth_events \
+            "SELECT id, device_id, at, event, detail, count FROM auth_events \
              WHERE ?1 IS NULL OR device_id = ?1 ORDER BY id DESC LIMIT ?2",
         )
         .bind(device_id)
@@ -530,7 +585,7 @@ async fn insert_auth_event(
 ) -> Result<AuthEvent, RegistryError> {
     Ok(sqlx::query_as(
         "INSERT INTO auth_events (device_id, at, event, detail) VALUES (?, ?, ?, ?) \
-         RETURNING id, device_id, at, event, detail",
+         RETURNING id, device_id, at, event, detail, count",
     )
     .bind(device_id)
     .bind(now)
@@ -538,6 +593,35 @@ async fn insert_auth_event(
     .bind(detail)
     .fetch_one(conn)
     .await?)
+}
+
+/// Counts one more on the device's latest event of this kind within the
+/// aggregation window, or inserts one.
+async fn aggregate_auth_event(
+    conn: &mut sqlx::SqliteConnection,
+    device_id: &str,
+    event: AuthEventKind,
+    detail: &str,
+    now: i64,
+) -> Result<AuthEvent, RegistryError> {
+    let since = now - crate::audit::AGGREGATION_WINDOW.as_millis() as i64;
+    let updated: Option<AuthEvent> = sqlx::query_as(
+        "UPDATE auth_events SET count = count + 1, at = ?1, detail = ?2 WHERE id = \
+         (SELECT id FROM auth_events WHERE device_id = ?3 AND event = ?4 AND at >= ?5 \
+          ORDER BY id DESC LIMIT 1) \
+         RETURNING id, device_id, at, event, detail, count",
+    )
+    .bind(now)
+    .bind(detail)
+    .bind(device_id)
+    .bind(event.as_str())
+    .bind(since)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match updated {
+        Some(event) => Ok(event),
+        None => insert_auth_event(conn, device_id, event, detail, now).await,
+    }
 }
 
 /// Creates the database file readable by its owner only, since it holds

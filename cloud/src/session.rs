@@ -3,6 +3,7 @@
 //! pings, and the table of cloud → device calls awaiting their answer.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -10,12 +11,14 @@ use std::time::Duration;
 use axum::extract::ws::{Message as WsMessage, WebSocket};
 use futures::stream::SplitStream;
 use futures::StreamExt;
+use governor::DefaultDirectRateLimiter;
 use protocol::keys::PublicKey;
 use protocol::{auth, Direction, ErrorCode, Expectation, Message, RpcError, Signer};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::admission::UnauthenticatedSlot;
 use crate::inbound::{self, Refused};
 use crate::link::{self, Link, LinkClosed};
 use crate::registry::DeviceStatus;
@@ -38,6 +41,10 @@ pub(crate) struct DeviceSession {
     pub(crate) connection_id: u64,
     /// The registered key every frame of this connection must verify with.
     key: PublicKey,
+    /// When the device signed its authentication on this connection.
+    authenticated_at: u64,
+    /// Messages a pending device may still send: it may only wait.
+    pending_allowance: DefaultDirectRateLimiter,
     /// Pending sessions carry nothing but auth traffic until accepted.
     status: Mutex<DeviceStatus>,
     link: Arc<Link>,
@@ -160,8 +167,14 @@ pub(crate) fn status_notification(status: DeviceStatus) -> Message {
     Message::notification(auth::STATUS, json!({ "status": status.as_str() }))
 }
 
-/// Drives one upgraded `/ws/device` connection from handshake to close.
-pub(crate) async fn run_connection(state: AppState, socket: WebSocket) {
+/// Drives one upgraded `/ws/device` connection from handshake to close. The
+/// connection holds `slot` among the unauthenticated ones until its handshake ends.
+pub(crate) async fn run_connection(
+    state: AppState,
+    socket: WebSocket,
+    address: IpAddr,
+    slot: UnauthenticatedSlot,
+) {
     let (sink, mut stream) = socket.split();
     // A device that leaves its outbox full for two ping periods is not reading.
     let send_timeout = 2 * state.config().ping_interval.max(Duration::from_millis(10));
@@ -169,11 +182,15 @@ pub(crate) async fn run_connection(state: AppState, socket: WebSocket) {
     let link = Arc::new(link);
     let mut writer = tokio::spawn(link::write_loop(sink, outbox, link.clone()));
 
-    if let Some(device) = handshake::authenticate(&state, &link, &mut stream).await {
+    let authenticated = handshake::authenticate(&state, &link, &mut stream, address).await;
+    drop(slot);
+    if let Some(device) = authenticated {
         let session = Arc::new(DeviceSession {
             connection_id: state.fleet().next_connection_id(),
             device_id: device.device_id,
             key: device.key,
+            authenticated_at: device.signed_at,
+            pending_allowance: state.admission().pending_allowance(),
             status: Mutex::new(device.status),
             link: link.clone(),
             in_flight: Mutex::new(Some(HashMap::new())),
@@ -250,6 +267,19 @@ async fn read_loop(state: &AppState, session: &DeviceSession, stream: &mut Split
             None => break,
         };
         last_heard = Instant::now();
+        let counted = matches!(message, WsMessage::Text(_) | WsMessage::Binary(_));
+        if counted
+            && session.status() == DeviceStatus::Pending
+            && session.pending_allowance.check().is_err()
+        {
+            tracing::warn!(device_id = %session.device_id, "pending device sent too many messages; closing");
+            state.refusal_counters().increment("pending_flood");
+            session.close(
+                close_code::TRY_AGAIN_LATER,
+                "too many messages while pending; wait for an operator",
+            );
+            break;
+        }
         match message {
             WsMessage::Text(text) => handle_text(state, session, text.as_str()).await,
             WsMessage::Binary(_) => {
@@ -289,7 +319,22 @@ async fn handle_text(state: &AppState, session: &DeviceSession, text: &str) {
             skew_ms: state.skew_ms(),
             now_ms: now_ms(),
         };
-        inbound::verify(frame, &expect, state.replay_guard())
+        let verified = inbound::verify(frame, &expect)?;
+        // A pending device's frames are never acted on, so they need no
+        // replay check, and they take no room in the cloud-wide guard.
+        if session.status() == DeviceStatus::Accepted {
+            inbound::admit(
+                &verified,
+                session.authenticated_at,
+                expect.now_ms,
+                state.replay_guard(),
+            )
+            .map_err(|refusal| Refused {
+                refusal,
+                reply_to: verified.message.request_id().cloned(),
+            })?;
+        }
+        Ok(verified)
     });
     let message = match checked {
         Ok(verified) => verified.message,

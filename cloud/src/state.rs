@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accounts::Accounts;
+use crate::admission::Admission;
 use crate::audit::{Action, AuditLog};
 use crate::config::CloudConfig;
 use crate::events::EventHub;
@@ -40,6 +41,7 @@ struct Shared {
     audit: AuditLog,
     events: EventHub,
     login_limiter: LoginLimiter,
+    admission: Admission,
     fleet: Fleet,
     /// One guard for the whole cloud: a nonce is unique per signer, and a
     /// device may hop between connections.
@@ -75,7 +77,8 @@ impl AppState {
                 accounts: Accounts::new(registry.pool().clone()),
                 audit: AuditLog::new(registry.pool().clone()),
                 events,
-                login_limiter: LoginLimiter::default(),
+                login_limiter: LoginLimiter::new(&config.limits),
+                admission: Admission::new(&config.limits),
                 replay_guard: Mutex::new(
                     ReplayGuard::new(skew_ms, REPLAY_GUARD_CAPACITY)
                         .with_per_signer_capacity(config.replay_per_device),
@@ -140,6 +143,23 @@ impl AppState {
         }
     }
 
+    /// Stores a refused operator action in aggregate (see
+    /// [`AuditLog::record_refusal`]) and publishes it live.
+    pub async fn record_refusal(&self, action: &Action<'_>) {
+        match self
+            .inner
+            .audit
+            .record_refusal(action, crate::now_ms() as i64)
+            .await
+        {
+            Ok(entry) => self.inner.events.audit(&entry),
+            Err(e) => tracing::error!(
+                error = %e, actor = action.actor, action = action.action,
+                "cannot write the audit log"
+            ),
+        }
+    }
+
     /// The key devices verify the cloud's messages with.
     pub fn public_key(&self) -> PublicKey {
         self.inner.signer.public_key()
@@ -175,6 +195,19 @@ impl AppState {
 
     pub(crate) fn replay_guard(&self) -> &Mutex<ReplayGuard> {
         &self.inner.replay_guard
+    }
+
+    /// Nonces the cloud-wide replay guard holds: only accepted devices'.
+    pub fn remembered_nonces(&self) -> usize {
+        self.inner
+            .replay_guard
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.inner.admission
     }
 
     pub(crate) fn refusal_counters(&self) -> &RefusalCounters {

@@ -191,10 +191,16 @@ async fn a_wrong_password_or_unknown_name_is_401_and_audited() {
         .iter()
         .map(|e| (e["actor"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
         .collect();
+    // A name that is no operator's is not kept as an actor: strangers'
+    // guesses share one entry.
     assert_eq!(
         outcomes,
-        [("mallory", "wrong_password"), ("alice", "wrong_password")]
+        [("(unknown)", "wrong_password"), ("alice", "wrong_password")]
     );
+    assert!(audit["entries"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .ends_with("name tried: mallory"));
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The SQLite registry on its own: never re-keyed, bounded event history.
 
-use cloud::registry::{DeviceStatus, Registry, DEVICE_EVENTS_KEPT};
+use cloud::registry::{AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT};
 use serde_json::json;
 
 async fn open() -> (tempfile::TempDir, Registry) {
@@ -13,20 +13,24 @@ async fn open() -> (tempfile::TempDir, Registry) {
 #[tokio::test]
 async fn a_registered_id_keeps_its_first_key() {
     let (_dir, registry) = open().await;
-    let new_key = registry
-        .register_new_key("dev-1", "PEM-1", "SHA256:one", Some("1.0"), 1)
+    let Registration::Registered(new_key) = registry
+        .register_new_key("dev-1", "PEM-1", "SHA256:one", Some("1.0"), 10, 1)
         .await
         .unwrap()
-        .expect("registered");
+    else {
+        panic!("registered")
+    };
     assert_eq!(
         (new_key.event.as_str(), new_key.detail.as_str()),
         ("new_key", "SHA256:one")
     );
-    assert!(registry
-        .register_new_key("dev-1", "PEM-2", "SHA256:two", Some("2.0"), 2)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(matches!(
+        registry
+            .register_new_key("dev-1", "PEM-2", "SHA256:two", Some("2.0"), 10, 2)
+            .await
+            .unwrap(),
+        Registration::Exists
+    ));
     let device = registry.device("dev-1").await.unwrap().unwrap();
     assert_eq!(
         (device.public_key.as_str(), device.status),
@@ -41,7 +45,7 @@ async fn a_registered_id_keeps_its_first_key() {
 async fn only_the_latest_container_events_are_kept() {
     let (_dir, registry) = open().await;
     registry
-        .register_new_key("dev-1", "PEM", "SHA256:x", None, 0)
+        .register_new_key("dev-1", "PEM", "SHA256:x", None, 10, 0)
         .await
         .unwrap();
     let total = DEVICE_EVENTS_KEPT + 5;
@@ -67,7 +71,7 @@ async fn the_database_file_is_private_to_its_owner() {
         .await
         .unwrap();
     registry
-        .register_new_key("dev-1", "PEM", "SHA256:x", None, 1)
+        .register_new_key("dev-1", "PEM", "SHA256:x", None, 10, 1)
         .await
         .unwrap();
     for file in ["cloud.db", "cloud.db-wal"] {
@@ -77,4 +81,70 @@ async fn the_database_file_is_private_to_its_owner() {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
+}
+
+#[tokio::test]
+async fn new_ids_stop_at_the_pending_cap_and_known_ones_are_not_counted_again() {
+    let (_dir, registry) = open().await;
+    for n in 0..3 {
+        let registered = registry
+            .register_new_key(&format!("dev-{n}"), "PEM", "SHA256:x", None, 3, n)
+            .await
+            .unwrap();
+        assert!(matches!(registered, Registration::Registered(_)), "{n}");
+    }
+    let full = registry
+        .register_new_key("dev-9", "PEM", "SHA256:x", None, 3, 9)
+        .await
+        .unwrap();
+    assert!(matches!(full, Registration::PendingFull));
+    assert!(registry.device("dev-9").await.unwrap().is_none());
+    // Deciding on one frees its place.
+    registry
+        .set_status("dev-0", DeviceStatus::Accepted, "", 10)
+        .await
+        .unwrap();
+    let registered = registry
+        .register_new_key("dev-9", "PEM", "SHA256:x", None, 3, 11)
+        .await
+        .unwrap();
+    assert!(matches!(registered, Registration::Registered(_)));
+}
+
+#[tokio::test]
+async fn refused_attempts_on_a_device_share_one_row_an_hour() {
+    let (_dir, registry) = open().await;
+    registry
+        .register_new_key("dev-1", "PEM", "SHA256:x", None, 10, 0)
+        .await
+        .unwrap();
+    let hour = cloud::audit::AGGREGATION_WINDOW.as_millis() as i64;
+    for n in 0..50 {
+        let detail = format!("attempt {n}");
+        registry
+            .add_refused_attempt("dev-1", AuthEventKind::KeyMismatch, &detail, 1 + n)
+            .await
+            .unwrap();
+    }
+    let events = registry.auth_events(Some("dev-1"), 100).await.unwrap();
+    let mismatches: Vec<_> = events
+        .iter()
+        .filter(|e| e.event == "key_mismatch")
+        .collect();
+    assert_eq!(mismatches.len(), 1);
+    assert_eq!(
+        (
+            mismatches[0].count,
+            mismatches[0].detail.as_str(),
+            mismatches[0].at
+        ),
+        (50, "attempt 49", 50)
+    );
+    // An hour after the row's latest attempt, a new row starts.
+    let later = registry
+        .add_refused_attempt("dev-1", AuthEventKind::KeyMismatch, "later", 51 + hour)
+        .await
+        .unwrap();
+    assert_eq!(later.count, 1);
+    assert_ne!(later.id, mismatches[0].id);
 }

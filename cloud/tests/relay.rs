@@ -284,23 +284,44 @@ async fn health_and_container_events_land_in_the_registry() {
 async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
     let cloud = TestCloud::start().await;
     let mut device = cloud.accepted_device("dev-1").await;
-    for cpu in [10.0, 20.0, 30.0] {
+    let pool = cloud.state.registry().pool();
+    // Moves every stored sample back in time, as if that long had passed.
+    let age_samples = |ms: i64| async move {
+        sqlx::query("UPDATE device_health SET at = at - ?")
+            .bind(ms)
+            .execute(pool)
+            .await
+            .unwrap();
+    };
+    let sample_period = cloud::registry::HEALTH_SAMPLE_PERIOD.as_millis() as i64;
+    let cpus = |body: &Value| -> Vec<f64> {
+        body["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["health"]["cpu_percent"].as_f64().unwrap())
+            .collect()
+    };
+    for (cpu, then_wait) in [(10.0, true), (20.0, false), (25.0, true), (30.0, true)] {
+        let health = json!({ "cpu_percent": cpu });
         device
-            .send_message(&Message::notification(
-                "device.health",
-                json!({ "cpu_percent": cpu }),
-            ))
+            .send_message(&Message::notification("device.health", health.clone()))
             .await;
+        device.ping_cloud().await;
+        // The latest report is always shown, even one the chart skips.
+        assert_eq!(cloud.device("dev-1").await["device"]["last_health"], health);
+        if then_wait {
+            age_samples(sample_period + 1).await;
+        }
     }
-    device.ping_cloud().await;
     let (status, body) = cloud.get("/api/v1/devices/dev-1/health").await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        cpus(&body),
+        [10.0, 20.0, 30.0],
+        "25 came within a sample period of 20"
+    );
     let samples = body["samples"].as_array().unwrap();
-    let cpus: Vec<f64> = samples
-        .iter()
-        .map(|s| s["health"]["cpu_percent"].as_f64().unwrap())
-        .collect();
-    assert_eq!(cpus, [10.0, 20.0, 30.0]);
     assert!(samples
         .windows(2)
         .all(|w| w[0]["at"].as_i64() <= w[1]["at"].as_i64()));
@@ -309,7 +330,7 @@ async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
     let an_hour_ago = support::now_ms() as i64 - 3_600_001;
     sqlx::query("UPDATE device_health SET at = ? WHERE health LIKE '%10.0%'")
         .bind(an_hour_ago)
-        .execute(cloud.state.registry().pool())
+        .execute(pool)
         .await
         .unwrap();
     device
@@ -320,13 +341,7 @@ async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
         .await;
     device.ping_cloud().await;
     let (_, body) = cloud.get("/api/v1/devices/dev-1/health").await;
-    let cpus: Vec<f64> = body["samples"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["health"]["cpu_percent"].as_f64().unwrap())
-        .collect();
-    assert_eq!(cpus, [20.0, 30.0, 40.0]);
+    assert_eq!(cpus(&body), [20.0, 30.0, 40.0]);
 
     let (status, body) = cloud.get("/api/v1/devices/nobody/health").await;
     assert_eq!(status, 404);

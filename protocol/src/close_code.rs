@@ -20,3 +20,6 @@ pub const UNRESPONSIVE: u16 = 4007;
 pub const GOING_AWAY: u16 = 1001;
 /// The cloud could not serve the connection (registry unavailable); retry later.
 pub const INTERNAL_ERROR: u16 = 1011;
+/// A limit on connections, new devices or unaccepted devices was reached
+/// (standard "try again later"); the reason says which.
+pub const TRY_AGAIN_LATER: u16 = 1013;

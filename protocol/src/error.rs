@@ -71,6 +71,11 @@ pub enum Refusal {
     TooManyMessages(String),
     #[error("method name {0:?} is not a plain dotted name")]
     BadMethodName(String),
+    #[error("signed at {signed_at} ms, before this connection authenticated at {authenticated_at} ms; a replay from an earlier connection")]
+    OlderThanSession {
+        signed_at: u64,
+        authenticated_at: u64,
+    },
 }
 
 impl Refusal {
@@ -97,6 +102,7 @@ impl Refusal {
             Refusal::ReplayGuardFull => "replay_guard_full",
             Refusal::TooManyMessages(_) => "too_many_messages",
             Refusal::BadMethodName(_) => "bad_method_name",
+            Refusal::OlderThanSession { .. } => "older_than_session",
         }
     }
 

@@ -122,6 +122,14 @@ impl Message {
         }
     }
 
+    /// The id a request is answered with; None for notifications and responses.
+    pub fn request_id(&self) -> Option<&Value> {
+        match self {
+            Message::Request { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
     /// The JSON-RPC object, without `meta`.
     pub fn to_value(&self) -> Map<String, Value> {
         let mut map = Map::new();

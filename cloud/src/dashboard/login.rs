@@ -5,13 +5,11 @@
 //! cookie and the same value in a hidden field. A page of another site can
 //! neither read the cookie nor make the browser send it.
 
-use std::net::SocketAddr;
-
 use askama::Template;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::{Extension, Form};
+use axum::Form;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
@@ -20,6 +18,7 @@ use serde::Deserialize;
 use super::assets;
 use super::page::{local_path, render_with_status, SignedIn};
 use crate::accounts::same_secret;
+use crate::admission::ClientAddress;
 use crate::operator_auth::{caller_from_headers, sign_in, sign_out, LoginRefusal};
 use crate::state::AppState;
 
@@ -70,7 +69,7 @@ pub(super) struct LoginForm {
 /// rate limits and records the attempt in the audit log).
 pub(super) async fn submit(
     State(state): State<AppState>,
-    address: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
@@ -87,7 +86,6 @@ pub(super) async fn submit(
             Some(error),
         );
     }
-    let address = address.map(|Extension(ConnectInfo(a))| a.ip());
     match sign_in(&state, &form.name, &form.password, address).await {
         Ok(Ok((_, session_cookie, _))) => {
             let mut response = Redirect::to(&next).into_response();

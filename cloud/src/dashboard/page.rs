@@ -99,10 +99,20 @@ pub(super) struct MessagePage {
     pub back: String,
 }
 
-/// A local path to go back to after a form, never another site.
+/// Longest path a sign-in may go on to.
+const MAX_LOCAL_PATH: usize = 2048;
+
+/// A local path to go back to after a form, never another site: one `/`,
+/// then visible ASCII without `\` (browsers drop tabs and newlines and read
+/// `\` as `/`, which could make `//host`).
 pub(super) fn local_path(candidate: Option<&str>, fallback: &str) -> String {
     match candidate {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        Some(path)
+            if path.len() <= MAX_LOCAL_PATH
+                && path.starts_with('/')
+                && !path.starts_with("//")
+                && path.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
             path.to_owned()
         }
         _ => fallback.to_owned(),
@@ -130,7 +140,15 @@ mod tests {
     #[test]
     fn only_local_paths_are_followed() {
         assert_eq!(local_path(Some("/devices?q=a"), "/"), "/devices?q=a");
-        for outside in ["//evil.example/", "https://evil.example/", "/\\evil", ""] {
+        for outside in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil.example",
+        ] {
             assert_eq!(local_path(Some(outside), "/"), "/", "{outside}");
         }
         assert_eq!(local_path(None, "/devices"), "/devices");
