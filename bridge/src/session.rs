@@ -20,8 +20,10 @@ use crate::relay::call_worker;
 use crate::status::{announce, LinkState};
 use crate::{now_ms, BridgeConfig, BridgeStats, LiveLink};
 
-/// Id of the authentication request; the only request sent before going live.
-const AUTH_REQUEST_ID: &str = "auth";
+/// Prefix of the authentication request's id, the only request sent before
+/// going live. The rest is random, so that only the cloud's answer to this
+/// very request is taken: a recorded answer names another id.
+const AUTH_REQUEST_PREFIX: &str = "auth-";
 /// Frames queued for the socket writer; senders wait when it is full.
 const WRITE_QUEUE: usize = 256;
 /// Device → cloud calls and notifications queued for this session.
@@ -68,6 +70,13 @@ pub struct Session<'a> {
     /// Device → cloud calls awaiting the cloud's response, by request id.
     in_flight: HashMap<String, oneshot::Sender<Result<Value, RpcError>>>,
     next_call: u64,
+    /// This connection's authentication request id (see [`AUTH_REQUEST_PREFIX`]).
+    auth_request_id: String,
+    /// The cloud's timestamp on its answer to our authentication: nothing it
+    /// signed before is heard on this connection, so frames recorded on an
+    /// earlier one (even before a restart of the bridge, whose replay guard
+    /// is then empty) are refused.
+    authenticated_at: Option<u64>,
 }
 
 /// Connects, authenticates and serves until the connection ends.
@@ -146,6 +155,8 @@ pub async fn run_session(
         uplink,
         in_flight: HashMap::new(),
         next_call: 0,
+        auth_request_id: format!("{AUTH_REQUEST_PREFIX}{:016x}", rand::random::<u64>()),
+        authenticated_at: None,
     };
 
     let handshake_deadline = Instant::now() + config.connect_timeout;
@@ -261,12 +272,28 @@ impl Session<'_> {
         };
         let verified = protocol::verify(frame, &expect).and_then(|verified| {
             let meta = &verified.meta;
+            if let Some(authenticated_at) = self.authenticated_at {
+                if meta.timestamp < authenticated_at {
+                    return Err(Refusal::OlderThanSession {
+                        signed_at: meta.timestamp,
+                        authenticated_at,
+                    });
+                }
+            }
             self.guard
                 .admit(&meta.signer_id, &meta.nonce, meta.timestamp, now)
                 .map(|()| verified)
         });
         let message = match verified {
-            Ok(verified) => verified.message,
+            Ok(verified) => {
+                let answers_auth = matches!(&verified.message,
+                    Message::Response { id, .. } if self.stage == Stage::AwaitAuthResult
+                        && id.as_str() == Some(self.auth_request_id.as_str()));
+                if answers_auth {
+                    self.authenticated_at = Some(verified.meta.timestamp);
+                }
+                verified.message
+            }
             Err(refusal) => {
                 self.refuse(&refusal, unverified_id).await;
                 return None;
@@ -293,13 +320,18 @@ impl Session<'_> {
                     "challenge": challenge,
                     "bridge_version": env!("CARGO_PKG_VERSION"),
                 });
-                let request =
-                    Message::request(AUTH_REQUEST_ID, self.config.auth_method.clone(), params);
+                let request = Message::request(
+                    self.auth_request_id.clone(),
+                    self.config.auth_method.clone(),
+                    params,
+                );
                 self.send(&request).await;
                 self.stage = Stage::AwaitAuthResult;
                 None
             }
-            (Stage::AwaitAuthResult, Message::Response { id, result }) if id == AUTH_REQUEST_ID => {
+            (Stage::AwaitAuthResult, Message::Response { id, result })
+                if id.as_str() == Some(self.auth_request_id.as_str()) =>
+            {
                 match result {
                     Ok(result) => {
                         self.on_status(result.get("status").and_then(Value::as_str))

@@ -658,13 +658,14 @@
 
     function row(entry) {
       const ok = entry.outcome === 'ok';
-      const tr = h('tr', { class: ok ? '' : 'failure' },
+      const tr = h('tr', { class: ok ? '' : 'failure', 'data-key': `${entry.source}-${entry.id}` },
         h('td', { class: 'nowrap' }, h('time', { 'data-ms': entry.at }, String(entry.at))),
         h('td', {}, entry.source),
         h('td', { class: 'nowrap' }, entry.actor),
         h('td', { class: 'nowrap' }, entry.action),
         h('td', { class: 'nowrap' }, entry.target),
-        h('td', {}, h('span', { class: `outcome ${ok ? 'ok' : 'bad'}` }, entry.outcome)),
+        h('td', {}, h('span', { class: `outcome ${ok ? 'ok' : 'bad'}` }, entry.outcome),
+          entry.count > 1 ? h('span', { class: 'muted', title: 'attempts alike within an hour, the latest shown' }, ` ×${entry.count}`) : ''),
         h('td', { class: 'detail' }, entry.detail),
         h('td', { class: 'num' }, entry.latency_ms === null || entry.latency_ms === undefined ? '' : `${entry.latency_ms} ms`));
       localizeTimes(tr);
@@ -673,6 +674,9 @@
 
     liveEvents(['audit'], (event) => {
       if (event.type !== 'audit.entry' || !matches(event.data)) return;
+      // An aggregated refusal comes again with a higher count: it replaces its row.
+      const key = `${event.data.source}-${event.data.id}`;
+      for (const old of body.querySelectorAll('tr[data-key]')) if (old.dataset.key === key) old.remove();
       body.prepend(row(event.data));
       while (body.childElementCount > pageSize) body.lastElementChild.remove();
     }, () => location.reload());

@@ -528,6 +528,21 @@ async fn refuses_a_replayed_frame_after_serving_it_once() {
     assert_refused(&s, &mut link, frame, expected).await;
 }
 
+/// A frame signed before this connection's authentication was answered: a
+/// frame recorded on an earlier connection, which a bridge that restarted
+/// (its replay guard empty) would otherwise serve again within the skew.
+#[tokio::test]
+async fn refuses_a_frame_signed_before_this_connection_authenticated() {
+    let (s, mut link) = live(|_| {}).await;
+    let frame = link.frame(list_all()).aged(Duration::from_secs(5)).sign();
+    let expected = refused(
+        "older_than_session",
+        "before this connection authenticated",
+        "bad",
+    );
+    assert_refused(&s, &mut link, frame, expected).await;
+}
+
 #[tokio::test]
 async fn refuses_an_unknown_signer() {
     let (s, mut link) = live(|_| {}).await;
