@@ -1,6 +1,11 @@
 -- Refusals are recorded in aggregate: one row stands for `count` attempts
--- alike (same actor, action, target and outcome) within an hour, `at` being
--- the latest. The audit log is pruned by age and by number of rows.
+-- alike (same device and event; same actor, action, target and outcome)
+-- within one clock hour, `bucket` (hours since the epoch); `at` and `detail`
+-- are the latest attempt's. Rows recorded one by one have no bucket, and
+-- SQLite's unique indexes let NULLs repeat.
 ALTER TABLE audit_log ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE audit_log ADD COLUMN bucket INTEGER;
+CREATE UNIQUE INDEX audit_log_aggregated ON audit_log (actor, action, target, outcome, bucket);
 ALTER TABLE auth_events ADD COLUMN count INTEGER NOT NULL DEFAULT 1;
-CREATE INDEX audit_log_by_actor ON audit_log (actor, action, id);
+ALTER TABLE auth_events ADD COLUMN bucket INTEGER;
+CREATE UNIQUE INDEX auth_events_aggregated ON auth_events (device_id, event, bucket);

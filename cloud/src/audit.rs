@@ -19,7 +19,8 @@ const DEVICE_EVENTS: [&str; 4] = ["new_key", "authenticated", "key_mismatch", "a
 const REFUSED_DEVICE_EVENTS: [&str; 2] = ["key_mismatch", "auth_failed"];
 /// Most entries one page may hold.
 pub const MAX_PAGE: i64 = 500;
-/// Refusals alike within this long share one row (see [`AuditLog::record_refusal`]).
+/// Refusals alike within one window of this length (a clock hour) share one
+/// row (see [`AuditLog::record_refusal`]).
 pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(3600);
 /// How often entries beyond the retention are pruned.
 const PRUNE_PERIOD: Duration = Duration::from_secs(600);
@@ -54,8 +55,8 @@ pub struct AuditEntry {
     pub outcome: String,
     pub detail: String,
     pub latency_ms: Option<i64>,
-    /// Attempts this entry stands for: refusals alike within an hour share
-    /// one entry, `at` being the latest.
+    /// Attempts this entry stands for: refusals alike within a clock hour
+    /// share one entry, `at` being the latest.
     pub count: i64,
 }
 
@@ -144,34 +145,32 @@ impl AuditLog {
         })
     }
 
-    /// Stores a refused action in aggregate: the latest entry with the same
-    /// actor, action, target and outcome within [`AGGREGATION_WINDOW`] counts
-    /// one more (and takes this detail and time); otherwise a new entry.
-    /// So repeated refusals cost a row an hour, not a row each.
+    /// Stores a refused action in aggregate: the entry with the same actor,
+    /// action, target and outcome in this clock hour counts one more (and
+    /// takes this detail and time), in one statement, so attempts at the
+    /// same moment cannot split it. Repeated refusals cost a row an hour.
     pub async fn record_refusal(
         &self,
         action: &Action<'_>,
         now: i64,
     ) -> Result<AuditEntry, sqlx::Error> {
-        let since = now - AGGREGATION_WINDOW.as_millis() as i64;
-        let updated: Option<(i64, i64)> = sqlx::query_as(
-            "UPDATE audit_log SET count = count + 1, at = ?1, detail = ?2 WHERE id = \
-             (SELECT id FROM audit_log WHERE actor = ?3 AND action = ?4 AND target = ?5 \
-              AND outcome = ?6 AND at >= ?7 ORDER BY id DESC LIMIT 1) \
+        let (id, count): (i64, i64) = sqlx::query_as(
+            "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms, bucket) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (actor, action, target, outcome, bucket) DO UPDATE \
+             SET count = count + 1, at = excluded.at, detail = excluded.detail \
              RETURNING id, count",
         )
         .bind(now)
-        .bind(action.detail)
         .bind(action.actor)
         .bind(action.action)
         .bind(action.target)
         .bind(action.outcome)
-        .bind(since)
-        .fetch_optional(&self.pool)
+        .bind(action.detail)
+        .bind(action.latency_ms)
+        .bind(aggregation_bucket(now))
+        .fetch_one(&self.pool)
         .await?;
-        let Some((id, count)) = updated else {
-            return self.record(action, now).await;
-        };
         Ok(AuditEntry {
             source: "operator".into(),
             id,
@@ -270,6 +269,11 @@ impl AuditLog {
             limit,
         })
     }
+}
+
+/// The aggregation window `at` (ms since the epoch) falls in.
+pub(crate) fn aggregation_bucket(at: i64) -> i64 {
+    at.div_euclid(AGGREGATION_WINDOW.as_millis() as i64)
 }
 
 /// Prunes the audit log to its retention at start and every [`PRUNE_PERIOD`]

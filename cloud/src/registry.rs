@@ -545,7 +545,7 @@ impl Registry {
     }
 
     /// Records a refused attempt on a known device in aggregate: one row per
-    /// kind and hour counts them (see [`crate::audit::AGGREGATION_WINDOW`]),
+    /// kind and clock hour counts them (see [`crate::audit::AGGREGATION_WINDOW`]),
     /// so a stranger hammering an id costs its owner one bounded record.
     pub async fn add_refused_attempt(
         &self,
@@ -595,8 +595,8 @@ async fn insert_auth_event(
     .await?)
 }
 
-/// Counts one more on the device's latest event of this kind within the
-/// aggregation window, or inserts one.
+/// Counts one more on the device's event of this kind in this clock hour,
+/// or inserts it, in one statement (so simultaneous attempts share it).
 async fn aggregate_auth_event(
     conn: &mut sqlx::SqliteConnection,
     device_id: &str,
@@ -604,24 +604,19 @@ async fn aggregate_auth_event(
     detail: &str,
     now: i64,
 ) -> Result<AuthEvent, RegistryError> {
-    let since = now - crate::audit::AGGREGATION_WINDOW.as_millis() as i64;
-    let updated: Option<AuthEvent> = sqlx::query_as(
-        "UPDATE auth_events SET count = count + 1, at = ?1, detail = ?2 WHERE id = \
-         (SELECT id FROM auth_events WHERE device_id = ?3 AND event = ?4 AND at >= ?5 \
-          ORDER BY id DESC LIMIT 1) \
+    Ok(sqlx::query_as(
+        "INSERT INTO auth_events (device_id, at, event, detail, bucket) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (device_id, event, bucket) DO UPDATE \
+         SET count = count + 1, at = excluded.at, detail = excluded.detail \
          RETURNING id, device_id, at, event, detail, count",
     )
-    .bind(now)
-    .bind(detail)
     .bind(device_id)
+    .bind(now)
     .bind(event.as_str())
-    .bind(since)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match updated {
-        Some(event) => Ok(event),
-        None => insert_auth_event(conn, device_id, event, detail, now).await,
-    }
+    .bind(detail)
+    .bind(crate::audit::aggregation_bucket(now))
+    .fetch_one(conn)
+    .await?)
 }
 
 /// Creates the database file readable by its owner only, since it holds

@@ -140,7 +140,7 @@ async fn refused_attempts_on_a_device_share_one_row_an_hour() {
         ),
         (50, "attempt 49", 50)
     );
-    // An hour after the row's latest attempt, a new row starts.
+    // In the next clock hour, a new row starts.
     let later = registry
         .add_refused_attempt("dev-1", AuthEventKind::KeyMismatch, "later", 51 + hour)
         .await

@@ -449,3 +449,235 @@ impl TestDevice {
         drop(self.ws);
     }
 }
+
+// Helpers of the attack tests (tests/attacks.rs): restarting a cloud on its
+// data, the database's size on disk, device WebSockets whose upgrade may be
+// refused or that come through a proxy, and handshakes with chosen params.
+
+/// How a device WebSocket upgrade was refused: the HTTP status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedUpgrade {
+    pub status: u16,
+    pub body: String,
+}
+
+impl TestCloud {
+    /// The directory holding the cloud's key, database and admin token.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The SQLite database file.
+    pub fn database_path(&self) -> std::path::PathBuf {
+        self.dir().join("data/cloud.db")
+    }
+
+    /// Bytes the database takes on disk: the file, its WAL and shared memory.
+    pub fn database_bytes(&self) -> u64 {
+        let path = self.database_path();
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| {
+                let mut name = path.clone().into_os_string();
+                name.push(suffix);
+                std::fs::metadata(name).map_or(0, |m| m.len())
+            })
+            .sum()
+    }
+
+    /// Shuts the cloud down as SIGTERM would and starts it again on the same
+    /// data directory, key and admin token (on the same address if it can be
+    /// bound again). Devices must reconnect.
+    pub async fn restart(&mut self) {
+        self.shut_down().await.unwrap();
+        self.state.registry().close().await;
+        let config = self.state.config().clone();
+        let registry = Registry::open(&config.database_url).await.unwrap();
+        let state = AppState::new(config.clone(), registry).await.unwrap();
+        let token = std::fs::read_to_string(&config.admin_token_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(token, self.token, "the admin token survives a restart");
+        assert_eq!(state.public_key(), self.cloud_key, "the key survives");
+        let listener = match tokio::net::TcpListener::bind(self.addr).await {
+            Ok(listener) => listener,
+            Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        self.addr = listener.local_addr().unwrap();
+        self.shutdown = CancellationToken::new();
+        self.server = Some(tokio::spawn(cloud::serve(
+            listener,
+            state.clone(),
+            self.shutdown.clone(),
+        )));
+        self.state = state;
+        // Pooled connections went with the old server.
+        self.http = reqwest::Client::new();
+    }
+
+    /// Opens a device WebSocket for `id` and reads the challenge; the
+    /// refused upgrade otherwise. With `forwarded_for`, the request carries
+    /// `X-Forwarded-For` as a reverse proxy would send it.
+    pub async fn try_connect(
+        &self,
+        id: &str,
+        key: PrivateKey,
+        forwarded_for: Option<&str>,
+    ) -> Result<TestDevice, RefusedUpgrade> {
+        TestDevice::try_open(self, id, key, forwarded_for).await
+    }
+
+    /// `try_connect` that must succeed.
+    pub async fn connect_from(&self, id: &str, key: PrivateKey, forwarded_for: &str) -> TestDevice {
+        match self.try_connect(id, key, Some(forwarded_for)).await {
+            Ok(device) => device,
+            Err(refused) => panic!("upgrade from {forwarded_for} refused: {refused:?}"),
+        }
+    }
+}
+
+impl TestDevice {
+    async fn try_open(
+        cloud: &TestCloud,
+        id: &str,
+        key: PrivateKey,
+        forwarded_for: Option<&str>,
+    ) -> Result<Self, RefusedUpgrade> {
+        use tokio_tungstenite::tungstenite::Error;
+        let mut request = cloud.ws_url().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(protocol::SUBPROTOCOL),
+        );
+        if let Some(forwarded_for) = forwarded_for {
+            request.headers_mut().insert(
+                "X-Forwarded-For",
+                HeaderValue::from_str(forwarded_for).unwrap(),
+            );
+        }
+        let ws = match tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("the upgrade was not answered in time")
+        {
+            Ok((ws, _)) => ws,
+            Err(Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                    .unwrap_or_default();
+                return Err(RefusedUpgrade {
+                    status: response.status().as_u16(),
+                    body,
+                });
+            }
+            Err(e) => panic!("device WebSocket upgrade failed: {e}"),
+        };
+        let mut device = TestDevice {
+            id: id.to_string(),
+            key,
+            challenge: String::new(),
+            cloud_id: cloud.cloud_id.clone(),
+            cloud_key: cloud.cloud_key,
+            ws,
+            next_id: 0,
+        };
+        let hello = device.recv_verified(protocol::ANY_AUDIENCE).await;
+        match hello.message {
+            Message::Notification { method, params } if method == protocol::auth::CHALLENGE => {
+                device.challenge = params.unwrap()["challenge"].as_str().unwrap().to_string();
+            }
+            other => panic!("expected auth.challenge, got {other:?}"),
+        }
+        Ok(device)
+    }
+
+    /// Answers the challenge reporting `bridge_version`; returns the cloud's
+    /// result (or error) value.
+    pub async fn authenticate_reporting(&mut self, bridge_version: &str) -> Value {
+        let id = self.new_request_id();
+        let request = Message::request(
+            id.as_str(),
+            protocol::auth::DEFAULT_AUTHENTICATE,
+            json!({
+                "device_id": self.id,
+                "public_key": self.public_key_pem(),
+                "challenge": self.challenge,
+                "bridge_version": bridge_version,
+            }),
+        );
+        self.send_message(&request).await;
+        // A refusal of params the cloud could not read is signed for anyone.
+        match self.recv_for_me_or_anyone().await {
+            Message::Response {
+                id: answered,
+                result,
+            } => {
+                assert_eq!(answered, json!(id));
+                result.unwrap_or_else(|e| serde_json::to_value(e).unwrap())
+            }
+            other => panic!("expected the auth response, got {other:?}"),
+        }
+    }
+
+    /// The next cloud message, verified, signed for this device or for anyone.
+    pub async fn recv_for_me_or_anyone(&mut self) -> Message {
+        loop {
+            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
+                .await
+                .expect("the cloud sent nothing in time");
+            match next {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let frame = parse_frame(text.as_str(), 1 << 22).unwrap();
+                    let audience = frame
+                        .get("meta")
+                        .and_then(|meta| meta.get("audience_id"))
+                        .and_then(Value::as_str)
+                        .filter(|a| *a == protocol::ANY_AUDIENCE)
+                        .unwrap_or(self.id.as_str())
+                        .to_owned();
+                    let expect = Expectation {
+                        signer_id: &self.cloud_id,
+                        key: &self.cloud_key,
+                        audience_id: &audience,
+                        direction: Direction::CloudToDevice,
+                        skew_ms: 60_000,
+                        now_ms: now_ms(),
+                    };
+                    return verify(frame, &expect).unwrap().message;
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next message from the cloud, or how the connection ended: the
+    /// close code, `None` if it ended without one.
+    pub async fn recv_or_close(&mut self) -> Result<Message, Option<u16>> {
+        loop {
+            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
+                .await
+                .expect("the cloud sent nothing in time");
+            match next {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let frame = parse_frame(text.as_str(), 1 << 22).unwrap();
+                    let expect = Expectation {
+                        signer_id: &self.cloud_id,
+                        key: &self.cloud_key,
+                        audience_id: &self.id,
+                        direction: Direction::CloudToDevice,
+                        skew_ms: 60_000,
+                        now_ms: now_ms(),
+                    };
+                    return Ok(verify(frame, &expect).unwrap().message);
+                }
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(WsMessage::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(other)) => panic!("expected a text frame or a close, got {other:?}"),
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+}
