@@ -2,6 +2,7 @@
 //! CSRF token) and API bearer tokens. Only SHA-256 digests of session and API
 //! token secrets are stored; the secrets themselves are shown once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -12,6 +13,7 @@ use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::SqlitePool;
+use tokio::sync::Semaphore;
 
 /// A session ends this long after its last use.
 pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
@@ -73,15 +75,24 @@ pub struct ApiToken {
     pub revoked_at: Option<i64>,
 }
 
+/// Password checks that run at once; more wait their turn. Each costs tens
+/// of milliseconds of CPU by design, so sign-ins from many addresses at once
+/// must not take every core from the devices.
+const PASSWORD_CHECKS_AT_ONCE: usize = 2;
+
 /// Operator accounts in the registry database.
 #[derive(Debug, Clone)]
 pub struct Accounts {
     pool: SqlitePool,
+    password_checks: Arc<Semaphore>,
 }
 
 impl Accounts {
     pub fn new(pool: SqlitePool) -> Self {
-        Accounts { pool }
+        Accounts {
+            pool,
+            password_checks: Arc::new(Semaphore::new(PASSWORD_CHECKS_AT_ONCE)),
+        }
     }
 
     pub async fn add_operator(
@@ -184,6 +195,11 @@ impl Accounts {
             None => (None, None),
         };
         let password = password.to_owned();
+        let _turn = self
+            .password_checks
+            .acquire()
+            .await
+            .map_err(|e| AccountError::Hash(e.to_string()))?;
         let matches = tokio::task::spawn_blocking(move || {
             let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
             PasswordHash::new(hash).is_ok_and(|parsed| {

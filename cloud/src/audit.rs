@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
-use tokio_util::sync::CancellationToken;
 
 use crate::registry::AuthEvent;
-use crate::state::AppState;
 
 /// Device auth events the audit log shows. Accept, reject and delete are
 /// operator actions and appear once, as such.
@@ -22,8 +20,6 @@ pub const MAX_PAGE: i64 = 500;
 /// Refusals alike within one window of this length (a clock hour) share one
 /// row (see [`AuditLog::record_refusal`]).
 pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(3600);
-/// How often entries beyond the retention are pruned.
-const PRUNE_PERIOD: Duration = Duration::from_secs(600);
 
 /// What an operator did, to be recorded.
 #[derive(Debug, Clone)]
@@ -39,6 +35,24 @@ pub struct Action<'a> {
     /// The RPC method, a token's name, ...
     pub detail: &'a str,
     pub latency_ms: Option<i64>,
+}
+
+impl Action<'_> {
+    /// This action as the log shows it once stored as row `id`.
+    fn entry(&self, id: i64, at: i64, count: i64) -> AuditEntry {
+        AuditEntry {
+            source: "operator".into(),
+            id,
+            at,
+            actor: self.actor.to_owned(),
+            action: self.action.to_owned(),
+            target: self.target.to_owned(),
+            outcome: self.outcome.to_owned(),
+            detail: self.detail.to_owned(),
+            latency_ms: self.latency_ms,
+            count,
+        }
+    }
 }
 
 /// One line of the audit log.
@@ -131,18 +145,7 @@ impl AuditLog {
         .bind(action.latency_ms)
         .fetch_one(&self.pool)
         .await?;
-        Ok(AuditEntry {
-            source: "operator".into(),
-            id,
-            at: now,
-            actor: action.actor.to_owned(),
-            action: action.action.to_owned(),
-            target: action.target.to_owned(),
-            outcome: action.outcome.to_owned(),
-            detail: action.detail.to_owned(),
-            latency_ms: action.latency_ms,
-            count: 1,
-        })
+        Ok(action.entry(id, now, 1))
     }
 
     /// Stores a refused action in aggregate: the entry with the same actor,
@@ -171,18 +174,7 @@ impl AuditLog {
         .bind(aggregation_bucket(now))
         .fetch_one(&self.pool)
         .await?;
-        Ok(AuditEntry {
-            source: "operator".into(),
-            id,
-            at: now,
-            actor: action.actor.to_owned(),
-            action: action.action.to_owned(),
-            target: action.target.to_owned(),
-            outcome: action.outcome.to_owned(),
-            detail: action.detail.to_owned(),
-            latency_ms: action.latency_ms,
-            count,
-        })
+        Ok(action.entry(id, now, count))
     }
 
     /// Forgets operator actions and device auth events older than
@@ -274,27 +266,4 @@ impl AuditLog {
 /// The aggregation window `at` (ms since the epoch) falls in.
 pub(crate) fn aggregation_bucket(at: i64) -> i64 {
     at.div_euclid(AGGREGATION_WINDOW.as_millis() as i64)
-}
-
-/// Prunes the audit log to its retention at start and every [`PRUNE_PERIOD`]
-/// until `shutdown`.
-pub(crate) async fn prune_periodically(state: AppState, shutdown: CancellationToken) {
-    let limits = &state.config().limits;
-    let mut ticks = tokio::time::interval(PRUNE_PERIOD);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let now = crate::now_ms() as i64;
-        match state
-            .audit()
-            .prune(now, limits.audit_retention, limits.audit_max_rows)
-            .await
-        {
-            Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "audit log entries beyond the retention pruned"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
-        }
-    }
 }

@@ -64,6 +64,8 @@ pub struct Limits {
     pub new_devices_per_address_per_hour: u32,
     /// Pending devices the registry holds at most; beyond it new ids are refused.
     pub max_pending_devices: i64,
+    /// A pending device not seen for this long is forgotten, freeing its place.
+    pub pending_expiry: Duration,
     /// Messages a pending device may send per minute; beyond it the cloud
     /// closes its connection.
     pub pending_messages_per_minute: u32,
@@ -98,6 +100,7 @@ impl Default for Limits {
             handshakes_per_address_per_minute: 600,
             new_devices_per_address_per_hour: 100,
             max_pending_devices: 1_000,
+            pending_expiry: Duration::from_secs(7 * 24 * 3600),
             pending_messages_per_minute: 12,
             pending_reconnects_per_minute: 6,
             max_bridge_version_bytes: 64,
@@ -224,6 +227,9 @@ pub struct LimitArgs {
     /// Pending devices the registry holds at most.
     #[arg(long, env = "MAX_PENDING_DEVICES", default_value_t = 1_000)]
     pub max_pending_devices: i64,
+    /// Days after which a pending device not seen since is forgotten.
+    #[arg(long, env = "PENDING_EXPIRY_DAYS", default_value_t = 7)]
+    pub pending_expiry_days: u64,
     /// Messages a pending device may send per minute before it is cut off.
     #[arg(long, env = "PENDING_MESSAGES_PER_MINUTE", default_value_t = 12)]
     pub pending_messages_per_minute: u32,
@@ -276,6 +282,7 @@ impl LimitArgs {
             handshakes_per_address_per_minute: self.handshakes_per_address_per_minute.max(1),
             new_devices_per_address_per_hour: self.new_devices_per_address_per_hour.max(1),
             max_pending_devices: self.max_pending_devices.max(0),
+            pending_expiry: Duration::from_secs(self.pending_expiry_days.max(1) * 24 * 3600),
             pending_messages_per_minute: self.pending_messages_per_minute.max(1),
             pending_reconnects_per_minute: self.pending_reconnects_per_minute.max(1),
             max_bridge_version_bytes: self.max_bridge_version_bytes,

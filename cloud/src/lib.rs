@@ -22,6 +22,7 @@ pub mod fleet;
 mod handshake;
 mod health;
 pub mod healthcheck;
+mod housekeeping;
 mod http_server;
 mod inbound;
 mod link;
@@ -94,7 +95,7 @@ pub async fn serve(
         limits,
         shutdown.clone(),
     ));
-    let pruning = tokio::spawn(audit::prune_periodically(state.clone(), shutdown.clone()));
+    let pruning = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
     tokio::select! {
         ended = &mut server => {
             ended.context("server task failed")?;

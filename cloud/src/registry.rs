@@ -412,6 +412,28 @@ impl Registry {
         Ok(deleted)
     }
 
+    /// Forgets pending devices last seen before `seen_before` (a connected
+    /// device is seen at least every half minute), with a `deleted` event
+    /// each; returns their ids.
+    pub async fn forget_stale_pending(
+        &self,
+        seen_before: i64,
+        now: i64,
+    ) -> Result<Vec<String>, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM devices WHERE status = 'pending' AND last_seen < ? RETURNING id",
+        )
+        .bind(seen_before)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            insert_auth_event(&mut tx, id, AuthEventKind::Deleted, "pending expired", now).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
     pub async fn touch(&self, id: &str, now: i64) -> Result<(), RegistryError> {
         sqlx::query("UPDATE devices SET last_seen = MAX(last_seen, ?) WHERE id = ?")
             .bind(now)

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::accounts::Accounts;
 use crate::admission::Admission;
-use crate::audit::{Action, AuditLog};
+use crate::audit::{Action, AuditEntry, AuditLog};
 use crate::config::CloudConfig;
 use crate::events::EventHub;
 use crate::fleet::Fleet;
@@ -129,29 +129,27 @@ impl AppState {
     /// Stores an operator action in the audit log and publishes it live. A
     /// failure to store is logged: the action itself has happened.
     pub async fn record_action(&self, action: &Action<'_>) {
-        match self
+        let stored = self
             .inner
             .audit
             .record(action, crate::now_ms() as i64)
-            .await
-        {
-            Ok(entry) => self.inner.events.audit(&entry),
-            Err(e) => tracing::error!(
-                error = %e, actor = action.actor, action = action.action,
-                "cannot write the audit log"
-            ),
-        }
+            .await;
+        self.publish_stored(action, stored);
     }
 
     /// Stores a refused operator action in aggregate (see
     /// [`AuditLog::record_refusal`]) and publishes it live.
     pub async fn record_refusal(&self, action: &Action<'_>) {
-        match self
+        let stored = self
             .inner
             .audit
             .record_refusal(action, crate::now_ms() as i64)
-            .await
-        {
+            .await;
+        self.publish_stored(action, stored);
+    }
+
+    fn publish_stored(&self, action: &Action<'_>, stored: Result<AuditEntry, sqlx::Error>) {
+        match stored {
             Ok(entry) => self.inner.events.audit(&entry),
             Err(e) => tracing::error!(
                 error = %e, actor = action.actor, action = action.action,

@@ -432,6 +432,33 @@ fn assert_stays_on_this_site(location: &str, what: &str) {
     );
 }
 
+/// `elapsed` in seconds, for a figure line.
+fn secs(elapsed: Duration) -> String {
+    format!("{:.2} s", elapsed.as_secs_f64())
+}
+
+/// How the database's bytes on disk changed since `before`, for a figure line.
+fn database_growth(cloud: &TestCloud, before: u64) -> String {
+    let after = cloud.database_bytes();
+    let change = after as i64 - before as i64;
+    format!("database {before} -> {after} bytes ({change:+})")
+}
+
+/// The refusals the cloud counted, by reason, for a figure line.
+fn refusal_counts(cloud: &TestCloud) -> String {
+    let mut counts: Vec<_> = cloud.state.refusals().into_iter().collect();
+    counts.sort();
+    let counts: Vec<String> = counts
+        .into_iter()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    if counts.is_empty() {
+        "cloud refusals none".to_owned()
+    } else {
+        format!("cloud refusals {}", counts.join(", "))
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The attacks
 // ---------------------------------------------------------------------------
@@ -474,6 +501,9 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     }
     let mut claimed: Vec<String> = (0..VICTIMS).map(|n| format!("victim-{n}")).collect();
     claimed.push(BYSTANDER.to_owned());
+    let bytes_before = cloud.database_bytes();
+    let nonces_before = cloud.state.remembered_nonces();
+    let attack = Instant::now();
 
     // First a burst: claims of every id prepared, then all sent at once ...
     let prepared = futures::future::join_all(claimed.iter().flat_map(|id| {
@@ -500,6 +530,9 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
         .collect()
         .await;
     outcomes.extend(stream);
+    let attack_time = attack.elapsed();
+    let handshakes = outcomes.len();
+    let nonces_from_strangers = cloud.state.remembered_nonces() as i64 - nonces_before as i64;
     let mut tally: HashMap<(String, String, u16), usize> = HashMap::new();
     for outcome in outcomes {
         *tally.entry(outcome).or_default() += 1;
@@ -543,24 +576,45 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
         .filter(|e| e["event"] == "key_mismatch")
         .count();
     assert_eq!(mismatches, 1, "{events:#}");
+    let (bystander_rows, bystander_count) = (rows.len(), rows[0]["count"].clone());
     // Also for the ids claimed only in the burst, each by many at once.
+    let mut victim_rows = 0;
+    let mut victim_count = 0;
     for n in 0..VICTIMS {
         let rows = audit_entries(&cloud, &format!("action=key_mismatch&target=victim-{n}")).await;
         let counts: Vec<&Value> = rows.iter().map(|row| &row["count"]).collect();
         assert_eq!(counts, [&json!(BURST)], "victim-{n}: {rows:#?}");
+        victim_rows += rows.len();
+        victim_count += rows[0]["count"].as_i64().unwrap_or(0);
     }
 
     // Its replay allowance is whole: more frames than strangers could have
     // left it are served.
+    let mut served = 0;
     for _ in 0..5 {
         bystander.ping_cloud().await;
+        served += 1;
     }
     assert_bystander_served(&cloud, &mut bystander).await;
+    served += 1;
     assert_eq!(
         cloud.state.refusals().get("too_many_messages"),
         None,
         "{:?}",
         cloud.state.refusals()
+    );
+    eprintln!(
+        "figure: claimed-id handshakes: {handshakes} stranger handshakes ({} ids x {BURST} at once, \
+         then {} streamed) in {}; bystander key_mismatch rows {bystander_rows} (count {bystander_count}), \
+         auth-log key_mismatch events {mismatches}; burst-only victims' rows {victim_rows} \
+         (count {victim_count}); nonces strangers left in the replay guard {nonces_from_strangers} \
+         (allowance {ALLOWANCE} per id); bystander record unchanged; {}; {}; \
+         bystander served {served}/{served}",
+        VICTIMS + 1,
+        ATTEMPTS - BURST,
+        secs(attack_time),
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
     );
 }
 
@@ -579,6 +633,9 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
     // Signed frames the bystander sent: its authentication so far.
     let mut bystander_sent = 1;
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
+    let (mut sent, mut answered_in_all, mut cut_off) = (0, 0, 0);
 
     for n in 0..PENDING {
         let mut device = cloud.connect(&format!("pending-{n}")).await;
@@ -590,6 +647,7 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
             device
                 .send_message(&Message::request(id.as_str(), "cloud.ping", json!({})))
                 .await;
+            sent += 1;
             match device.recv_or_close().await {
                 Ok(Message::Response { id: to, result }) => {
                     assert_eq!(to, json!(id));
@@ -614,6 +672,8 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
             Some(Some(TRY_AGAIN_LATER)),
             "pending-{n} was not cut off with 1013 (answered {answered})"
         );
+        cut_off += 1;
+        answered_in_all += answered;
         assert!(
             answered <= LIMIT,
             "pending-{n}: {answered} requests heard, limit {LIMIT}"
@@ -625,6 +685,7 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
         );
     }
 
+    let attack_time = attack.elapsed();
     bystander_sent += assert_bystander_served(&cloud, &mut bystander).await;
     assert!(
         cloud.state.remembered_nonces() <= bystander_sent,
@@ -634,6 +695,17 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
     // The pending devices stay registered, for an operator to decide on.
     let (_, pending) = cloud.get("/api/v1/devices?state=pending").await;
     assert_eq!(pending["devices"].as_array().unwrap().len(), PENDING);
+    eprintln!(
+        "figure: pending replay flood: {PENDING} pending devices sent {sent} signed requests \
+         in {}; answered not_accepted {answered_in_all} (limit {LIMIT} each), cut off with 1013 \
+         {cut_off}/{PENDING}; replay guard holds {} nonces, the bystander sent {bystander_sent}; \
+         pending devices registered {}; {}; {}; bystander served 1/1",
+        secs(attack_time),
+        cloud.state.remembered_nonces(),
+        pending["devices"].as_array().unwrap().len(),
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
+    );
 }
 
 /// Attack: strangers send what the cloud writes to disk, as big as the
@@ -680,6 +752,7 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
 
     let bytes_before = cloud.database_bytes();
     let mut sent = 0;
+    let attack = Instant::now();
 
     // 2 MB names, through the API and the dashboard's form.
     for n in 0..3 {
@@ -752,14 +825,18 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
     let samples = history["samples"].as_array().unwrap();
     assert_eq!(samples.len(), 1, "big health in the history");
     assert_eq!(samples[0]["health"], health);
+    let attack_time = attack.elapsed();
 
     // What is stored: nothing big, nothing of the attacker's strings.
+    let mut longest = 0;
     for (table, column, bytes) in longest_values(&cloud).await {
         assert!(
             bytes <= limits.max_health_bytes as i64,
             "{table}.{column} holds a value of {bytes} bytes"
         );
+        longest = longest.max(bytes);
     }
+    let mut needles = 0;
     for needle in [
         "N".repeat(65),
         "V".repeat(limits.max_bridge_version_bytes + 1),
@@ -773,6 +850,7 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
             needle.len(),
             &needle[..1]
         );
+        needles += 1;
     }
     let sign_ins = audit_entries(&cloud, "action=login").await;
     assert!(sign_ins.len() <= 2, "{sign_ins:#?}");
@@ -790,6 +868,17 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
 
     reporter.ping_cloud().await;
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: oversized strings: {sent} bytes sent (4 names of 2 MB, 2 versions of 1 MB, \
+         2 reports of 100 KB) in {}; {} (allowed +{GROWTH_ALLOWED}); longest stored value \
+         {longest} bytes (limit {}); attacker strings found stored 0 of {needles}; sign-in \
+         audit rows {}; {}; bystander served 1/1",
+        secs(attack_time),
+        database_growth(&cloud, bytes_before),
+        limits.max_health_bytes,
+        sign_ins.len(),
+        refusal_counts(&cloud),
+    );
 }
 
 /// Attack: one client registers new device ids as fast as it can, each a
@@ -812,6 +901,8 @@ async fn one_address_cannot_register_unbounded_devices() {
     .await;
     // The bystander was a new id of this address too.
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
     let mut registered = Vec::new();
     let mut refused = 0;
     for n in 0..ATTEMPTS {
@@ -836,10 +927,20 @@ async fn one_address_cannot_register_unbounded_devices() {
             refused += 1;
         }
     }
+    let attack_time = attack.elapsed();
     assert_eq!(registered.len(), QUOTA - 1);
     assert_eq!(refused, ATTEMPTS - (QUOTA - 1));
     let (_, all) = cloud.get("/api/v1/devices").await;
     assert_eq!(all["devices"].as_array().unwrap().len(), QUOTA, "{all:#}");
+    let one_address = format!(
+        "{ATTEMPTS} new ids from one address (spoofed X-Forwarded-For) in {}: registered {}, \
+         refused too_many_new_devices {refused}, registry holds {} devices; {}; {}",
+        secs(attack_time),
+        registered.len(),
+        all["devices"].as_array().unwrap().len(),
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
+    );
     assert_eq!(
         cloud
             .get(&format!("/api/v1/devices/new-{}", ATTEMPTS - 1))
@@ -873,6 +974,8 @@ async fn one_address_cannot_register_unbounded_devices() {
     })
     .await;
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
     let mut pending = Vec::new();
     let mut refused = 0;
     for address in 1..=ADDRESSES {
@@ -891,8 +994,10 @@ async fn one_address_cannot_register_unbounded_devices() {
             }
         }
     }
+    let attack_time = attack.elapsed();
     assert_eq!(pending.len(), MAX_PENDING);
     assert_eq!(refused, ADDRESSES * PER_ADDRESS - MAX_PENDING);
+    let registered_from_many = pending.len();
     let (_, listed) = cloud.get("/api/v1/devices?state=pending").await;
     assert_eq!(listed["devices"].as_array().unwrap().len(), MAX_PENDING);
 
@@ -912,6 +1017,16 @@ async fn one_address_cannot_register_unbounded_devices() {
     let answer = later.authenticate().await;
     assert_handshake_refused(&mut later, &answer, "too_many_pending", TRY_AGAIN_LATER).await;
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: device registrations: {one_address}; {} new ids from {ADDRESSES} addresses \
+         in {}: registered {registered_from_many} (max pending {MAX_PENDING}), refused \
+         too_many_pending {refused}, after one removal 1 of 2 more registered; {}; {}; \
+         bystander served 2/2",
+        ADDRESSES * PER_ADDRESS,
+        secs(attack_time),
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
+    );
 }
 
 /// Attack: one client opens device WebSockets and never authenticates, each
@@ -933,6 +1048,9 @@ async fn unauthenticated_connections_are_bounded_per_address_and_in_all() {
     .await;
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
     let (a, b, c) = ("10.1.0.1", "10.1.0.2", "10.1.0.3");
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
+    let mut refused = 0;
 
     // One address: PER_ADDRESS, then 503.
     let mut from_a = Vec::new();
@@ -944,6 +1062,7 @@ async fn unauthenticated_connections_are_bounded_per_address_and_in_all() {
         503,
         "over the per-address bound",
     );
+    refused += 1;
     // Others: up to IN_ALL, then 503 for anyone.
     let mut from_b = Vec::new();
     for n in 0..IN_ALL - PER_ADDRESS {
@@ -954,11 +1073,14 @@ async fn unauthenticated_connections_are_bounded_per_address_and_in_all() {
         503,
         "over the total bound",
     );
+    refused += 1;
     assert_upgrade_refused(
         unauthenticated(&cloud, "c-x", c).await,
         503,
         "over the total bound",
     );
+    refused += 1;
+    let held_at_peak = from_a.len() + from_b.len();
     bystander.ping_cloud().await;
 
     // Authenticating gives the slot back.
@@ -966,6 +1088,7 @@ async fn unauthenticated_connections_are_bounded_per_address_and_in_all() {
     assert_eq!(first.authenticate().await, json!({"status": "pending"}));
     let from_c = eventually_unauthenticated(&cloud, "c-1", c).await;
     assert_upgrade_refused(unauthenticated(&cloud, "a-y", a).await, 503, "full again");
+    refused += 1;
     // So does ending the connection.
     from_b.remove(0).drop_connection();
     let again_a = eventually_unauthenticated(&cloud, "a-z", a).await;
@@ -974,10 +1097,20 @@ async fn unauthenticated_connections_are_bounded_per_address_and_in_all() {
         503,
         "a is at its bound",
     );
+    refused += 1;
+    let attack_time = attack.elapsed();
 
     // The slots held were the attacker's, not the bystander's.
     assert_bystander_served(&cloud, &mut bystander).await;
     drop((from_a, from_b, from_c, again_a, first));
+    eprintln!(
+        "figure: unauthenticated connections: held at once {held_at_peak} (per address \
+         {PER_ADDRESS}, in all {IN_ALL}), upgrades refused 503 {refused}, slots given back by \
+         1 authentication and 1 disconnect both reused, in {}; {}; {}; bystander served 2/2",
+        secs(attack_time),
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
+    );
 }
 
 /// Attack: one client starts device handshakes as fast as it can (each
@@ -997,17 +1130,22 @@ async fn handshakes_per_address_are_rate_limited() {
     .await;
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
     let attacker = "10.2.0.1";
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
+    let mut let_in = 0;
     for n in 0..PER_MINUTE {
         unauthenticated(&cloud, &format!("h-{n}"), attacker)
             .await
             .unwrap_or_else(|refused| panic!("handshake {n} refused: {refused:?}"))
             .drop_connection();
+        let_in += 1;
     }
     assert_upgrade_refused(
         unauthenticated(&cloud, "h-x", attacker).await,
         429,
         "over the rate",
     );
+    let mut refused = 1;
     for spoofed in [
         format!("203.0.113.7, {attacker}"),
         format!("{attacker}, 127.0.0.1"),
@@ -1017,11 +1155,23 @@ async fn handshakes_per_address_are_rate_limited() {
             429,
             &format!("X-Forwarded-For: {spoofed}"),
         );
+        refused += 1;
     }
+    let attack_time = attack.elapsed();
     // Another address is not limited by the attacker's rate.
     let mut other = unauthenticated(&cloud, "other", "10.2.0.2").await.unwrap();
     assert_eq!(other.authenticate().await, json!({"status": "pending"}));
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: handshake rate: {} upgrades from one address in {}: let in {let_in} \
+         (limit {PER_MINUTE}/min), refused 429 {refused} (2 of them with a spoofed \
+         X-Forwarded-For); another address let in and registered 1/1; {}; {}; \
+         bystander served 1/1",
+        let_in + refused,
+        secs(attack_time),
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
+    );
 }
 
 /// Attack (slowloris): a hundred TCP connections each send half a request
@@ -1055,6 +1205,7 @@ async fn half_sent_requests_are_timed_out_and_connections_are_capped() {
     )
     .await;
     let still_open = ended.iter().filter(|ended| !**ended).count();
+    let all_ended = started.elapsed();
     assert_eq!(
         still_open,
         0,
@@ -1062,6 +1213,12 @@ async fn half_sent_requests_are_timed_out_and_connections_are_capped() {
         started.elapsed()
     );
     bystander.ping_cloud().await;
+    let slowloris = format!(
+        "{SLOW} half-sent requests: closed {}/{SLOW} within {} of opening (header timeout {})",
+        ended.len() - still_open,
+        secs(all_ended),
+        secs(timeout),
+    );
 
     // The cap on connections served at once.
     const MAX: usize = 8;
@@ -1099,6 +1256,7 @@ async fn half_sent_requests_are_timed_out_and_connections_are_capped() {
         (MAX - 1, BEYOND),
         "connections held and closed at once, with the bystander's WebSocket held"
     );
+    let held_count = held.len();
     // At the cap: a new request is turned away, the bystander carries on.
     let refused = cloud.http.get(cloud.url("/healthz")).send().await;
     assert!(
@@ -1108,6 +1266,7 @@ async fn half_sent_requests_are_timed_out_and_connections_are_capped() {
     bystander.ping_cloud().await;
     // Room comes back as connections end.
     drop(held);
+    let freed = Instant::now();
     support::wait_until("a request is served again", || async {
         cloud
             .http
@@ -1117,7 +1276,15 @@ async fn half_sent_requests_are_timed_out_and_connections_are_capped() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
+    let room_back = freed.elapsed();
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: slowloris and connection cap: {slowloris}; {} idle connections against \
+         max_connections {MAX}: held {held_count} (+ the bystander's), closed at once {closed}, \
+         a request at the cap refused 1/1, served again {} after they ended; bystander served 4/4",
+        MAX - 1 + BEYOND,
+        secs(room_back),
+    );
 }
 
 /// Attack: a link to this site's sign-in page whose `next` sends a signed-in
@@ -1133,6 +1300,7 @@ async fn sign_in_next_redirects_stay_on_this_site() {
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
     add_operator(&cloud, "alice").await;
     let http = no_redirects();
+    let attack = Instant::now();
 
     // Signing in through the form with such a `next`.
     let response = post_sign_in_form(&cloud, &http, "alice", PASSWORD, "/\t/evil.example").await;
@@ -1163,6 +1331,8 @@ async fn sign_in_next_redirects_stay_on_this_site() {
     // A plain local path is kept.
     assert_eq!(redirect_for("%2Fdevices%3Fq%3Da").await, "/devices?q=a");
     assert_eq!(redirect_for("/%09/evil.example").await, "/");
+    // The form's and the one above.
+    let (mut hostile, mut to_root) = (2, 2);
     for next in [
         "/%09/evil.example",
         "/%0a/evil.example",
@@ -1182,8 +1352,20 @@ async fn sign_in_next_redirects_stay_on_this_site() {
     ] {
         let location = redirect_for(next).await;
         assert_stays_on_this_site(&location, &format!("next={next}"));
+        hostile += 1;
+        if location == "/" {
+            to_root += 1;
+        }
     }
+    let attack_time = attack.elapsed();
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: sign-in next redirects: {hostile} hostile next values (1 through the form) in \
+         {}: redirected off this site 0, to / {to_root}, to another local path {}; a plain \
+         local path kept 1/1; bystander served 1/1",
+        secs(attack_time),
+        hostile - to_root,
+    );
 }
 
 /// Attack: strangers fail sign-ins for a real operator's name, from many
@@ -1214,6 +1396,9 @@ async fn failed_sign_ins_of_others_do_not_lock_out_a_correct_password() {
     let attacker = "10.9.0.1";
     let guesser = "10.9.0.3";
     let cloud_ref = &cloud;
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
+    let (mut unauthorized, mut limited) = (0, 0);
 
     // Many addresses at once (a botnet), each within its limit.
     let spread = futures::future::join_all(
@@ -1227,6 +1412,7 @@ async fn failed_sign_ins_of_others_do_not_lock_out_a_correct_password() {
     .await;
     for (from, status) in spread {
         assert_eq!(status, 401, "{from}");
+        unauthorized += 1;
     }
 
     // One address guessing names: PER_ADDRESS failures (at once), then 429.
@@ -1238,23 +1424,29 @@ async fn failed_sign_ins_of_others_do_not_lock_out_a_correct_password() {
     }))
     .await;
     assert!(guesses.iter().all(|s| *s == 401), "{guesses:?}");
+    unauthorized += guesses.len();
     for n in PER_ADDRESS..PER_ADDRESS + 2 {
         let response = login_as(&cloud, &format!("guess-{n}"), "guess", Some(guesser)).await;
         assert_rate_limited(&response, "past the per-address limit");
+        limited += 1;
     }
 
     // One address against alice's name: PER_NAME failures, then 429.
     for n in 0..PER_NAME {
         let response = login_as(&cloud, "alice", "guess", Some(attacker)).await;
         assert_eq!(response.status(), 401, "failure {n}");
+        unauthorized += 1;
     }
     for _ in 0..3 {
         let response = login_as(&cloud, "alice", "guess", Some(attacker)).await;
         assert_rate_limited(&response, "past the per-name limit");
+        limited += 1;
     }
     let spoofed = format!("203.0.113.7, {attacker}");
     let response = login_as(&cloud, "alice", "guess", Some(&spoofed)).await;
     assert_rate_limited(&response, "with a prepended X-Forwarded-For");
+    limited += 1;
+    let attack_time = attack.elapsed();
 
     // Alice, from her own address (behind two proxies), is not locked out.
     let response = login_as(&cloud, "alice", PASSWORD, Some("10.9.0.2, 127.0.0.1")).await;
@@ -1305,6 +1497,8 @@ async fn failed_sign_ins_of_others_do_not_lock_out_a_correct_password() {
     let ok: Vec<_> = entries.iter().filter(|e| e["outcome"] == "ok").collect();
     assert_eq!(ok.len(), 1, "{entries:#?}");
     assert_eq!(ok[0]["actor"], "alice");
+    let counted: i64 = counts.values().sum();
+    let database = database_growth(&cloud, bytes_before);
 
     // Without a trusted proxy, X-Forwarded-For is the client's word: ignored.
     let direct = TestCloud::start().await;
@@ -1318,6 +1512,21 @@ async fn failed_sign_ins_of_others_do_not_lock_out_a_correct_password() {
     assert_rate_limited(&response, "a spoofed X-Forwarded-For");
 
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: failed sign-ins: {} failed sign-ins ({SPREAD} addresses x {PER_NAME} and {} from 1 \
+         address against alice, {} guessed names from 1 address) in {}: 401 {unauthorized}, \
+         429 {limited}; alice's correct password signed in 1/1; audit login rows {} (refusal \
+         rows {}, counts summing to {counted}); guessed names as actors 0; {database}; \
+         without a trusted proxy {} spoofed addresses rate-limited after {PER_NAME}; \
+         bystander served 1/1",
+        unauthorized + limited,
+        PER_NAME + 4,
+        PER_ADDRESS + 2,
+        secs(attack_time),
+        entries.len(),
+        counts.len(),
+        PER_NAME + 1,
+    );
 }
 
 /// Attack: someone who recorded a device's signed frame replays it after the
@@ -1337,7 +1546,9 @@ async fn frames_recorded_before_a_restart_are_refused_after_it() {
     let pong = device.expect_response(json!("r-1")).await.unwrap();
     assert_eq!(pong["pong"], true);
 
+    let restarting = Instant::now();
     cloud.restart().await;
+    let restart_time = restarting.elapsed();
     for connection in [&mut device, &mut bystander] {
         assert_eq!(
             connection.expect_close().await.0,
@@ -1354,18 +1565,37 @@ async fn frames_recorded_before_a_restart_are_refused_after_it() {
     let mut device = cloud.connect_with_key("dev-1", device.key.clone()).await;
     assert_eq!(device.authenticate().await, json!({"status": "accepted"}));
 
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
+    let (mut replayed, mut fresh) = (0, 0);
     device.send_text(recorded.clone()).await;
     device
         .expect_refusal(json!("r-1"), "older_than_session")
         .await;
+    replayed += 1;
     device.ping_cloud().await;
+    fresh += 1;
     // Still refused once fresh frames have been heard.
     device.send_text(recorded).await;
     device
         .expect_refusal(json!("r-1"), "older_than_session")
         .await;
+    replayed += 1;
     device.ping_cloud().await;
+    fresh += 1;
+    let attack_time = attack.elapsed();
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: replay after restart: a recorded frame replayed {replayed} times after a \
+         restart (restart {}) in {}: refused older_than_session {replayed}/{replayed}, served 0; \
+         the device's fresh frames served {fresh}/{fresh}; replay guard holds {} nonces after \
+         the restart; {}; {}; bystander served 1/1",
+        secs(restart_time),
+        secs(attack_time),
+        cloud.state.remembered_nonces(),
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
+    );
 }
 
 /// Attack: a pending or rejected device (or anyone holding such a key, or
@@ -1383,6 +1613,8 @@ async fn repeated_reconnects_of_pending_and_rejected_devices_are_slowed() {
     let cloud =
         TestCloud::start_with(|c| c.limits.pending_reconnects_per_minute = LIMIT as u32).await;
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
+    let bytes_before = cloud.database_bytes();
+    let attack = Instant::now();
 
     // A pending device: the first connection registers it.
     let key = keys::generate();
@@ -1409,6 +1641,7 @@ async fn repeated_reconnects_of_pending_and_rejected_devices_are_slowed() {
         (LIMIT..=LIMIT + 1).contains(&served) && answers[served..].iter().all(|a| *a == "slowed"),
         "pending device: {answers:?}"
     );
+    let pending_served = served;
 
     // A rejected device.
     let key = keys::generate();
@@ -1441,12 +1674,14 @@ async fn repeated_reconnects_of_pending_and_rejected_devices_are_slowed() {
         (LIMIT - 1..=LIMIT).contains(&served) && answers[served..].iter().all(|a| *a == "slowed"),
         "rejected device: {answers:?}"
     );
+    let rejected_served = served;
 
     // Strangers claiming a pending id do not use up its allowance.
     let key = keys::generate();
     let mut device = cloud.connect_with_key("pend-2", key.clone()).await;
     assert_eq!(device.authenticate().await, json!({"status": "pending"}));
     device.drop_connection();
+    let (mut strangers_mismatched, mut strangers_slowed) = (0, 0);
     for _ in 0..3 * LIMIT {
         let mut stranger = cloud.connect("pend-2").await;
         let answer = stranger.authenticate().await;
@@ -1456,7 +1691,13 @@ async fn repeated_reconnects_of_pending_and_rejected_devices_are_slowed() {
             (reason(&answer) == "key_mismatch" && code == KEY_MISMATCH) || code == TRY_AGAIN_LATER,
             "stranger: {answer} then {code}"
         );
+        if code == KEY_MISMATCH {
+            strangers_mismatched += 1;
+        } else {
+            strangers_slowed += 1;
+        }
     }
+    let mut real_reconnects = 0;
     for n in 1..LIMIT {
         let mut device = cloud.connect_with_key("pend-2", key.clone()).await;
         assert_eq!(
@@ -1465,9 +1706,11 @@ async fn repeated_reconnects_of_pending_and_rejected_devices_are_slowed() {
             "reconnect {n} of the real pend-2, after strangers claimed its id"
         );
         device.drop_connection();
+        real_reconnects += 1;
     }
 
     // An accepted device reconnects as often as it needs.
+    let mut accepted_reconnects = 0;
     for _ in 0..TRIES {
         let mut again = cloud
             .connect_with_key(BYSTANDER, bystander.key.clone())
@@ -1478,6 +1721,24 @@ async fn repeated_reconnects_of_pending_and_rejected_devices_are_slowed() {
             protocol::close_code::REPLACED
         );
         bystander = again;
+        accepted_reconnects += 1;
     }
+    let attack_time = attack.elapsed();
     assert_bystander_served(&cloud, &mut bystander).await;
+    eprintln!(
+        "figure: pending reconnects: {} handshakes in {}; pending device {TRIES} reconnects: \
+         served {pending_served}, slowed {} (limit {LIMIT}/min); rejected device {TRIES}: \
+         served {rejected_served}, slowed {}; {} strangers claiming a pending id: key_mismatch \
+         {strangers_mismatched}, slowed {strangers_slowed}, the real device's allowance used by \
+         them 0 ({real_reconnects}/{} of its reconnects served after); accepted device \
+         reconnects served {accepted_reconnects}/{TRIES}; {}; {}; bystander served 1/1",
+        2 * TRIES + 1 + 1 + 3 * LIMIT + (LIMIT - 1) + TRIES,
+        secs(attack_time),
+        TRIES - pending_served,
+        TRIES - rejected_served,
+        3 * LIMIT,
+        LIMIT - 1,
+        database_growth(&cloud, bytes_before),
+        refusal_counts(&cloud),
+    );
 }

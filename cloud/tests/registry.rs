@@ -1,4 +1,5 @@
-//! The SQLite registry on its own: never re-keyed, bounded event history.
+//! The SQLite registry on its own: never re-keyed, bounded event history,
+//! aggregated refusals, and what it forgets by itself.
 
 use cloud::registry::{AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT};
 use serde_json::json;
@@ -147,4 +148,70 @@ async fn refused_attempts_on_a_device_share_one_row_an_hour() {
         .unwrap();
     assert_eq!(later.count, 1);
     assert_ne!(later.id, mismatches[0].id);
+}
+
+#[tokio::test]
+async fn pending_devices_not_seen_for_long_are_forgotten_and_the_others_kept() {
+    let (_dir, registry) = open().await;
+    for (id, seen) in [("stale", 10), ("fresh", 1_000), ("accepted-stale", 10)] {
+        registry
+            .register_new_key(id, "PEM", "SHA256:x", None, 10, seen)
+            .await
+            .unwrap();
+    }
+    registry
+        .set_status("accepted-stale", DeviceStatus::Accepted, "", 20)
+        .await
+        .unwrap();
+    let forgotten = registry.forget_stale_pending(500, 2_000).await.unwrap();
+    assert_eq!(forgotten, ["stale"]);
+    assert!(registry.device("stale").await.unwrap().is_none());
+    assert!(registry.device("fresh").await.unwrap().is_some());
+    assert!(registry.device("accepted-stale").await.unwrap().is_some());
+    let events = registry.auth_events(Some("stale"), 10).await.unwrap();
+    assert_eq!(
+        (events[0].event.as_str(), events[0].detail.as_str()),
+        ("deleted", "pending expired")
+    );
+}
+
+#[tokio::test]
+async fn the_audit_log_keeps_its_retention_and_its_most_rows() {
+    use cloud::audit::{Action, AuditLog};
+    use std::time::Duration;
+
+    let (_dir, registry) = open().await;
+    let audit = AuditLog::new(registry.pool().clone());
+    let action = Action {
+        actor: "alice",
+        action: "rpc",
+        target: "dev-1",
+        outcome: "ok",
+        detail: "",
+        latency_ms: None,
+    };
+    for at in 0..10 {
+        audit.record(&action, at * 1_000).await.unwrap();
+        registry
+            .add_auth_event("dev-1", AuthEventKind::Authenticated, "", at * 1_000)
+            .await
+            .unwrap();
+    }
+    // Older than 5 s at 10 s: 0..=4 go; of the rest, the newest 3 stay.
+    let pruned = audit
+        .prune(10_000, Duration::from_millis(5_000), 3)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 14);
+    let page = audit.page(&Default::default(), 0, 100).await.unwrap();
+    let kept: Vec<(String, i64)> = page
+        .entries
+        .iter()
+        .map(|e| (e.source.clone(), e.at))
+        .collect();
+    let expected: Vec<(String, i64)> = [9_000, 8_000, 7_000]
+        .into_iter()
+        .flat_map(|at| [("device".to_owned(), at), ("operator".to_owned(), at)])
+        .collect();
+    assert_eq!(kept, expected);
 }
