@@ -295,28 +295,7 @@ impl TestDevice {
 
     /// Answers the challenge; returns the cloud's result (or error) value.
     pub async fn authenticate(&mut self) -> Value {
-        let id = self.new_request_id();
-        let request = Message::request(
-            id.as_str(),
-            protocol::auth::DEFAULT_AUTHENTICATE,
-            json!({
-                "device_id": self.id,
-                "public_key": self.public_key_pem(),
-                "challenge": self.challenge,
-                "bridge_version": "test-0.1",
-            }),
-        );
-        self.send_message(&request).await;
-        match self.recv().await {
-            Message::Response {
-                id: answered,
-                result,
-            } => {
-                assert_eq!(answered, json!(id));
-                result.unwrap_or_else(|e| serde_json::to_value(e).unwrap())
-            }
-            other => panic!("expected the auth response, got {other:?}"),
-        }
+        self.authenticate_reporting("test-0.1").await
     }
 
     /// The next cloud message, verified as a device would.
