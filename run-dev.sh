@@ -36,6 +36,9 @@ export DEVBRIDGE_CLOUD_NETWORK=$prefix-cloud
 DEVBRIDGE_UID=$(id -u)
 DEVBRIDGE_GID=$(id -g)
 export DEVBRIDGE_UID DEVBRIDGE_GID
+# The worker joins the Docker socket's group instead of running as root.
+DOCKER_SOCKET_GID=$(stat -c %g "${DOCKER_SOCKET:-/var/run/docker.sock}" 2>/dev/null || echo 0)
+export DOCKER_SOCKET_GID
 export CLOUD_KEYS_DIR=$root/keys/cloud
 export CLOUD_DATA_DIR=$root/data/cloud
 
@@ -66,7 +69,7 @@ device_keys_dir() {
 device_compose() { # device id, compose arguments...
   local id=$1
   shift
-  DEVICE_ID=$id DEVICE_KEYS_DIR=$(device_keys_dir "$id") \
+  DEVICE_ID=$id DEVICE_KEYS_DIR=$(device_keys_dir "$id") DEVICE_STACK_PROJECT=$prefix-$id \
     "${compose[@]}" -p "$prefix-$id" -f "$root/docker-compose.device.yml" "$@"
 }
 
@@ -190,6 +193,7 @@ up() {
   scripts/ensure-cloud-keys.sh
   for n in $(seq 1 "$devices"); do
     scripts/ensure-device-keys.sh "$(device_keys_dir "$(device_id "$n")")"
+    scripts/ensure-device-nats.sh "$(device_keys_dir "$(device_id "$n")")/nats"
   done
   mkdir -p data/cloud data/dev # made here, so they belong to this user, not to Docker
 

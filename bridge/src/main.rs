@@ -51,6 +51,12 @@ struct Args {
     /// The device-local NATS broker.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    /// NATS user to sign in as (the device stack's broker has one per service).
+    #[arg(long, env = "NATS_USER", requires = "nats_password_file")]
+    nats_user: Option<String>,
+    /// File holding the NATS user's password (mode 0600).
+    #[arg(long, env = "NATS_PASSWORD_FILE", requires = "nats_user")]
+    nats_password_file: Option<PathBuf>,
     /// Method of the authentication request.
     #[arg(long, env = "AUTH_RPC_METHOD", default_value = protocol::auth::DEFAULT_AUTHENTICATE)]
     auth_rpc_method: String,
@@ -146,7 +152,15 @@ async fn main() -> anyhow::Result<()> {
     config.rejected_backoff = Duration::from_secs(args.rejected_backoff_secs);
     config.state_file = args.state_file;
 
-    let nats = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new().name("bridge");
+    if let (Some(user), Some(path)) = (&args.nats_user, &args.nats_password_file) {
+        let password = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the NATS password file {}", path.display()))?;
+        options = options
+            .user_and_password(user.clone(), password.trim().to_owned())
+            .custom_inbox_prefix(protocol::nats::inbox_prefix(user));
+    }
+    let nats = options
         .retry_on_initial_connect()
         .connect(&args.nats_url)
         .await

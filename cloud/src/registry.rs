@@ -285,17 +285,12 @@ impl Registry {
         max_pending: i64,
         now: i64,
     ) -> Result<Registration, RegistryError> {
+        // The transaction starts with its write, so it takes the write lock
+        // at once (waiting its turn) instead of upgrading a read, which
+        // SQLite refuses when another write came in between. One statement
+        // checks the id and the cap, so concurrent registrations cannot
+        // overshoot it.
         let mut tx = self.pool.begin().await?;
-        if sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM devices WHERE id = ?")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?
-            > 0
-        {
-            return Ok(Registration::Exists);
-        }
-        // In the same transaction as the count, so concurrent registrations
-        // cannot overshoot the cap.
         let inserted = sqlx::query(
             "INSERT INTO devices (id, public_key, fingerprint, status, first_seen, last_seen, bridge_version) \
              SELECT ?, ?, ?, 'pending', ?, ?, ? \
@@ -314,7 +309,12 @@ impl Registry {
         .rows_affected()
             == 1;
         if !inserted {
-            return Ok(Registration::PendingFull);
+            tx.rollback().await?;
+            return Ok(if self.device(id).await?.is_some() {
+                Registration::Exists
+            } else {
+                Registration::PendingFull
+            });
         }
         let event = insert_auth_event(&mut tx, id, AuthEventKind::NewKey, fingerprint, now).await?;
         tx.commit().await?;

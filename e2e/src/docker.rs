@@ -79,6 +79,21 @@ impl TestContainer {
 
     /// Like [`TestContainer::start`], with environment variables set.
     pub async fn start_with_env(env: &[(&str, &str)], shell_command: &str) -> TestContainer {
+        Self::start_with(env, &[], shell_command).await
+    }
+
+    /// Like [`TestContainer::start`], with labels besides [`TEST_LABEL`], e.g.
+    /// `com.docker.compose.project` and `com.docker.compose.service` to pass
+    /// for a Compose service.
+    pub async fn start_with_labels(labels: &[(&str, &str)], shell_command: &str) -> TestContainer {
+        Self::start_with(&[], labels, shell_command).await
+    }
+
+    async fn start_with(
+        env: &[(&str, &str)],
+        labels: &[(&str, &str)],
+        shell_command: &str,
+    ) -> TestContainer {
         let image = busybox_image().await;
         let name = unique_name();
         let mut args: Vec<String> = ["run", "--detach", "--name", &name, "--label", TEST_LABEL]
@@ -86,6 +101,10 @@ impl TestContainer {
             .to_vec();
         for (key, value) in env {
             args.push("--env".into());
+            args.push(format!("{key}={value}"));
+        }
+        for (key, value) in labels {
+            args.push("--label".into());
             args.push(format!("{key}={value}"));
         }
         args.extend([image, "sh".into(), "-c".into(), shell_command.to_string()]);

@@ -12,6 +12,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// A running `nats-server` child process.
 pub struct NatsServer {
     port: u16,
+    /// A configuration file (users, permissions) the server reads, if any.
+    config: Option<PathBuf>,
     child: Option<Child>,
     /// Holds the server's log file, shown when it fails to start.
     log_dir: tempfile::TempDir,
@@ -21,10 +23,21 @@ impl NatsServer {
     /// Starts `nats-server` on a free port of 127.0.0.1 and waits until it
     /// accepts connections.
     pub async fn start() -> NatsServer {
+        Self::start_with(None).await
+    }
+
+    /// Starts `nats-server` with the configuration file `config` (the port is
+    /// still a free one of 127.0.0.1, whatever the file says).
+    pub async fn start_with_config(config: PathBuf) -> NatsServer {
+        Self::start_with(Some(config)).await
+    }
+
+    async fn start_with(config: Option<PathBuf>) -> NatsServer {
         let port = free_port();
         let log_dir = tempfile::tempdir().expect("temporary directory for the nats-server log");
         let mut server = NatsServer {
             port,
+            config,
             child: None,
             log_dir,
         };
@@ -68,7 +81,11 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
-        let child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-l")
             .arg(self.log_path())

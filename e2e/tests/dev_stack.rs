@@ -55,7 +55,25 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
         );
     }
 
+    assert_least_privilege(&stack);
     let bridge = stack.container("device-001", "bridge");
+    // The stack protects itself: stopping its own bridge would cut the device off.
+    let refused = api
+        .rpc(
+            "device-001",
+            "containers.stop",
+            json!({"container": bridge}),
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "stopping the stack's own bridge is refused: {refused:?}"
+    );
+    assert_eq!(
+        docker_inspect(&bridge, "{{.State.Running}}"),
+        "true",
+        "the bridge keeps running"
+    );
     let logs = api
         .rpc(
             "device-001",
@@ -117,6 +135,60 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
     stack.down();
     let leftovers = stack.leftovers();
     assert!(leftovers.is_empty(), "left after down: {leftovers:?}");
+}
+
+/// Every container of the device stack runs with the least it needs, and its
+/// NATS refuses a client on the stack's network that has no user.
+fn assert_least_privilege(stack: &DevStack) {
+    for service in ["bridge", "worker", "nats"] {
+        let id = stack.container("device-001", service);
+        assert_eq!(
+            docker_inspect(&id, "{{.HostConfig.CapDrop}}"),
+            "[ALL]",
+            "{service}"
+        );
+        assert_eq!(
+            docker_inspect(&id, "{{.HostConfig.ReadonlyRootfs}}"),
+            "true",
+            "{service}"
+        );
+        assert_eq!(
+            docker_inspect(&id, "{{.HostConfig.SecurityOpt}}"),
+            "[no-new-privileges:true]",
+            "{service}"
+        );
+    }
+    // A stranger on the stack's network: the worker image, without credentials.
+    let worker = stack.container("device-001", "worker");
+    let image = docker_inspect(&worker, "{{.Config.Image}}");
+    let network = format!("{}_default", stack.project("device-001"));
+    let stranger = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            &network,
+            "--env",
+            "NATS_URL=nats://nats:4222",
+        ])
+        .args([image.as_str(), "worker", "healthcheck"])
+        .output()
+        .expect("docker run");
+    let said = String::from_utf8_lossy(&stranger.stderr).to_lowercase();
+    assert!(
+        !stranger.status.success() && said.contains("authorization"),
+        "NATS refuses a client without a user: {stranger:?}"
+    );
+}
+
+/// One field of `docker inspect`, as text.
+fn docker_inspect(container: &str, format: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args(["inspect", "--format", format, container])
+        .output()
+        .expect("docker inspect");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 #[tokio::test]

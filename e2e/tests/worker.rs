@@ -192,8 +192,13 @@ async fn containers_logs_are_capped_at_log_max_bytes_and_say_truncated() {
     let uncapped = module().await;
     wait_for_log_lines(&uncapped, &container.name, 100).await;
 
+    // The cap counts the answer as sent: `{"lines":[],"truncated":false}` is
+    // 30 bytes, `{"stream":"stdout","text":"line-001"}` 37, and each line after
+    // the first a comma more. So 6 lines fit in 30 + 37 + 5 × 38 = 257, the
+    // 7th would not.
+    let log_max_bytes = 257;
     let capped = module_with(WorkerConfig {
-        log_max_bytes: 50,
+        log_max_bytes,
         ..WorkerConfig::default()
     })
     .await;
@@ -204,11 +209,11 @@ async fn containers_logs_are_capped_at_log_max_bytes_and_say_truncated() {
     )
     .await;
     assert_eq!(logs["truncated"], true);
-    // "line-001" is 8 bytes: 6 lines fit in 50, the 7th would not.
     let expected: Vec<_> = (1..=6)
         .map(|n| line("stdout", &format!("line-{n:03}")))
         .collect();
     assert_eq!(lines(&logs), expected);
+    assert!(logs.to_string().len() <= log_max_bytes, "{logs}");
 }
 
 #[tokio::test]
@@ -377,7 +382,7 @@ struct RunningWorker {
 
 impl RunningWorker {
     async fn start(server: &NatsServer, config: WorkerConfig) -> RunningWorker {
-        let nats = worker::connect_nats(&server.url())
+        let nats = worker::connect_nats(&server.url(), None)
             .await
             .expect("worker's NATS client");
         let shutdown = CancellationToken::new();
@@ -679,4 +684,466 @@ async fn the_worker_starts_before_nats_server_and_serves_once_it_is_up() {
     assert!(response["result"]["containers"].is_array(), "{response}");
 
     worker.stop().await;
+}
+
+// ---- answers always fit ----
+
+/// Serialized size of a `containers.logs` result, as the worker sends it.
+fn wire_len(result: &Value) -> usize {
+    result.to_string().len()
+}
+
+/// Waits until `containers.logs` with `params` says `truncated` (the
+/// container has printed past the cap), and returns that answer.
+async fn wait_for_truncated_logs(module: &RpcModule<()>, params: Value) -> Value {
+    wait_until("a truncated log answer", DEADLINE, || async {
+        let logs = call_ok(module, "containers.logs", params.clone()).await;
+        (logs["truncated"] == true).then_some(logs)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn many_empty_lines_give_a_log_answer_within_log_max_bytes() {
+    // Each empty line costs 30 bytes as sent ({"stream":"stdout","text":""}
+    // and a comma), though its text is empty.
+    let container = TestContainer::start("yes '' | head -n 200000; sleep 600").await;
+    let log_max_bytes = 64 * 1024;
+    let module = module_with(WorkerConfig {
+        log_max_bytes,
+        ..WorkerConfig::default()
+    })
+    .await;
+
+    for params in [
+        json!({"container": container.name, "tail": worker::methods::MAX_TAIL}),
+        json!({"container": container.name, "since": 1}),
+    ] {
+        let logs = wait_for_truncated_logs(&module, params.clone()).await;
+        let size = wire_len(&logs);
+        assert!(size <= log_max_bytes, "{params}: {size} bytes");
+        // Cut at the cap, not far below it.
+        assert!(size > log_max_bytes - 64, "{params}: {size} bytes");
+        let lines = lines(&logs);
+        assert!(
+            lines.iter().all(|l| *l == line("stdout", "")),
+            "{params}: {lines:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn lines_needing_escaping_and_timestamps_stay_within_log_max_bytes() {
+    // Control characters take 6 bytes each as sent ("\u0001"), quotes and
+    // backslashes 2.
+    let container = TestContainer::start(
+        r#"yes "$(printf 'a\001\002\033[31m"\\z')" | head -n 50000; sleep 600"#,
+    )
+    .await;
+    let log_max_bytes = 32 * 1024;
+    let module = module_with(WorkerConfig {
+        log_max_bytes,
+        ..WorkerConfig::default()
+    })
+    .await;
+
+    for timestamps in [false, true] {
+        let logs = wait_for_truncated_logs(
+            &module,
+            json!({"container": container.name, "tail": 5000, "timestamps": timestamps}),
+        )
+        .await;
+        let size = wire_len(&logs);
+        assert!(
+            size <= log_max_bytes,
+            "timestamps {timestamps}: {size} bytes"
+        );
+        let lines = logs["lines"].as_array().unwrap();
+        assert!(lines.len() > 100, "{}", lines.len());
+        for printed in lines {
+            assert_eq!(printed["text"], "a\u{1}\u{2}\u{1b}[31m\"\\z");
+            assert_eq!(printed.get("timestamp").is_some(), timestamps);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tail_over_the_maximum_is_refused_and_the_maximum_is_served() {
+    let container = TestContainer::start("echo only-line; sleep 600").await;
+    let module = module().await;
+    wait_for_log_lines(&module, &container.name, 1).await;
+
+    let max = worker::methods::MAX_TAIL;
+    let error = call(
+        &module,
+        "containers.logs",
+        json!({"container": container.name, "tail": max + 1}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error["code"], -32602, "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("maximum of {max} lines")),
+        "{error}"
+    );
+    let logs = call_ok(
+        &module,
+        "containers.logs",
+        json!({"container": container.name, "tail": max}),
+    )
+    .await;
+    assert_eq!(lines(&logs), [line("stdout", "only-line")]);
+}
+
+#[tokio::test]
+async fn a_transport_limit_below_log_max_bytes_cuts_the_log_answer_to_fit() {
+    let container = TestContainer::start("seq -w 1 500 | sed 's/^/line-/'; sleep 600").await;
+    let uncapped = module().await;
+    wait_for_log_lines(&uncapped, &container.name, 500).await;
+
+    let answer_limit = 4096;
+    let module = worker::methods::rpc_module_with_answer_limit(
+        e2e::docker::docker().await,
+        &WorkerConfig::default(),
+        move || answer_limit,
+    );
+    let logs = call_ok(
+        &module,
+        "containers.logs",
+        json!({"container": container.name}),
+    )
+    .await;
+    assert_eq!(logs["truncated"], true);
+    let room = answer_limit - worker::methods::RESPONSE_ENVELOPE_RESERVE;
+    assert!(wire_len(&logs) <= room, "{}", wire_len(&logs));
+    let expected: Vec<_> = (1..=lines(&logs).len())
+        .map(|n| line("stdout", &format!("line-{n:03}")))
+        .collect();
+    assert_eq!(lines(&logs), expected);
+    assert!(expected.len() > 50, "{}", expected.len());
+}
+
+/// Sends a JSON-RPC request on `rpc.<method>` and returns the reply's raw
+/// payload, waiting long enough for a large answer.
+async fn nats_rpc_payload(
+    client: &async_nats::Client,
+    method: &str,
+    params: Value,
+) -> Result<Vec<u8>, async_nats::RequestError> {
+    let request = json!({"jsonrpc": "2.0", "id": "c-17", "method": method, "params": params});
+    let reply = client
+        .send_request(
+            format!("{}{method}", protocol::nats::RPC_PREFIX),
+            async_nats::Request::new()
+                .payload(request.to_string().into())
+                .timeout(Some(Duration::from_secs(15))),
+        )
+        .await?;
+    Ok(reply.payload.to_vec())
+}
+
+#[tokio::test]
+async fn a_log_answer_larger_than_nats_max_payload_arrives_truncated() {
+    // 3000 lines of 1000 bytes: 3 MB, three times what NATS carries.
+    let container = TestContainer::start(
+        r#"x=$(head -c 1000 /dev/zero | tr '\0' x); yes "$x" | head -n 3000; sleep 600"#,
+    )
+    .await;
+    let server = NatsServer::start().await;
+    let worker = RunningWorker::start(
+        &server,
+        WorkerConfig {
+            log_max_bytes: 8 * 1024 * 1024,
+            ..fast_reports()
+        },
+    )
+    .await;
+    let client = server.client().await;
+    wait_for_list_over_nats(&client).await;
+    let max_payload = client.server_info().max_payload;
+    assert!(max_payload >= 1024 * 1024, "{max_payload}");
+
+    let (payload, response) = wait_until("a truncated log answer over NATS", DEADLINE, || async {
+        let payload = nats_rpc_payload(
+            &client,
+            "containers.logs",
+            json!({"container": container.name, "tail": 3000}),
+        )
+        .await
+        .expect("an answer, not silence");
+        let response: Value = serde_json::from_slice(&payload).unwrap();
+        (response["result"]["truncated"] == true).then_some((payload, response))
+    })
+    .await;
+    assert!(payload.len() <= max_payload, "{} bytes", payload.len());
+    let lines = lines(&response["result"]);
+    // Cut to fit the message, not to some small fraction of it.
+    assert!(lines.len() > 900, "{} lines", lines.len());
+    assert!(lines.iter().all(|l| l.1.len() == 1000));
+
+    worker.stop().await;
+}
+
+/// A nats-server whose `max_payload` is small, killed on drop.
+struct SmallPayloadNats {
+    port: u16,
+    child: std::process::Child,
+    _config_dir: tempfile::TempDir,
+}
+
+impl SmallPayloadNats {
+    async fn start(max_payload: usize) -> SmallPayloadNats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let config_dir = tempfile::tempdir().unwrap();
+        let config = config_dir.path().join("nats-server.conf");
+        std::fs::write(
+            &config,
+            format!("listen: 127.0.0.1:{port}\nmax_payload: {max_payload}\n"),
+        )
+        .unwrap();
+        let binary = std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("nats-server"))
+                    .find(|candidate| candidate.is_file())
+            })
+            .unwrap_or_else(|| "/usr/sbin/nats-server".into());
+        let child = std::process::Command::new(binary)
+            .arg("-c")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawning nats-server");
+        let server = SmallPayloadNats {
+            port,
+            child,
+            _config_dir: config_dir,
+        };
+        wait_until("nats-server to accept connections", DEADLINE, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SmallPayloadNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_answer_over_max_payload_is_an_error_and_a_log_answer_is_cut_to_fit() {
+    let max_payload = 4096;
+    let server = SmallPayloadNats::start(max_payload).await;
+    // inspect shows the labels: this one alone is more than NATS carries.
+    let big_label = "x".repeat(2 * max_payload);
+    let bulky = TestContainer::start_with_labels(&[("bulky", &big_label)], "sleep 600").await;
+    let chatty = TestContainer::start("seq -w 1 500 | sed 's/^/line-/'; sleep 600").await;
+    wait_for_log_lines(&module().await, &chatty.name, 500).await;
+
+    let nats = worker::connect_nats(&server.url(), None)
+        .await
+        .expect("worker's NATS client");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(worker::run(
+        nats,
+        e2e::docker::docker().await,
+        fast_reports(),
+        shutdown.clone(),
+    ));
+    let client = async_nats::connect(server.url()).await.unwrap();
+    assert_eq!(client.server_info().max_payload, max_payload);
+    wait_until("rpc.discover to be answered", DEADLINE, || async {
+        nats_rpc_payload(&client, "rpc.discover", json!({}))
+            .await
+            .ok()
+    })
+    .await;
+
+    // Any method: an error saying why, not a timeout.
+    let payload = nats_rpc_payload(
+        &client,
+        "containers.inspect",
+        json!({"container": bulky.name}),
+    )
+    .await
+    .expect("an answer, not silence");
+    let response: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(response["id"], "c-17");
+    assert_eq!(response["error"]["code"], -32603, "{response}");
+    let message = response["error"]["message"].as_str().unwrap();
+    assert!(message.contains("larger than NATS carries"), "{message}");
+
+    // containers.logs: the answer itself, truncated to fit.
+    let payload = nats_rpc_payload(
+        &client,
+        "containers.logs",
+        json!({"container": chatty.name}),
+    )
+    .await
+    .expect("an answer, not silence");
+    assert!(payload.len() <= max_payload, "{} bytes", payload.len());
+    let response: Value = serde_json::from_slice(&payload).unwrap();
+    let logs = &response["result"];
+    assert_eq!(logs["truncated"], true, "{response}");
+    let expected: Vec<_> = (1..=lines(logs).len())
+        .map(|n| line("stdout", &format!("line-{n:03}")))
+        .collect();
+    assert!(expected.len() > 50, "{}", expected.len());
+    assert_eq!(lines(logs), expected);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the worker stops in time")
+        .expect("the worker task does not panic")
+        .expect("the worker ends without error");
+}
+
+// ---- the stack protects itself ----
+
+const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+
+/// A container labelled as Compose service `service` of project `project`.
+async fn compose_container(project: &str, service: &str) -> TestContainer {
+    TestContainer::start_with_labels(
+        &[(COMPOSE_PROJECT, project), (COMPOSE_SERVICE, service)],
+        "sleep 600",
+    )
+    .await
+}
+
+async fn stack_module(project: &str) -> RpcModule<()> {
+    module_with(WorkerConfig {
+        stack_project: Some(project.to_string()),
+        ..WorkerConfig::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn containers_stop_refuses_the_stacks_own_bridge_nats_and_worker() {
+    let project = e2e::docker::unique_name();
+    let module = stack_module(&project).await;
+    for service in worker::methods::PROTECTED_SERVICES {
+        let own = compose_container(&project, service).await;
+        // By name and by id alike: found by its labels.
+        for reference in [&own.name, &own.id] {
+            let error = call(
+                &module,
+                "containers.stop",
+                json!({"container": reference, "timeout_secs": 1}),
+            )
+            .await
+            .expect_err("stopping the stack's own container is refused");
+            assert_eq!(error["code"], -32001, "{service}: {error}");
+            let message = error["message"].as_str().unwrap();
+            assert!(
+                message.contains(&format!("devbridge's own {service} container")),
+                "{message}"
+            );
+            assert!(message.contains("restart is allowed"), "{message}");
+            assert_eq!(error["data"]["service"], service, "{error}");
+        }
+        assert_eq!(container_state(&module, &own.name).await, "running");
+    }
+}
+
+#[tokio::test]
+async fn containers_stop_stops_containers_not_of_the_stack() {
+    let project = e2e::docker::unique_name();
+    let module = stack_module(&project).await;
+    let unlabelled = TestContainer::start("sleep 600").await;
+    let other_service = compose_container(&project, "web").await;
+    let other_project = compose_container(&e2e::docker::unique_name(), "bridge").await;
+    for container in [&unlabelled, &other_service, &other_project] {
+        assert_eq!(
+            call_ok(
+                &module,
+                "containers.stop",
+                json!({"container": container.name, "timeout_secs": 1})
+            )
+            .await,
+            json!({"ok": true})
+        );
+        assert_eq!(container_state(&module, &container.name).await, "exited");
+    }
+}
+
+#[tokio::test]
+async fn the_stacks_own_containers_may_be_restarted_and_started() {
+    let project = e2e::docker::unique_name();
+    let module = stack_module(&project).await;
+    let bridge = compose_container(&project, "bridge").await;
+    let started_at = |details: Value| details["state"]["started_at"].clone();
+    let before = started_at(
+        call_ok(
+            &module,
+            "containers.inspect",
+            json!({"container": bridge.name}),
+        )
+        .await,
+    );
+
+    assert_eq!(
+        call_ok(
+            &module,
+            "containers.restart",
+            json!({"container": bridge.name, "timeout_secs": 1})
+        )
+        .await,
+        json!({"ok": true})
+    );
+    let details = call_ok(
+        &module,
+        "containers.inspect",
+        json!({"container": bridge.name}),
+    )
+    .await;
+    assert_eq!(details["state"]["status"], "running");
+    assert_ne!(started_at(details), before);
+
+    assert_eq!(
+        call_ok(
+            &module,
+            "containers.start",
+            json!({"container": bridge.name})
+        )
+        .await,
+        json!({"ok": true})
+    );
+    assert_eq!(container_state(&module, &bridge.name).await, "running");
+}
+
+#[tokio::test]
+async fn without_stack_project_nothing_is_protected() {
+    let project = e2e::docker::unique_name();
+    let bridge = compose_container(&project, "bridge").await;
+    let module = module().await;
+    call_ok(
+        &module,
+        "containers.stop",
+        json!({"container": bridge.name, "timeout_secs": 1}),
+    )
+    .await;
+    assert_eq!(container_state(&module, &bridge.name).await, "exited");
 }

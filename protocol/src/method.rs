@@ -3,10 +3,31 @@
 
 use crate::Refusal;
 
-/// Accepts one or more tokens of `[A-Za-z0-9_-]` joined by single dots, and
-/// nothing else: wildcards (`*`, `>`), empty tokens and whitespace would let a
-/// name reach subscribers it was never meant for.
+/// Longest method name accepted, in bytes. A name becomes the NATS subject
+/// `rpc.<name>` and is logged and audited, so it stays short.
+pub const MAX_METHOD_NAME_LEN: usize = 128;
+
+/// How much of an over-long name a refusal repeats.
+const REFUSED_NAME_SHOWN: usize = 32;
+
+/// Accepts one or more tokens of `[A-Za-z0-9_-]` joined by single dots, at most
+/// [`MAX_METHOD_NAME_LEN`] bytes in all, and nothing else: wildcards (`*`,
+/// `>`), empty tokens and whitespace would let a name reach subscribers it was
+/// never meant for, and a name of any length could exceed what NATS carries
+/// in a subject.
 pub fn check_method_name(name: &str) -> Result<(), Refusal> {
+    if name.len() > MAX_METHOD_NAME_LEN {
+        // The refusal is logged and sent back: it repeats only the start.
+        let mut end = REFUSED_NAME_SHOWN;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        return Err(Refusal::BadMethodName(format!(
+            "{}… ({} bytes, over the limit of {MAX_METHOD_NAME_LEN})",
+            &name[..end],
+            name.len()
+        )));
+    }
     let token_ok = |t: &str| {
         !t.is_empty()
             && t.bytes()
@@ -50,6 +71,33 @@ mod tests {
         ] {
             assert!(check_method_name(name).is_err(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn names_up_to_the_length_limit_pass_and_longer_ones_are_refused() {
+        let longest = format!("a.{}", "b".repeat(MAX_METHOD_NAME_LEN - 2));
+        assert_eq!(longest.len(), MAX_METHOD_NAME_LEN);
+        assert!(check_method_name(&longest).is_ok());
+
+        let one_over = format!("{longest}c");
+        match check_method_name(&one_over) {
+            Err(Refusal::BadMethodName(shown)) => {
+                assert!(shown.contains("129 bytes"), "{shown}");
+                assert!(shown.contains("limit of 128"), "{shown}");
+            }
+            other => panic!("expected BadMethodName, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_refusal_of_a_huge_name_does_not_repeat_it_whole() {
+        // Multi-byte characters: the shown start is cut on a character boundary.
+        let huge = "é".repeat(1 << 20);
+        let Err(Refusal::BadMethodName(shown)) = check_method_name(&huge) else {
+            panic!("a 2 MiB name passed");
+        };
+        assert!(shown.len() < 100, "{shown}");
+        assert!(shown.contains(&format!("{} bytes", huge.len())), "{shown}");
     }
 
     #[test]

@@ -15,3 +15,10 @@ pub const WORKER_QUEUE_GROUP: &str = "workers";
 pub const HEADER_SIGNER: &str = "Signer-Id";
 /// Header carrying the JSON-RPC id of a relayed request, for logs.
 pub const HEADER_REQUEST_ID: &str = "Request-Id";
+
+/// The reply inbox prefix of a NATS client signed in as `user`: each user
+/// has its own, so the broker's permissions can keep one from reading
+/// another's answers (see `scripts/ensure-device-nats.sh`).
+pub fn inbox_prefix(user: &str) -> String {
+    format!("_INBOX_{user}")
+}

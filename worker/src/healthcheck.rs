@@ -8,12 +8,17 @@ use std::time::Duration;
 use anyhow::{ensure, Context};
 use protocol::nats::RPC_PREFIX;
 use worker::methods::DISCOVER_METHOD;
+use worker::NatsLogin;
 
-/// Succeeds when a worker answers `rpc.discover` on `nats_url` within `timeout`.
-pub async fn run(nats_url: &str, timeout: Duration) -> anyhow::Result<()> {
+/// Succeeds when a worker answers `rpc.discover` on `nats_url` within
+/// `timeout`, asked as the worker's own NATS user.
+pub async fn run(
+    nats_url: &str,
+    login: Option<&NatsLogin>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let check = async {
-        let nats = async_nats::ConnectOptions::new()
-            .name("worker-healthcheck")
+        let nats = worker::nats_options("worker-healthcheck", login)
             .connect(nats_url)
             .await
             .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;

@@ -20,7 +20,7 @@ pub use cloud::{call_cloud, ping_cloud, CloudCallError};
 pub use config::WorkerConfig;
 pub use engine::connect_docker;
 pub use methods::rpc_module;
-pub use serve::{connect_nats, serve, ServeError};
+pub use serve::{connect_nats, nats_options, serve, NatsLogin, ServeError};
 
 // The crates whose types this API uses, so callers need not match versions.
 pub use {bollard, jsonrpsee};
@@ -35,7 +35,14 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let methods: jsonrpsee::Methods = rpc_module(docker.clone(), &config).into();
+    // Answers go out as NATS messages: a log answer is cut to fit the
+    // server's max_payload (known once connected; 1 MB until then).
+    let limit_of = nats.clone();
+    let methods: jsonrpsee::Methods =
+        methods::rpc_module_with_answer_limit(docker.clone(), &config, move || {
+            limit_of.max_payload()
+        })
+        .into();
     // A part that fails stops the others, so the worker exits instead of half-running.
     let stop = shutdown.child_token();
     let stop_on_error = |result: anyhow::Result<()>| {

@@ -20,6 +20,14 @@ struct Args {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
 
+    /// NATS user to sign in as (the device stack's broker has one per service).
+    #[arg(long, env = "NATS_USER", requires = "nats_password_file")]
+    nats_user: Option<String>,
+
+    /// File holding the NATS user's password (mode 0600).
+    #[arg(long, env = "NATS_PASSWORD_FILE", requires = "nats_user")]
+    nats_password_file: Option<std::path::PathBuf>,
+
     /// Docker engine address (unix://, tcp://, http://); by default the local
     /// socket.
     #[arg(long, env = "DOCKER_HOST")]
@@ -29,13 +37,19 @@ struct Args {
     #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 30)]
     health_interval_secs: u64,
 
-    /// Cap on the log text one containers.logs call returns, in bytes.
+    /// Cap on one containers.logs answer as serialized, in bytes (also cut to
+    /// fit what NATS carries).
     #[arg(long, env = "LOG_MAX_BYTES", default_value_t = 512 * 1024)]
     log_max_bytes: usize,
 
     /// How long a call from this device to the cloud may take, in milliseconds.
     #[arg(long, env = "CLOUD_CALL_TIMEOUT_MS", default_value_t = 10_000)]
     cloud_call_timeout_ms: u64,
+
+    /// Compose project of this device stack: containers.stop refuses its
+    /// bridge, nats and worker containers. Unset, nothing is protected.
+    #[arg(long, env = "STACK_PROJECT")]
+    stack_project: Option<String>,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -47,14 +61,28 @@ enum Command {
     Healthcheck,
 }
 
+/// The NATS user and its password, read from its file.
+fn nats_login(args: &Args) -> anyhow::Result<Option<worker::NatsLogin>> {
+    let (Some(user), Some(path)) = (&args.nats_user, &args.nats_password_file) else {
+        return Ok(None);
+    };
+    let password = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the NATS password file {}", path.display()))?;
+    Ok(Some(worker::NatsLogin {
+        user: user.clone(),
+        password: password.trim().to_owned(),
+    }))
+}
+
 /// How long the worker may take to stop after a signal.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let login = nats_login(&args)?;
     if let Some(Command::Healthcheck) = args.command {
-        return healthcheck::run(&args.nats_url, Duration::from_secs(3)).await;
+        return healthcheck::run(&args.nats_url, login.as_ref(), Duration::from_secs(3)).await;
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -73,12 +101,13 @@ async fn main() -> anyhow::Result<()> {
         health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
         log_max_bytes: args.log_max_bytes,
         cloud_call_timeout: Duration::from_millis(args.cloud_call_timeout_ms),
+        stack_project: args.stack_project.clone(),
     };
 
     let docker = worker::connect_docker(args.docker_host.as_deref())
         .context("connecting to the Docker engine")?;
     // Connects in the background and reconnects forever.
-    let nats = worker::connect_nats(&args.nats_url)
+    let nats = worker::connect_nats(&args.nats_url, login.as_ref())
         .await
         .context("connecting to NATS")?;
 

@@ -16,12 +16,34 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+/// The NATS user a worker signs in as (the device stack's broker refuses
+/// clients without one; see `scripts/ensure-device-nats.sh`).
+#[derive(Debug, Clone)]
+pub struct NatsLogin {
+    pub user: String,
+    pub password: String,
+}
+
+/// Options of a connection named `name`, signed in as `login` if given, with
+/// that user's own reply inbox.
+pub fn nats_options(name: &str, login: Option<&NatsLogin>) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new().name(name);
+    match login {
+        Some(login) => options
+            .user_and_password(login.user.clone(), login.password.clone())
+            .custom_inbox_prefix(protocol::nats::inbox_prefix(&login.user)),
+        None => options,
+    }
+}
+
 /// Connects to NATS the way a worker must: in the background if the server is
 /// not up yet, and reconnecting forever after it goes away. async-nats restores
 /// the subscriptions after each reconnect, so [`serve`] needs no restart.
-pub async fn connect_nats(url: &str) -> Result<Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
-        .name("worker")
+pub async fn connect_nats(
+    url: &str,
+    login: Option<&NatsLogin>,
+) -> Result<Client, async_nats::ConnectError> {
+    nats_options("worker", login)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .event_callback(|event| async move { info!(%event, "nats connection event") })

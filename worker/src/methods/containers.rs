@@ -222,6 +222,9 @@ pub(crate) async fn start(
     Ok(DONE)
 }
 
+/// `containers.stop`, except on the device stack's own `bridge`, `nats` and
+/// `worker` containers: stopping one cuts the device off from the cloud, with
+/// nothing left to start it again (see [`own_stack_service`]).
 pub(crate) async fn stop(
     context: Arc<MethodContext>,
     params: ActionParams,
@@ -232,6 +235,18 @@ pub(crate) async fn stop(
         options = options.t(timeout_arg(timeout)?);
     }
     let docker = context.engine.client().await?;
+    if let Some(project) = &context.stack_project {
+        // Asked of Docker by whatever reference the caller gave (name, id,
+        // short id), so no spelling of it slips past.
+        let details = docker
+            .inspect_container(container, None)
+            .await
+            .map_err(|err| docker_error(err, Some(container)))?;
+        let labels = details.config.and_then(|config| config.labels);
+        if let Some(service) = own_stack_service(labels.as_ref(), project) {
+            return Err(own_stack_refusal(container, service));
+        }
+    }
     docker
         .stop_container(container, Some(options.build()))
         .await
@@ -256,6 +271,45 @@ pub(crate) async fn restart(
     Ok(DONE)
 }
 
+/// Compose services of the device stack that `containers.stop` refuses: the
+/// bridge (the link to the cloud), nats (between bridge and worker) and the
+/// worker (which serves the calls).
+pub const PROTECTED_SERVICES: [&str; 3] = ["bridge", "nats", "worker"];
+
+/// Labels Docker Compose puts on each container it creates.
+const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+
+/// The service, if the container with these labels is one of the device
+/// stack's own: Compose project `project` and a service of
+/// [`PROTECTED_SERVICES`]. Found by labels, not by name: names differ with
+/// the project and the Compose version, labels do not.
+fn own_stack_service<'a>(
+    labels: Option<&'a HashMap<String, String>>,
+    project: &str,
+) -> Option<&'a str> {
+    let labels = labels?;
+    if labels.get(COMPOSE_PROJECT_LABEL).map(String::as_str) != Some(project) {
+        return None;
+    }
+    let service = labels.get(COMPOSE_SERVICE_LABEL)?;
+    PROTECTED_SERVICES
+        .contains(&service.as_str())
+        .then_some(service.as_str())
+}
+
+fn own_stack_refusal(container: &str, service: &str) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(
+        ErrorCode::Refused.code() as i32,
+        format!(
+            "refusing to stop devbridge's own {service} container {container}: \
+             the device would be cut off from the cloud with nothing to start it again; \
+             containers.restart is allowed"
+        ),
+        Some(json!({"reason": "own_stack_container", "service": service})),
+    )
+}
+
 /// Longest stop timeout accepted: bollard gives up on a Docker request after
 /// 120 s, so a longer wait would end in a client-side timeout, not a stop.
 const MAX_STOP_TIMEOUT_SECS: u32 = 100;
@@ -268,4 +322,62 @@ fn timeout_arg(timeout_secs: u32) -> Result<i32, ErrorObjectOwned> {
         ));
     }
     Ok(timeout_secs as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_stacks_bridge_nats_and_worker_are_its_own() {
+        for service in PROTECTED_SERVICES {
+            let labels = labels(&[
+                (COMPOSE_PROJECT_LABEL, "devbridge-device-001"),
+                (COMPOSE_SERVICE_LABEL, service),
+            ]);
+            assert_eq!(
+                own_stack_service(Some(&labels), "devbridge-device-001"),
+                Some(service)
+            );
+        }
+    }
+
+    #[test]
+    fn other_services_projects_and_unlabelled_containers_are_not() {
+        let project = "devbridge-device-001";
+        let cases = [
+            labels(&[
+                (COMPOSE_PROJECT_LABEL, project),
+                (COMPOSE_SERVICE_LABEL, "web"),
+            ]),
+            labels(&[
+                (COMPOSE_PROJECT_LABEL, "devbridge-device-002"),
+                (COMPOSE_SERVICE_LABEL, "bridge"),
+            ]),
+            labels(&[(COMPOSE_SERVICE_LABEL, "bridge")]),
+            labels(&[(COMPOSE_PROJECT_LABEL, project)]),
+            labels(&[]),
+        ];
+        for labels in &cases {
+            assert_eq!(own_stack_service(Some(labels), project), None, "{labels:?}");
+        }
+        assert_eq!(own_stack_service(None, project), None);
+    }
+
+    #[test]
+    fn the_refusal_says_what_and_why() {
+        let error = own_stack_refusal("devbridge-device-001-bridge-1", "bridge");
+        assert_eq!(i64::from(error.code()), ErrorCode::Refused.code());
+        let message = error.message();
+        assert!(message.contains("own bridge container"), "{message}");
+        assert!(message.contains("cut off"), "{message}");
+        assert!(message.contains("restart is allowed"), "{message}");
+    }
 }

@@ -1,5 +1,13 @@
 //! `containers.logs`: a container's log as lines, each with its stream and
 //! (on request) its timestamp, capped in size.
+//!
+//! The size rule: the answer, serialized as it is sent, is at most
+//! `log_max_bytes` (every byte counts: keys, quotes, escapes, timestamps), and
+//! over NATS also at most the server's `max_payload` less
+//! [`super::RESPONSE_ENVELOPE_RESERVE`] for the JSON-RPC response around it.
+//! Lines past the cap are left out, from the first that does not fit on, and
+//! the answer says `truncated: true`; it is never an error. `tail` is at most
+//! [`MAX_TAIL`] lines.
 
 use std::sync::Arc;
 
@@ -61,9 +69,18 @@ pub struct Logs {
     pub truncated: bool,
 }
 
-/// Turns Docker's log frames into lines and keeps the first lines whose text
-/// fits in `max_bytes`; once a line does not fit, it and all later ones are
-/// dropped, so the answer is always a contiguous stretch of the log.
+/// Turns Docker's log frames into lines and keeps the first lines that fit in
+/// `max_bytes`; once a line does not fit, it and all later ones are dropped, so
+/// the answer is always a contiguous stretch of the log.
+///
+/// `max_bytes` bounds the whole [`Logs`] answer as serde_json writes it, not
+/// just the text: each line's `{"stream":…,"text":…,"timestamp":…}` with its
+/// text escaped (a control character takes 6 bytes, `\u0000`), the commas
+/// between lines and the `{"lines":[…],"truncated":…}` around them. So a
+/// container printing millions of empty lines, or lines that need escaping,
+/// yields an answer no larger than the cap, and the collector's memory is
+/// bounded by the cap too (the lines kept take at most a few times their
+/// serialized size, and an unfinished line is dropped once it cannot fit).
 #[derive(Debug)]
 pub struct LogCollector {
     max_bytes: usize,
@@ -72,13 +89,14 @@ pub struct LogCollector {
     /// The unfinished line of each stream: a frame need not end at a newline.
     partial: [Vec<u8>; 2],
     lines: Vec<LogLine>,
-    text_bytes: usize,
+    /// Serialized size of the answer with the lines kept so far.
+    answer_bytes: usize,
     truncated: bool,
 }
 
-/// Room for Docker's timestamp prefix ("2006-01-02T15:04:05.999999999Z07:00 ")
-/// while an unfinished line is measured against the cap.
-const TIMESTAMP_PREFIX_MAX: usize = 40;
+/// The answer with no lines, as serialized: the size every answer starts from.
+/// (`"truncated":true` is one byte shorter than this `false`.)
+const EMPTY_ANSWER: &str = r#"{"lines":[],"truncated":false}"#;
 
 impl LogCollector {
     pub fn new(max_bytes: usize, timestamps: bool) -> Self {
@@ -87,7 +105,7 @@ impl LogCollector {
             timestamps,
             partial: [Vec::new(), Vec::new()],
             lines: Vec::new(),
-            text_bytes: 0,
+            answer_bytes: EMPTY_ANSWER.len(),
             truncated: false,
         }
     }
@@ -108,13 +126,11 @@ impl LogCollector {
             return;
         }
         self.partial[index].extend_from_slice(chunk);
-        // An unfinished line already past the cap can never fit: stop buffering it.
-        let prefix = if self.timestamps {
-            TIMESTAMP_PREFIX_MAX
-        } else {
-            0
-        };
-        if self.text_bytes + self.partial[index].len() > self.max_bytes + prefix {
+        // A line serializes to more bytes than it has raw (quotes, keys and
+        // escapes only add; an invalid UTF-8 sequence of up to 3 bytes becomes
+        // the 3-byte U+FFFD), so an unfinished line already past what is left
+        // can never fit: stop buffering it.
+        if self.answer_bytes + self.partial[index].len() > self.max_bytes {
             self.truncate();
         }
     }
@@ -149,17 +165,19 @@ impl LogCollector {
         } else {
             (None, raw)
         };
-        let text = String::from_utf8_lossy(text).into_owned();
-        if self.text_bytes + text.len() > self.max_bytes {
+        let line = LogLine {
+            stream,
+            text: String::from_utf8_lossy(text).into_owned(),
+            timestamp: timestamp.map(|t| String::from_utf8_lossy(t).into_owned()),
+        };
+        let comma = usize::from(!self.lines.is_empty());
+        let size = comma + serialized_len(&line);
+        if self.answer_bytes + size > self.max_bytes {
             self.truncate();
             return;
         }
-        self.text_bytes += text.len();
-        self.lines.push(LogLine {
-            stream,
-            text,
-            timestamp: timestamp.map(|t| String::from_utf8_lossy(t).into_owned()),
-        });
+        self.answer_bytes += size;
+        self.lines.push(line);
     }
 
     fn truncate(&mut self) {
@@ -168,8 +186,30 @@ impl LogCollector {
     }
 }
 
+/// How many bytes serde_json writes for `value`, counted without writing them.
+fn serialized_len(value: &impl Serialize) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value).expect("a log line serializes to JSON");
+    counter.0
+}
+
 /// Lines returned when the caller gives neither `tail` nor `since`.
 pub const DEFAULT_TAIL: u64 = 1000;
+
+/// Largest `tail` accepted: Docker reads that many lines before it sends any,
+/// and a log answer holds at most `log_max_bytes` anyway. Older lines are
+/// reached with `since` and `until`.
+pub const MAX_TAIL: u64 = 10_000;
 
 pub(crate) async fn logs(
     context: Arc<MethodContext>,
@@ -186,6 +226,15 @@ pub(crate) async fn logs(
         .stdout(params.stdout)
         .stderr(params.stderr)
         .timestamps(params.timestamps);
+    if let Some(tail) = params.tail.filter(|&tail| tail > MAX_TAIL) {
+        return Err(rpc_error(
+            ErrorCode::InvalidParams,
+            format!(
+                "tail {tail} is over the maximum of {MAX_TAIL} lines; \
+                 use since and until for older lines"
+            ),
+        ));
+    }
     // Without `tail` or `since`, the newest lines are what an operator wants,
     // not the oldest that fit under the cap.
     let tail = params
@@ -203,8 +252,9 @@ pub(crate) async fn logs(
 
     let docker = context.engine.client().await?;
     let mut frames = docker.logs(container, Some(options.build()));
-    let mut collector = LogCollector::new(context.log_max_bytes, params.timestamps);
-    // Stop reading at the cap: dropping the stream closes the Docker request.
+    let mut collector = LogCollector::new(context.log_answer_cap(), params.timestamps);
+    // Stop reading at the cap: dropping the stream closes the Docker request,
+    // so a huge log is never read whole.
     while !collector.is_truncated() {
         match frames.next().await {
             None => break,
@@ -293,11 +343,33 @@ mod tests {
         assert_eq!(logs.lines[1].text, "");
     }
 
+    /// The answer's size as it is sent.
+    fn wire_len(logs: &Logs) -> usize {
+        serde_json::to_vec(logs).unwrap().len()
+    }
+
+    /// Size of one stdout line without timestamp: `{"stream":"stdout","text":"…"}`.
+    fn plain_line_len(text: &str) -> usize {
+        r#"{"stream":"stdout","text":""}"#.len() + text.len()
+    }
+
+    #[test]
+    fn the_empty_answer_is_the_size_counted_from() {
+        let logs = LogCollector::new(1024, false).finish();
+        assert_eq!(serde_json::to_string(&logs).unwrap(), EMPTY_ANSWER);
+    }
+
     #[test]
     fn lines_past_the_cap_are_dropped_and_marked_truncated() {
-        // "aaaa", "bbbb" and "cc" make exactly 10 bytes; "dddd" does not fit, and
-        // "e" after it is dropped too although it would.
-        let mut collector = LogCollector::new(10, false);
+        // Exactly "aaaa", "bbbb" and "cc" fit (two commas between them); "dddd"
+        // does not, and "e" after it is dropped too although it would.
+        let cap = EMPTY_ANSWER.len()
+            + plain_line_len("aaaa")
+            + 1
+            + plain_line_len("bbbb")
+            + 1
+            + plain_line_len("cc");
+        let mut collector = LogCollector::new(cap, false);
         collector.push(LogStream::Stdout, b"aaaa\nbbbb\ncc\ndddd\ne\n");
         assert!(collector.is_truncated());
         let logs = collector.finish();
@@ -310,11 +382,13 @@ mod tests {
             ]
         );
         assert!(logs.truncated);
+        assert!(wire_len(&logs) <= cap);
     }
 
     #[test]
     fn output_after_the_cap_is_ignored() {
-        let mut collector = LogCollector::new(3, false);
+        let cap = EMPTY_ANSWER.len() + plain_line_len("abc");
+        let mut collector = LogCollector::new(cap, false);
         collector.push(LogStream::Stdout, b"abcd\n");
         collector.push(LogStream::Stderr, b"x\n");
         let logs = collector.finish();
@@ -324,22 +398,160 @@ mod tests {
 
     #[test]
     fn an_endless_unfinished_line_stops_being_buffered_at_the_cap() {
-        let mut collector = LogCollector::new(8, false);
+        let cap = EMPTY_ANSWER.len() + plain_line_len("ok") + 8;
+        let mut collector = LogCollector::new(cap, false);
         collector.push(LogStream::Stdout, b"ok\n");
-        collector.push(LogStream::Stdout, &[b'x'; 100]);
+        for _ in 0..1000 {
+            collector.push(LogStream::Stdout, &[b'x'; 100]);
+        }
         assert!(collector.is_truncated());
+        assert!(collector.partial.iter().all(Vec::is_empty));
         let logs = collector.finish();
         assert_eq!(texts(&logs), [(LogStream::Stdout, "ok")]);
         assert!(logs.truncated);
     }
 
     #[test]
-    fn the_cap_counts_text_not_timestamps() {
-        let mut collector = LogCollector::new(5, true);
-        collector.push(LogStream::Stdout, b"2025-01-02T03:04:05.123456789Z hello\n");
+    fn millions_of_empty_lines_give_an_answer_within_the_cap() {
+        let cap = 64 * 1024;
+        let mut collector = LogCollector::new(cap, false);
+        let chunk = [b'\n'; 4096];
+        let mut pushed = 0;
+        // 4 million empty lines, fed until the collector says it is full.
+        while pushed < 4_000_000 && !collector.is_truncated() {
+            collector.push(LogStream::Stdout, &chunk);
+            pushed += chunk.len();
+        }
+        assert!(
+            collector.is_truncated(),
+            "4 million empty lines fit in {cap}"
+        );
+        assert!(
+            pushed < 100_000,
+            "the collector kept taking lines: {pushed}"
+        );
         let logs = collector.finish();
-        assert_eq!(texts(&logs), [(LogStream::Stdout, "hello")]);
+        let size = wire_len(&logs);
+        assert!(size <= cap, "{size} > {cap}");
+        // Nearly full: another line would not have fitted.
+        assert!(size + 1 + plain_line_len("") > cap, "{size}");
+        assert!(logs.lines.iter().all(|line| line.text.is_empty()));
+    }
+
+    #[test]
+    fn escaping_counts_at_its_escaped_size() {
+        // 100 NULs are 600 bytes as "\u0000" each: they do not fit in 500.
+        let mut collector = LogCollector::new(500, false);
+        let mut line = vec![0u8; 100];
+        line.push(b'\n');
+        collector.push(LogStream::Stdout, &line);
+        let logs = collector.finish();
+        assert!(logs.lines.is_empty());
+        assert!(logs.truncated);
+
+        // Quotes and backslashes take 2 bytes each: 4 more for these 4.
+        let text = r#""\"\"#;
+        for (extra, fits) in [(3, false), (4, true)] {
+            let cap = EMPTY_ANSWER.len() + plain_line_len(text) + extra;
+            let mut collector = LogCollector::new(cap, false);
+            collector.push(LogStream::Stdout, format!("{text}\n").as_bytes());
+            let logs = collector.finish();
+            assert_eq!(logs.lines.len(), usize::from(fits), "{extra}: {logs:?}");
+            assert_eq!(logs.truncated, !fits);
+            assert!(wire_len(&logs) <= cap);
+        }
+    }
+
+    #[test]
+    fn the_cap_counts_timestamps_too() {
+        let raw = b"2025-01-02T03:04:05.123456789Z hello\n";
+        let stamped = LogLine {
+            stream: LogStream::Stdout,
+            text: "hello".into(),
+            timestamp: Some("2025-01-02T03:04:05.123456789Z".into()),
+        };
+        let exact = EMPTY_ANSWER.len() + serde_json::to_vec(&stamped).unwrap().len();
+
+        let mut collector = LogCollector::new(exact, true);
+        collector.push(LogStream::Stdout, raw);
+        let logs = collector.finish();
+        assert_eq!(logs.lines, [stamped]);
         assert!(!logs.truncated);
+        assert_eq!(wire_len(&logs), exact);
+
+        let mut collector = LogCollector::new(exact - 1, true);
+        collector.push(LogStream::Stdout, raw);
+        let logs = collector.finish();
+        assert!(logs.lines.is_empty());
+        assert!(logs.truncated);
+    }
+
+    /// Lines that are hard to size: empty, control characters, quotes and
+    /// backslashes, non-ASCII, invalid UTF-8, a TTY's "\r", long ones.
+    fn awkward_output(timestamps: bool) -> Vec<(LogStream, Vec<u8>)> {
+        let texts: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b"plain text".to_vec(),
+            (0u8..32).filter(|&b| b != b'\n').collect(),
+            br#"say "hi" \ bye"#.to_vec(),
+            "h\u{e9}llo \u{2603} \u{1f600}".as_bytes().to_vec(),
+            vec![0xff, 0xfe, b'a', 0xf0, 0x9f, 0x98],
+            b"tty line\r".to_vec(),
+            vec![b'\x7f'; 300],
+            vec![b'z'; 1000],
+        ];
+        let mut output = Vec::new();
+        for round in 0..5 {
+            for (n, text) in texts.iter().enumerate() {
+                let stream = if (round + n) % 3 == 0 {
+                    LogStream::Stderr
+                } else {
+                    LogStream::Stdout
+                };
+                let mut line = Vec::new();
+                if timestamps {
+                    line.extend_from_slice(b"2025-01-02T03:04:05.123456789Z ");
+                }
+                line.extend_from_slice(text);
+                line.push(b'\n');
+                output.push((stream, line));
+            }
+        }
+        output
+    }
+
+    #[test]
+    fn whatever_the_lines_the_answer_fits_and_holds_as_many_as_fit() {
+        for timestamps in [false, true] {
+            let output = awkward_output(timestamps);
+            // Everything, to find out what each line becomes.
+            let mut everything = LogCollector::new(usize::MAX, timestamps);
+            for (stream, line) in &output {
+                everything.push(*stream, line);
+            }
+            let all = everything.finish();
+            assert_eq!(all.lines.len(), output.len());
+
+            for cap in (0..wire_len(&all) + 100).step_by(23) {
+                let mut collector = LogCollector::new(cap, timestamps);
+                for (stream, line) in &output {
+                    collector.push(*stream, line);
+                }
+                let logs = collector.finish();
+                let size = wire_len(&logs);
+                assert!(size <= cap.max(EMPTY_ANSWER.len()), "{size} > {cap}");
+                assert_eq!(logs.lines[..], all.lines[..logs.lines.len()], "cap {cap}");
+                assert_eq!(logs.truncated, logs.lines.len() < all.lines.len());
+                if logs.truncated {
+                    // The first line left out would not have fitted.
+                    let one_more = Logs {
+                        lines: all.lines[..=logs.lines.len()].to_vec(),
+                        truncated: false,
+                    };
+                    assert!(wire_len(&one_more) > cap, "cap {cap}: a line was left out");
+                }
+            }
+        }
     }
 
     #[test]

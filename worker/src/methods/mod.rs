@@ -5,35 +5,98 @@ mod containers;
 mod health;
 mod logs;
 
+use std::sync::Arc;
+
 use bollard::Docker;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use jsonrpsee::RpcModule;
 use protocol::ErrorCode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::{info, warn};
 
 use crate::engine::Engine;
 use crate::WorkerConfig;
 
-pub use logs::{LogCollector, LogLine, LogStream, Logs};
+pub use containers::PROTECTED_SERVICES;
+pub use logs::{LogCollector, LogLine, LogStream, Logs, MAX_TAIL};
 
 /// Name of the method that lists the methods served here.
 pub const DISCOVER_METHOD: &str = "rpc.discover";
+
+/// The largest answer the transport carries, in bytes, asked at each call: a
+/// NATS server states its `max_payload` on connect, and another server after a
+/// reconnect may state another.
+type AnswerLimit = Arc<dyn Fn() -> usize + Send + Sync>;
+
+/// Room left in a transport's limit for the JSON-RPC response around a
+/// method's result: `{"jsonrpc":"2.0","id":…,"result":…}` is 31 bytes plus the
+/// caller's id, so ids up to about 990 bytes fit. (An answer that still does
+/// not fit is refused by the transport with an error, not dropped.)
+pub const RESPONSE_ENVELOPE_RESERVE: usize = 1024;
 
 /// What every method handler can reach.
 pub(crate) struct MethodContext {
     engine: Engine,
     host: health::HostProbe,
-    /// Cap on the text of one `containers.logs` answer.
+    /// Cap on the serialized size of one `containers.logs` answer.
     log_max_bytes: usize,
+    /// What the transport carries, when it has a limit.
+    answer_limit: Option<AnswerLimit>,
+    /// The device stack's Compose project, whose own containers
+    /// `containers.stop` refuses.
+    stack_project: Option<String>,
 }
 
-/// Builds the module serving `containers.*`, `system.health` and `rpc.discover`.
+impl MethodContext {
+    /// The size a `containers.logs` result may have: `log_max_bytes`, and
+    /// less when the transport's limit (minus the response envelope) is lower.
+    fn log_answer_cap(&self) -> usize {
+        let transport = self.answer_limit.as_ref().map_or(usize::MAX, |limit| {
+            limit().saturating_sub(RESPONSE_ENVELOPE_RESERVE)
+        });
+        self.log_max_bytes.min(transport)
+    }
+}
+
+/// Builds the module serving `containers.*`, `system.health` and `rpc.discover`,
+/// for a transport without a size limit (in-process calls).
 pub fn rpc_module(docker: Docker, config: &WorkerConfig) -> RpcModule<()> {
+    build_module(docker, config, None)
+}
+
+/// Like [`rpc_module`], for a transport that carries answers of at most
+/// `answer_limit()` bytes (over NATS: `|| client.max_payload()`):
+/// `containers.logs` truncates its answer to fit.
+pub fn rpc_module_with_answer_limit(
+    docker: Docker,
+    config: &WorkerConfig,
+    answer_limit: impl Fn() -> usize + Send + Sync + 'static,
+) -> RpcModule<()> {
+    build_module(docker, config, Some(Arc::new(answer_limit)))
+}
+
+fn build_module(
+    docker: Docker,
+    config: &WorkerConfig,
+    answer_limit: Option<AnswerLimit>,
+) -> RpcModule<()> {
+    match &config.stack_project {
+        Some(project) => info!(
+            stack_project = %project,
+            "containers.stop refuses this stack's bridge, nats and worker containers"
+        ),
+        None => warn!(
+            "STACK_PROJECT is not set: containers.stop will stop this stack's own bridge, \
+             nats and worker containers too"
+        ),
+    }
     let context = MethodContext {
         engine: Engine::new(docker),
         host: health::HostProbe::new(),
         log_max_bytes: config.log_max_bytes,
+        answer_limit,
+        stack_project: config.stack_project.clone(),
     };
     let mut module = RpcModule::new(context);
     register(&mut module, "containers.list", containers::list);
@@ -67,7 +130,7 @@ fn register<P, R, F, Fut>(module: &mut RpcModule<MethodContext>, name: &'static 
 where
     P: DeserializeOwned + Send + 'static,
     R: Serialize + Clone + Send + 'static,
-    F: Fn(std::sync::Arc<MethodContext>, P) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Arc<MethodContext>, P) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<R, ErrorObjectOwned>> + Send + 'static,
 {
     module
@@ -123,6 +186,7 @@ pub(crate) fn check_container_ref(container: &str) -> Result<&str, ErrorObjectOw
 mod tests {
     use super::*;
     use serde::Deserialize;
+    use serde_json::json;
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]
@@ -269,6 +333,54 @@ mod tests {
                 "system.health",
             ])
         );
+    }
+
+    #[tokio::test]
+    async fn a_tail_over_the_maximum_is_refused_saying_the_maximum() {
+        let module = module_without_docker();
+        let request = |tail: u64| {
+            json!({"jsonrpc": "2.0", "id": 1, "method": "containers.logs",
+                   "params": {"container": "web", "tail": tail}})
+            .to_string()
+        };
+        let response = call(&module, &request(MAX_TAIL + 1)).await;
+        assert_eq!(response["error"]["code"], ErrorCode::InvalidParams.code());
+        let message = response["error"]["message"].as_str().unwrap();
+        assert!(message.contains("maximum of 10000 lines"), "{message}");
+        // At the maximum, the call gets as far as Docker (absent here).
+        let response = call(&module, &request(MAX_TAIL)).await;
+        assert_eq!(response["error"]["code"], ErrorCode::Unavailable.code());
+    }
+
+    fn context(log_max_bytes: usize, answer_limit: Option<usize>) -> MethodContext {
+        let docker =
+            Docker::connect_with_http("http://127.0.0.1:1", 5, bollard::API_DEFAULT_VERSION)
+                .unwrap();
+        MethodContext {
+            engine: Engine::new(docker),
+            host: health::HostProbe::new(),
+            log_max_bytes,
+            answer_limit: answer_limit.map(|limit| Arc::new(move || limit) as AnswerLimit),
+            stack_project: None,
+        }
+    }
+
+    #[test]
+    fn a_log_answer_fits_both_log_max_bytes_and_the_transport() {
+        // In-process: log_max_bytes alone.
+        assert_eq!(context(512 * 1024, None).log_answer_cap(), 512 * 1024);
+        // NATS's 1 MB leaves log_max_bytes the lower.
+        assert_eq!(
+            context(512 * 1024, Some(1024 * 1024)).log_answer_cap(),
+            512 * 1024
+        );
+        // A log_max_bytes above max_payload is cut to fit, envelope included.
+        assert_eq!(
+            context(8 * 1024 * 1024, Some(1024 * 1024)).log_answer_cap(),
+            1024 * 1024 - RESPONSE_ENVELOPE_RESERVE
+        );
+        // A tiny max_payload leaves no room at all rather than wrapping around.
+        assert_eq!(context(512 * 1024, Some(100)).log_answer_cap(), 0);
     }
 
     #[tokio::test]
