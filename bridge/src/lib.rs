@@ -137,13 +137,22 @@ impl Bridge {
     }
 }
 
+/// Exponential waits from `reconnect_min` up to `reconnect_max`, each drawn
+/// at random from its upper half (never below the minimum) so that a fleet
+/// does not reconnect in step. The jitter stays within the bounds (backon's
+/// own adds up to 100% above the cap).
 fn new_backoff(config: &BridgeConfig) -> impl Iterator<Item = Duration> {
+    let min = config.reconnect_min;
     ExponentialBuilder::default()
-        .with_min_delay(config.reconnect_min)
+        .with_min_delay(min)
         .with_max_delay(config.reconnect_max)
-        .with_jitter()
         .without_max_times()
         .build()
+        .map(move |delay| {
+            delay
+                .mul_f64(rand::random::<f64>().mul_add(0.5, 0.5))
+                .max(min)
+        })
 }
 
 fn now_ms() -> u64 {

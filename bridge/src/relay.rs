@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use async_nats::connection::State as ConnectionState;
 use async_nats::{HeaderMap, RequestErrorKind};
 use protocol::nats::{HEADER_REQUEST_ID, HEADER_SIGNER, RPC_PREFIX};
 use protocol::{check_method_name, parse_frame, ErrorCode, Message, RpcError};
@@ -31,33 +32,60 @@ pub async fn call_worker(
     let request_id = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
     headers.insert(HEADER_REQUEST_ID, request_id.as_str());
     let payload = Value::Object(request.to_value()).to_string();
-    let reply = nats
-        .send_request(
-            format!("{RPC_PREFIX}{method}"),
-            async_nats::Request::new()
-                .payload(payload.into())
-                .headers(headers)
-                .timeout(Some(timeout)),
-        )
-        .await
-        .map_err(|error| match error.kind() {
-            RequestErrorKind::NoResponders => RpcError::new(
-                ErrorCode::MethodNotFound,
-                format!("method not found: no worker serves {method:?}"),
+    // async-nats keeps a request waiting through a lost connection until its
+    // timeout, which would blame the worker: say at once that the bus is down.
+    if nats.connection_state() != ConnectionState::Connected {
+        return Err(bus_down());
+    }
+    let sent = nats.send_request(
+        format!("{RPC_PREFIX}{method}"),
+        async_nats::Request::new()
+            .payload(payload.into())
+            .headers(headers)
+            .timeout(Some(timeout)),
+    );
+    let reply = tokio::select! {
+        reply = sent => reply,
+        () = disconnected(nats) => return Err(bus_down()),
+    };
+    let reply = reply.map_err(|error| match error.kind() {
+        RequestErrorKind::NoResponders => RpcError::new(
+            ErrorCode::MethodNotFound,
+            format!("method not found: no worker serves {method:?}"),
+        ),
+        RequestErrorKind::TimedOut => RpcError::new(
+            ErrorCode::TimedOut,
+            format!(
+                "worker did not answer {method:?} within {} ms",
+                timeout.as_millis()
             ),
-            RequestErrorKind::TimedOut => RpcError::new(
-                ErrorCode::TimedOut,
-                format!(
-                    "worker did not answer {method:?} within {} ms",
-                    timeout.as_millis()
-                ),
-            ),
-            _ => RpcError::new(
-                ErrorCode::Unavailable,
-                format!("device message bus unavailable: {error}"),
-            ),
-        })?;
+        ),
+        _ => RpcError::new(
+            ErrorCode::Unavailable,
+            format!("device message bus unavailable: {error}"),
+        ),
+    })?;
     worker_outcome(&reply.payload, max_reply_bytes)
+}
+
+/// How often a request in flight checks that the NATS connection still holds.
+const BUS_CHECK_PERIOD: Duration = Duration::from_millis(100);
+
+fn bus_down() -> RpcError {
+    RpcError::new(
+        ErrorCode::Unavailable,
+        "device message bus unavailable: the bridge is not connected to the device's NATS",
+    )
+}
+
+/// Resolves once the NATS connection is lost.
+async fn disconnected(nats: &async_nats::Client) {
+    loop {
+        tokio::time::sleep(BUS_CHECK_PERIOD).await;
+        if nats.connection_state() != ConnectionState::Connected {
+            return;
+        }
+    }
 }
 
 /// Reads a worker's JSON-RPC response strictly, so that the bridge never signs

@@ -41,16 +41,17 @@ pub(crate) struct Authenticated {
 }
 
 /// The params of the authentication request.
-struct AuthParams {
-    device_id: String,
-    public_key_pem: String,
+pub(crate) struct AuthParams {
+    pub(crate) device_id: String,
+    /// The key in its canonical PEM form.
+    pub(crate) public_key_pem: String,
     key: PublicKey,
     challenge: Option<String>,
-    bridge_version: Option<String>,
+    pub(crate) bridge_version: Option<String>,
 }
 
 /// Why an attempt failed: the label counted, the error answered, the detail logged.
-struct AuthFailure {
+pub(crate) struct AuthFailure {
     reason: &'static str,
     error: RpcError,
 }
@@ -375,7 +376,10 @@ async fn verdict(
 
 /// Reads `{device_id, public_key, challenge, bridge_version}`; a bridge
 /// version is at most `max_version` bytes of printable ASCII.
-fn auth_params(params: Option<&Value>, max_version: usize) -> Result<AuthParams, AuthFailure> {
+pub(crate) fn auth_params(
+    params: Option<&Value>,
+    max_version: usize,
+) -> Result<AuthParams, AuthFailure> {
     let bad =
         |message: &str| AuthFailure::new("bad_auth_params", ErrorCode::InvalidParams, message);
     let params = params.and_then(Value::as_object).ok_or_else(|| {

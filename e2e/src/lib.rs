@@ -3,8 +3,11 @@
 //! test peer that plays the cloud so that the bridge can be tested alone.
 
 pub mod browser;
+pub mod cloud_process;
 pub mod dev_stack;
 pub mod docker;
+pub mod fault_proxy;
+pub mod log_capture;
 pub mod nats;
 pub mod stack;
 pub mod test_cloud;

@@ -68,6 +68,20 @@ impl NatsServer {
         self.spawn().await;
     }
 
+    /// Kills the server with SIGKILL, as a crash would (no goodbye to its
+    /// clients), and waits for it to exit; [`NatsServer::start_again`] brings
+    /// it back on the same port.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the killed (or stopped) server again on the same port and waits
+    /// until it accepts connections.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "nats-server is still running");
+        self.spawn().await;
+    }
+
     /// Kills the server and waits for it to exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -108,6 +108,15 @@ impl RunningCloud {
         format!("ws://{}/ws/device", self.addr)
     }
 
+    /// What a bridge needs to reach this cloud.
+    pub fn endpoint(&self) -> CloudEndpoint {
+        CloudEndpoint {
+            url: self.ws_url(),
+            cloud_id: self.config.cloud_id.clone(),
+            public_key: self.public_key(),
+        }
+    }
+
     pub fn api(&self) -> CloudApi {
         let token = std::fs::read_to_string(&self.config.admin_token_file).expect("admin token");
         CloudApi {
@@ -122,6 +131,15 @@ impl Drop for RunningCloud {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Where a device's bridge connects: the cloud's device URL, its signer id
+/// and its public key (of an in-process [`RunningCloud`], or any other cloud).
+#[derive(Clone)]
+pub struct CloudEndpoint {
+    pub url: String,
+    pub cloud_id: String,
+    pub public_key: keys::PublicKey,
 }
 
 /// The operator's HTTP API, as the CLI and dashboard use it.
@@ -140,6 +158,41 @@ pub struct ApiReply {
 }
 
 impl CloudApi {
+    /// The API of a cloud listening on `addr`, called with the bearer `token`.
+    pub fn new(addr: SocketAddr, token: &str) -> CloudApi {
+        CloudApi {
+            base: format!("http://{addr}/api/v1"),
+            token: token.trim().to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// As [`CloudApi::rpc_with_timeout`], but a request that gets no HTTP
+    /// answer at all (the cloud died mid-call) is returned as the error,
+    /// instead of failing the test.
+    pub async fn try_rpc(
+        &self,
+        device: &str,
+        method: &str,
+        params: Value,
+        timeout: Option<Duration>,
+    ) -> Result<ApiReply, reqwest::Error> {
+        let mut body = json!({ "method": method, "params": params });
+        if let Some(timeout) = timeout {
+            body["timeout_ms"] = json!(timeout.as_millis() as u64);
+        }
+        let response = self
+            .http
+            .post(format!("{}/devices/{device}/rpc", self.base))
+            .json(&body)
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        Ok(ApiReply { status, body })
+    }
+
     pub async fn get(&self, path: &str) -> ApiReply {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
@@ -233,12 +286,23 @@ impl RunningDevice {
         cloud: &RunningCloud,
         adjust: impl FnOnce(&mut BridgeConfig),
     ) -> RunningDevice {
+        Self::start_bridge_to(id, key, cloud.endpoint(), adjust).await
+    }
+
+    /// As [`RunningDevice::start_bridge_only`], for a bridge pointed at any
+    /// cloud (say, a `cloud serve` child process).
+    pub async fn start_bridge_to(
+        id: &str,
+        key: PrivateKey,
+        cloud: CloudEndpoint,
+        adjust: impl FnOnce(&mut BridgeConfig),
+    ) -> RunningDevice {
         let nats = NatsServer::start().await;
         let mut config = BridgeConfig::new(
-            cloud.ws_url(),
+            cloud.url,
             Signer::new(id, key.clone()),
-            cloud.config.cloud_id.clone(),
-            cloud.public_key(),
+            cloud.cloud_id,
+            cloud.public_key,
         );
         config.reconnect_min = Duration::from_millis(50);
         config.reconnect_max = Duration::from_millis(500);
@@ -259,11 +323,17 @@ impl RunningDevice {
     }
 
     pub async fn start_worker(&mut self) {
+        let docker = worker::connect_docker(None).expect("docker");
+        self.start_worker_with_docker(docker).await;
+    }
+
+    /// Starts a worker (replacing a stopped or killed one) that talks to
+    /// `docker`, which may be an engine that is not there.
+    pub async fn start_worker_with_docker(&mut self, docker: bollard::Docker) {
         let config = worker::WorkerConfig {
             health_interval: Duration::from_millis(300),
             ..worker::WorkerConfig::default()
         };
-        let docker = worker::connect_docker(None).expect("docker");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker::run(
             connect(&self.nats.url()).await,
@@ -279,6 +349,16 @@ impl RunningDevice {
         if let Some((shutdown, task)) = self.bridge.take() {
             task.abort();
             shutdown.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Kills the worker as a crash would: its task is aborted at once, with
+    /// the requests it was serving (no grace period, no answers), and its
+    /// NATS connection goes with it.
+    pub async fn kill_worker(&mut self) {
+        if let Some((_shutdown, task)) = self.worker.take() {
+            task.abort();
             let _ = task.await;
         }
     }
