@@ -6,6 +6,7 @@
 # tests), python3 with venv, git and Docker Compose (the dev stack tests), from
 # Debian; then the Python checkers the cloud's tests run (the OpenAPI
 # validator), from PyPI into target/python-tools.
+# cargo-fuzz comes from crates.io for the fuzzing smoke at the end.
 # Docker must be running: the worker tests talk to the real engine, and the dev
 # stack tests run ./run-dev.sh (Docker Compose) from a fresh clone.
 set -euo pipefail
@@ -34,6 +35,13 @@ docker info >/dev/null 2>&1 || { echo "error: Docker is not running; the worker 
 # The dev stack tests run ./run-dev.sh, which needs Compose (v2 plugin or v1) and git.
 docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null ||
   { echo "error: neither 'docker compose' nor 'docker-compose' is installed; the dev stack tests run ./run-dev.sh with it" >&2; exit 1; }
+
+# A short smoke of every fuzz target first (scripts/fuzz.sh runs them
+# longer), so that the test runner's summary closes the output.
+fuzz_seconds=${FUZZ_SECONDS:-10}
+if [ "$fuzz_seconds" -gt 0 ]; then
+  scripts/fuzz.sh "$fuzz_seconds"
+fi
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"
