@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use futures::stream::SplitStream;
 use futures::StreamExt;
+use protocol::auth::AuthenticateParams;
 use protocol::keys::{self, PublicKey};
 use protocol::{auth, Direction, ErrorCode, Expectation, Message, RpcError, ANY_AUDIENCE};
 use rand::RngCore;
@@ -40,18 +41,8 @@ pub(crate) struct Authenticated {
     pub signed_at: u64,
 }
 
-/// The params of the authentication request.
-pub(crate) struct AuthParams {
-    pub(crate) device_id: String,
-    /// The key in its canonical PEM form.
-    pub(crate) public_key_pem: String,
-    key: PublicKey,
-    challenge: Option<String>,
-    pub(crate) bridge_version: Option<String>,
-}
-
 /// Why an attempt failed: the label counted, the error answered, the detail logged.
-pub(crate) struct AuthFailure {
+struct AuthFailure {
     reason: &'static str,
     error: RpcError,
 }
@@ -216,7 +207,7 @@ async fn decide(
     state: &AppState,
     link: &Link,
     request_id: Value,
-    params: AuthParams,
+    params: AuthenticateParams,
     signed_at: u64,
     address: IpAddr,
 ) -> Option<Authenticated> {
@@ -307,7 +298,7 @@ async fn decide(
 /// re-keys. Nothing of a known device is touched unless the key matches.
 async fn verdict(
     state: &AppState,
-    params: &AuthParams,
+    params: &AuthenticateParams,
     fingerprint: &str,
     address: IpAddr,
 ) -> Result<Verdict, RegistryError> {
@@ -374,48 +365,14 @@ async fn verdict(
     Ok(Verdict::Status(record.status))
 }
 
-/// Reads `{device_id, public_key, challenge, bridge_version}`; a bridge
-/// version is at most `max_version` bytes of printable ASCII.
-pub(crate) fn auth_params(
+/// Reads the params of `device.authenticate` (see
+/// [`AuthenticateParams::read`]); a refusal is `bad_auth_params`.
+fn auth_params(
     params: Option<&Value>,
     max_version: usize,
-) -> Result<AuthParams, AuthFailure> {
-    let bad =
-        |message: &str| AuthFailure::new("bad_auth_params", ErrorCode::InvalidParams, message);
-    let params = params.and_then(Value::as_object).ok_or_else(|| {
-        bad("params must be an object with device_id, public_key, challenge and bridge_version")
-    })?;
-    let text = |name: &str| params.get(name).and_then(Value::as_str).map(str::to_owned);
-    let device_id = text("device_id").ok_or_else(|| bad("params.device_id must be a string"))?;
-    if !protocol::is_valid_device_id(&device_id) {
-        return Err(bad(
-            "params.device_id must be 1 to 128 characters of A-Z a-z 0-9 . _ -",
-        ));
-    }
-    let presented_pem =
-        text("public_key").ok_or_else(|| bad("params.public_key must be a PEM string"))?;
-    let key = keys::public_key_from_pem(&presented_pem).map_err(|e| {
-        bad(&format!(
-            "params.public_key is not an Ed25519 SPKI PEM key: {e}"
-        ))
-    })?;
-    // Stored in its canonical form, whatever padding the device sent.
-    let public_key_pem = keys::public_key_to_pem(&key);
-    let bridge_version = text("bridge_version");
-    if let Some(version) = &bridge_version {
-        if version.len() > max_version || !version.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(bad(&format!(
-                "params.bridge_version must be at most {max_version} printable ASCII characters"
-            )));
-        }
-    }
-    Ok(AuthParams {
-        device_id,
-        public_key_pem,
-        key,
-        challenge: text("challenge"),
-        bridge_version,
-    })
+) -> Result<AuthenticateParams, AuthFailure> {
+    AuthenticateParams::read(params, max_version)
+        .map_err(|message| AuthFailure::new("bad_auth_params", ErrorCode::InvalidParams, message))
 }
 
 /// Logs, counts, records (for a known device) and answers a failed attempt,

@@ -52,27 +52,6 @@ pub use fleet::{CallError, CallErrorKind, Fleet};
 pub use registry::{DeviceRecord, DeviceStatus, Registry, RegistryError};
 pub use state::AppState;
 
-/// Entry points for the fuzz targets in `fuzz/` (built only there, where
-/// cargo fuzz sets `cfg(fuzzing)`), into code that is otherwise private.
-#[cfg(fuzzing)]
-pub mod fuzzing {
-    /// What the cloud reads from `device.authenticate` params, if it accepts them.
-    pub struct AuthParams {
-        pub device_id: String,
-        pub public_key_pem: String,
-        pub bridge_version: Option<String>,
-    }
-
-    pub fn auth_params(params: &serde_json::Value, max_version: usize) -> Option<AuthParams> {
-        let read = crate::handshake::auth_params(Some(params), max_version).ok()?;
-        Some(AuthParams {
-            device_id: read.device_id,
-            public_key_pem: read.public_key_pem,
-            bridge_version: read.bridge_version,
-        })
-    }
-}
-
 /// This build's version, logged at start and shown by `/healthz`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest shutdown: in-flight HTTP requests and device close frames get this long.

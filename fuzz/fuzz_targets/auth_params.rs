@@ -4,14 +4,22 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use protocol::auth::AuthenticateParams;
+
+const MAX_VERSION: usize = 64;
 
 fuzz_target!(|text: &str| {
     let Ok(params) = serde_json::from_str::<serde_json::Value>(text) else {
         return;
     };
-    if let Some(read) = cloud::fuzzing::auth_params(&params, 64) {
+    if let Ok(read) = AuthenticateParams::read(Some(&params), MAX_VERSION) {
         assert!(protocol::is_valid_device_id(&read.device_id));
-        assert!(read.bridge_version.is_none_or(|v| v.len() <= 64));
-        assert!(protocol::keys::public_key_from_pem(&read.public_key_pem).is_ok());
+        assert!(read
+            .bridge_version
+            .is_none_or(|v| v.len() <= MAX_VERSION && v.bytes().all(|b| b.is_ascii_graphic())));
+        assert_eq!(
+            protocol::keys::public_key_from_pem(&read.public_key_pem),
+            Ok(read.key)
+        );
     }
 });

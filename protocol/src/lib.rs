@@ -5,6 +5,7 @@
 //! broker or clock. The only I/O is reading and writing key files in [`keys`].
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod close_code;
 pub mod error;
 pub mod frame;
@@ -32,13 +33,3 @@ pub const ALGORITHM: &str = "ed25519";
 pub const ANY_AUDIENCE: &str = "*";
 /// Default allowed clock skew between signer and receiver.
 pub const DEFAULT_SKEW_MS: u64 = 60_000;
-
-/// Methods and notifications of the authentication handshake.
-pub mod auth {
-    /// Cloud → device notification opening the handshake.
-    pub const CHALLENGE: &str = "auth.challenge";
-    /// Cloud → device notification announcing a registry status change.
-    pub const STATUS: &str = "auth.status";
-    /// Default device → cloud method proving possession of the device key.
-    pub const DEFAULT_AUTHENTICATE: &str = "device.authenticate";
-}
