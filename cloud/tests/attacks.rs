@@ -19,10 +19,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use protocol::close_code::{KEY_MISMATCH, REJECTED, TRY_AGAIN_LATER};
 use protocol::{keys, ErrorCode, Message};
-use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
+use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER};
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
-use support::{now_ms, RefusedUpgrade, TestCloud, TestDevice, PROMPTLY};
+use support::{hidden_field, now_ms, set_cookie, RefusedUpgrade, TestCloud, TestDevice, PROMPTLY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -360,27 +360,6 @@ async fn add_operator(cloud: &TestCloud, name: &str) {
         .add_operator(name, PASSWORD, now_ms() as i64)
         .await
         .unwrap();
-}
-
-/// `name=value` of the cookie named `name` that `response` sets.
-fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-}
-
-/// The value of the hidden field `name` in `html`.
-fn hidden_field(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
 }
 
 /// Posts the dashboard's sign-in form (fetching a fresh form first).

@@ -9,7 +9,7 @@ use reqwest::header::{
 };
 use reqwest::redirect::Policy;
 use reqwest::{Client, Response};
-use support::TestCloud;
+use support::{hidden_field, set_cookie, TestCloud};
 
 const NAME: &str = "alice";
 const PASSWORD: &str = "a long enough password";
@@ -34,27 +34,6 @@ fn form(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
-}
-
-/// `name=value` of the cookie named `name` that `response` sets.
-fn set_cookie(response: &Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get_all(SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-}
-
-/// The value of the hidden field `name` in `html`.
-fn hidden_field(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
 }
 
 /// The sign-in form's cookie and token.

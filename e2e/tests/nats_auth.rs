@@ -111,6 +111,8 @@ async fn the_worker_may_not_announce_the_bridge_status_nor_read_every_request() 
     let (worker, mut errors) = connect_as(&server, &users.login("worker")).await;
     // What the worker hears of bridge.status, to see a forged one not arrive.
     let mut statuses = worker.subscribe("bridge.status").await.unwrap();
+    // A flush is a round trip: the server has the subscription after it.
+    worker.flush().await.unwrap();
 
     worker
         .publish("bridge.status", r#"{"state":"live"}"#.into())
@@ -143,6 +145,7 @@ async fn the_worker_may_not_announce_the_bridge_status_nor_read_every_request() 
 
     // What the worker may do still works: the bridge hears its notification.
     let mut notes = bridge.subscribe("cloud.notify.>").await.unwrap();
+    bridge.flush().await.unwrap();
     worker
         .publish("cloud.notify.device.health", r#"{"cpu":1}"#.into())
         .await

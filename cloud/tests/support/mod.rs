@@ -36,6 +36,27 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// `name=value` of the cookie named `name` that `response` sets.
+pub fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+}
+
+/// The value of the hidden field `name` in `html`.
+pub fn hidden_field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
 /// Polls `condition` until it holds, failing the test after `PROMPTLY`.
 pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
 where
@@ -212,29 +233,10 @@ pub struct TestDevice {
 
 impl TestDevice {
     async fn open(cloud: &TestCloud, id: &str, key: PrivateKey) -> Self {
-        let mut request = cloud.ws_url().into_client_request().unwrap();
-        request.headers_mut().insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(protocol::SUBPROTOCOL),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        let mut device = TestDevice {
-            id: id.to_string(),
-            key,
-            challenge: String::new(),
-            cloud_id: cloud.cloud_id.clone(),
-            cloud_key: cloud.cloud_key,
-            ws,
-            next_id: 0,
-        };
-        let hello = device.recv_verified(protocol::ANY_AUDIENCE).await;
-        match hello.message {
-            Message::Notification { method, params } if method == protocol::auth::CHALLENGE => {
-                device.challenge = params.unwrap()["challenge"].as_str().unwrap().to_string();
-            }
-            other => panic!("expected auth.challenge, got {other:?}"),
+        match Self::try_open(cloud, id, key, None).await {
+            Ok(device) => device,
+            Err(refused) => panic!("device WebSocket upgrade refused: {refused:?}"),
         }
-        device
     }
 
     pub fn public_key_pem(&self) -> String {
