@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
-use crate::registry::AuthEvent;
+use crate::registry::{aggregation_bucket, AuthEvent};
 
 /// Device auth events the audit log shows. Accept, reject and delete are
 /// operator actions and appear once, as such.
@@ -17,9 +17,6 @@ const DEVICE_EVENTS: [&str; 4] = ["new_key", "authenticated", "key_mismatch", "a
 const REFUSED_DEVICE_EVENTS: [&str; 2] = ["key_mismatch", "auth_failed"];
 /// Most entries one page may hold.
 pub const MAX_PAGE: i64 = 500;
-/// Refusals alike within one window of this length (a clock hour) share one
-/// row (see [`AuditLog::record_refusal`]).
-pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(3600);
 
 /// What an operator did, to be recorded.
 #[derive(Debug, Clone)]
@@ -132,20 +129,7 @@ impl AuditLog {
 
     /// Stores an action; returns it as the log will show it.
     pub async fn record(&self, action: &Action<'_>, now: i64) -> Result<AuditEntry, sqlx::Error> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(now)
-        .bind(action.actor)
-        .bind(action.action)
-        .bind(action.target)
-        .bind(action.outcome)
-        .bind(action.detail)
-        .bind(action.latency_ms)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(action.entry(id, now, 1))
+        self.insert(action, now, None).await
     }
 
     /// Stores a refused action in aggregate: the entry with the same actor,
@@ -156,6 +140,18 @@ impl AuditLog {
         &self,
         action: &Action<'_>,
         now: i64,
+    ) -> Result<AuditEntry, sqlx::Error> {
+        self.insert(action, now, Some(aggregation_bucket(now)))
+            .await
+    }
+
+    /// One upsert for both: without a bucket the row is never a conflict
+    /// (the unique index lets NULLs repeat), so it is a row of its own.
+    async fn insert(
+        &self,
+        action: &Action<'_>,
+        now: i64,
+        bucket: Option<i64>,
     ) -> Result<AuditEntry, sqlx::Error> {
         let (id, count): (i64, i64) = sqlx::query_as(
             "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms, bucket) \
@@ -171,7 +167,7 @@ impl AuditLog {
         .bind(action.outcome)
         .bind(action.detail)
         .bind(action.latency_ms)
-        .bind(aggregation_bucket(now))
+        .bind(bucket)
         .fetch_one(&self.pool)
         .await?;
         Ok(action.entry(id, now, count))
@@ -261,9 +257,4 @@ impl AuditLog {
             limit,
         })
     }
-}
-
-/// The aggregation window `at` (ms since the epoch) falls in.
-pub(crate) fn aggregation_bucket(at: i64) -> i64 {
-    at.div_euclid(AGGREGATION_WINDOW.as_millis() as i64)
 }

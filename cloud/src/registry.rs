@@ -14,6 +14,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use utoipa::ToSchema;
 
+/// Refusals alike within one window of this length (a clock hour) share one
+/// row, with a count: a device's refused attempts here, refused operator
+/// actions in the audit log.
+pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The aggregation window `at` (ms since the epoch) falls in.
+pub(crate) fn aggregation_bucket(at: i64) -> i64 {
+    at.div_euclid(AGGREGATION_WINDOW.as_millis() as i64)
+}
+
 /// Container events kept per device; older ones are pruned on insert.
 pub const DEVICE_EVENTS_KEPT: i64 = 1000;
 /// Health reports are kept this long, for the dashboard's chart.
@@ -341,12 +351,16 @@ impl Registry {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        let kind = AuthEventKind::Authenticated;
-        let event = if status == DeviceStatus::Accepted {
-            insert_auth_event(&mut tx, id, kind, detail, now).await?
-        } else {
-            aggregate_auth_event(&mut tx, id, kind, detail, now).await?
-        };
+        let bucket = (status != DeviceStatus::Accepted).then(|| aggregation_bucket(now));
+        let event = upsert_auth_event(
+            &mut tx,
+            id,
+            AuthEventKind::Authenticated,
+            detail,
+            now,
+            bucket,
+        )
+        .await?;
         tx.commit().await?;
         Ok(event)
     }
@@ -567,7 +581,7 @@ impl Registry {
     }
 
     /// Records a refused attempt on a known device in aggregate: one row per
-    /// kind and clock hour counts them (see [`crate::audit::AGGREGATION_WINDOW`]),
+    /// kind and clock hour counts them (see [`AGGREGATION_WINDOW`]),
     /// so a stranger hammering an id costs its owner one bounded record.
     pub async fn add_refused_attempt(
         &self,
@@ -577,7 +591,8 @@ impl Registry {
         now: i64,
     ) -> Result<AuthEvent, RegistryError> {
         let mut conn = self.pool.acquire().await?;
-        aggregate_auth_event(&mut conn, device_id, event, detail, now).await
+        let bucket = Some(aggregation_bucket(now));
+        upsert_auth_event(&mut conn, device_id, event, detail, now, bucket).await
     }
 
     /// The auth audit log, newest first, of one device or of all.
@@ -605,26 +620,20 @@ async fn insert_auth_event(
     detail: &str,
     now: i64,
 ) -> Result<AuthEvent, RegistryError> {
-    Ok(sqlx::query_as(
-        "INSERT INTO auth_events (device_id, at, event, detail) VALUES (?, ?, ?, ?) \
-         RETURNING id, device_id, at, event, detail, count",
-    )
-    .bind(device_id)
-    .bind(now)
-    .bind(event.as_str())
-    .bind(detail)
-    .fetch_one(conn)
-    .await?)
+    upsert_auth_event(conn, device_id, event, detail, now, None).await
 }
 
-/// Counts one more on the device's event of this kind in this clock hour,
-/// or inserts it, in one statement (so simultaneous attempts share it).
-async fn aggregate_auth_event(
+/// Inserts an event, or, with the `bucket` of an aggregation window, counts
+/// one more on the device's event of this kind in that window, in one
+/// statement (so simultaneous attempts share it). Without a bucket the row
+/// is never a conflict: the unique index lets NULLs repeat.
+async fn upsert_auth_event(
     conn: &mut sqlx::SqliteConnection,
     device_id: &str,
     event: AuthEventKind,
     detail: &str,
     now: i64,
+    bucket: Option<i64>,
 ) -> Result<AuthEvent, RegistryError> {
     Ok(sqlx::query_as(
         "INSERT INTO auth_events (device_id, at, event, detail, bucket) VALUES (?, ?, ?, ?, ?) \
@@ -636,7 +645,7 @@ async fn aggregate_auth_event(
     .bind(now)
     .bind(event.as_str())
     .bind(detail)
-    .bind(crate::audit::aggregation_bucket(now))
+    .bind(bucket)
     .fetch_one(conn)
     .await?)
 }

@@ -119,7 +119,7 @@ async fn refused_attempts_on_a_device_share_one_row_an_hour() {
         .register_new_key("dev-1", "PEM", "SHA256:x", None, 10, 0)
         .await
         .unwrap();
-    let hour = cloud::audit::AGGREGATION_WINDOW.as_millis() as i64;
+    let hour = cloud::registry::AGGREGATION_WINDOW.as_millis() as i64;
     for n in 0..50 {
         let detail = format!("attempt {n}");
         registry

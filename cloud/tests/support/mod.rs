@@ -307,27 +307,41 @@ impl TestDevice {
     }
 
     pub async fn recv_verified(&mut self, audience: &str) -> Verified {
+        match self.next_text().await {
+            Ok(text) => self.verify_from_cloud(&text, audience),
+            Err(code) => panic!("expected a text frame, the connection ended ({code:?})"),
+        }
+    }
+
+    /// The next text frame, skipping pings; or how the connection ended: the
+    /// close code, `None` if it ended without one.
+    async fn next_text(&mut self) -> Result<String, Option<u16>> {
         loop {
             let next = tokio::time::timeout(PROMPTLY, self.ws.next())
                 .await
                 .expect("the cloud sent nothing in time");
             match next {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let frame = parse_frame(text.as_str(), 1 << 22).unwrap();
-                    let expect = Expectation {
-                        signer_id: &self.cloud_id,
-                        key: &self.cloud_key,
-                        audience_id: audience,
-                        direction: Direction::CloudToDevice,
-                        skew_ms: 60_000,
-                        now_ms: now_ms(),
-                    };
-                    return verify(frame, &expect).unwrap();
-                }
+                Some(Ok(WsMessage::Text(text))) => return Ok(text.as_str().to_owned()),
                 Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
+                Some(Ok(WsMessage::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(other)) => panic!("expected a text frame or a close, got {other:?}"),
+                Some(Err(_)) | None => return Err(None),
             }
         }
+    }
+
+    /// Verifies a frame of the cloud's, signed for `audience`, as a device would.
+    fn verify_from_cloud(&self, text: &str, audience: &str) -> Verified {
+        let frame = parse_frame(text, 1 << 22).unwrap();
+        let expect = Expectation {
+            signer_id: &self.cloud_id,
+            key: &self.cloud_key,
+            audience_id: audience,
+            direction: Direction::CloudToDevice,
+            skew_ms: 60_000,
+            now_ms: now_ms(),
+        };
+        verify(frame, &expect).unwrap()
     }
 
     /// Sends a request and returns the response's result or error.
@@ -604,61 +618,21 @@ impl TestDevice {
 
     /// The next cloud message, verified, signed for this device or for anyone.
     pub async fn recv_for_me_or_anyone(&mut self) -> Message {
-        loop {
-            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
-                .await
-                .expect("the cloud sent nothing in time");
-            match next {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let frame = parse_frame(text.as_str(), 1 << 22).unwrap();
-                    let audience = frame
-                        .get("meta")
-                        .and_then(|meta| meta.get("audience_id"))
-                        .and_then(Value::as_str)
-                        .filter(|a| *a == protocol::ANY_AUDIENCE)
-                        .unwrap_or(self.id.as_str())
-                        .to_owned();
-                    let expect = Expectation {
-                        signer_id: &self.cloud_id,
-                        key: &self.cloud_key,
-                        audience_id: &audience,
-                        direction: Direction::CloudToDevice,
-                        skew_ms: 60_000,
-                        now_ms: now_ms(),
-                    };
-                    return verify(frame, &expect).unwrap().message;
-                }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                other => panic!("expected a text frame, got {other:?}"),
-            }
-        }
+        let text = self.next_text().await.unwrap_or_else(|code| {
+            panic!("expected a text frame, the connection ended ({code:?})")
+        });
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        let audience = match frame["meta"]["audience_id"].as_str() {
+            Some(protocol::ANY_AUDIENCE) => protocol::ANY_AUDIENCE,
+            _ => self.id.as_str(),
+        };
+        self.verify_from_cloud(&text, audience).message
     }
 
     /// The next message from the cloud, or how the connection ended: the
     /// close code, `None` if it ended without one.
     pub async fn recv_or_close(&mut self) -> Result<Message, Option<u16>> {
-        loop {
-            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
-                .await
-                .expect("the cloud sent nothing in time");
-            match next {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let frame = parse_frame(text.as_str(), 1 << 22).unwrap();
-                    let expect = Expectation {
-                        signer_id: &self.cloud_id,
-                        key: &self.cloud_key,
-                        audience_id: &self.id,
-                        direction: Direction::CloudToDevice,
-                        skew_ms: 60_000,
-                        now_ms: now_ms(),
-                    };
-                    return Ok(verify(frame, &expect).unwrap().message);
-                }
-                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
-                Some(Ok(WsMessage::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
-                Some(Ok(other)) => panic!("expected a text frame or a close, got {other:?}"),
-                Some(Err(_)) | None => return Err(None),
-            }
-        }
+        let text = self.next_text().await?;
+        Ok(self.verify_from_cloud(&text, &self.id).message)
     }
 }
