@@ -13,7 +13,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
@@ -21,7 +21,6 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use ipnet::IpNet;
 
 use crate::config::Limits;
-use crate::state::AppState;
 
 /// Keys a limiter keeps before the ones at full allowance are swept.
 const LIMITER_KEYS_KEPT: usize = 10_000;
@@ -30,19 +29,29 @@ const LIMITER_KEYS_KEPT: usize = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
-impl FromRequestParts<AppState> for ClientAddress {
+/// The reverse proxies whose `X-Forwarded-For` is believed
+/// (`TRUSTED_PROXIES`); the app's state provides them.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(pub Vec<IpNet>);
+
+impl<S> FromRequestParts<S> for ClientAddress
+where
+    S: Send + Sync,
+    TrustedProxies: FromRef<S>,
+{
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Infallible> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Infallible> {
         // Requests served without a socket (in-process tests) share one address.
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        let TrustedProxies(trusted) = TrustedProxies::from_ref(state);
         Ok(ClientAddress(client_address(
             peer,
             &parts.headers,
-            &state.config().limits.trusted_proxies,
+            &trusted,
         )))
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accounts::Accounts;
-use crate::admission::Admission;
+use crate::admission::{Admission, TrustedProxies};
 use crate::audit::{Action, AuditEntry, AuditLog};
 use crate::config::CloudConfig;
 use crate::events::EventHub;
@@ -234,5 +234,12 @@ impl AppState {
 
     pub(crate) fn skew_ms(&self) -> u64 {
         u64::try_from(self.inner.config.skew.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Whose `X-Forwarded-For` the client address extractor believes.
+impl axum::extract::FromRef<AppState> for TrustedProxies {
+    fn from_ref(state: &AppState) -> Self {
+        TrustedProxies(state.config().limits.trusted_proxies.clone())
     }
 }
