@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::keys::PublicKey;
-use protocol::Signer;
+use protocol::{Peer, Remote, Side, Signer};
 
 #[derive(Clone)]
 pub struct BridgeConfig {
@@ -55,7 +55,7 @@ impl BridgeConfig {
             cloud_key,
             auth_method: protocol::auth::DEFAULT_AUTHENTICATE.to_owned(),
             skew: Duration::from_millis(protocol::DEFAULT_SKEW_MS),
-            max_frame_bytes: 4 << 20,
+            max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
             worker_timeout: Duration::from_secs(25),
             cloud_call_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(20),
@@ -69,5 +69,19 @@ impl BridgeConfig {
 
     pub fn device_id(&self) -> &str {
         self.signer.id()
+    }
+
+    /// This device's end of a connection to the cloud, the one signer it hears.
+    pub(crate) fn peer(&self) -> Peer {
+        Side::device(Arc::new(self.signer.clone()))
+            .with_skew_ms(self.skew.as_millis() as u64)
+            .with_max_frame_bytes(self.max_frame_bytes)
+            // A cloud that signed a request with a duplicate key or an unsafe
+            // number hears which request was refused.
+            .reading_ids_despite_parse_errors()
+            .peer(Remote {
+                id: self.cloud_id.clone(),
+                key: self.cloud_key,
+            })
     }
 }

@@ -17,15 +17,16 @@ mod uplink;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use protocol::nats::LinkState;
 use protocol::ReplayGuard;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
-pub use status::{read_state_file, LinkState};
+pub use status::read_state_file;
 
 use session::{run_session, Outbound, SessionEnd};
 
@@ -99,11 +100,16 @@ impl Bridge {
             uplinks.clone(),
         ));
 
-        let mut guard = ReplayGuard::new(config.skew.as_millis() as u64, REPLAY_CAPACITY);
+        // Kept across reconnects: a frame heard on one connection is not
+        // heard again on the next.
+        let guard = Mutex::new(ReplayGuard::new(
+            config.skew.as_millis() as u64,
+            REPLAY_CAPACITY,
+        ));
         let mut backoff = new_backoff(&config);
         loop {
             status::announce(&nats, &config, LinkState::Connecting).await;
-            let end = run_session(&config, &nats, &mut guard, &stats, &live, &shutdown).await;
+            let end = run_session(&config, &nats, &guard, &stats, &live, &shutdown).await;
             let wait = match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Rejected(reason) => {
@@ -153,10 +159,4 @@ fn new_backoff(config: &BridgeConfig) -> impl Iterator<Item = Duration> {
                 .mul_f64(rand::random::<f64>().mul_add(0.5, 0.5))
                 .max(min)
         })
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -4,43 +4,32 @@ use std::time::Duration;
 
 use async_nats::connection::State as ConnectionState;
 use async_nats::{HeaderMap, RequestErrorKind};
-use protocol::nats::{HEADER_REQUEST_ID, HEADER_SIGNER, RPC_PREFIX};
-use protocol::{check_method_name, parse_frame, ErrorCode, Message, RpcError};
+use protocol::nats::Relayed;
+use protocol::{parse_frame, ErrorCode, Message, RpcError};
 use serde_json::Value;
 
-/// Sends `method(params)` to whichever worker serves it and returns the
-/// outcome as a JSON-RPC result or error. The id is the caller's concern.
+/// Sends a relayed request to whichever worker serves its method and returns
+/// the outcome as a JSON-RPC result or error. The id is the caller's concern.
 pub async fn call_worker(
     nats: &async_nats::Client,
-    signer_id: &str,
-    id: &Value,
-    method: &str,
-    params: Option<Value>,
+    request: Relayed,
     timeout: Duration,
     max_reply_bytes: usize,
 ) -> Result<Value, RpcError> {
-    if let Err(refusal) = check_method_name(method) {
-        return Err(RpcError::refused(&refusal));
-    }
-    let request = Message::Request {
-        id: id.clone(),
-        method: method.to_owned(),
-        params,
-    };
+    let method = request.method().to_owned();
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_SIGNER, signer_id);
-    let request_id = id.as_str().map_or_else(|| id.to_string(), str::to_owned);
-    headers.insert(HEADER_REQUEST_ID, request_id.as_str());
-    let payload = Value::Object(request.to_value()).to_string();
+    for (name, value) in request.headers.iter().flat_map(|headers| headers.pairs()) {
+        headers.insert(name, value);
+    }
     // async-nats keeps a request waiting through a lost connection until its
     // timeout, which would blame the worker: say at once that the bus is down.
     if nats.connection_state() != ConnectionState::Connected {
         return Err(bus_down());
     }
     let sent = nats.send_request(
-        format!("{RPC_PREFIX}{method}"),
+        request.subject,
         async_nats::Request::new()
-            .payload(payload.into())
+            .payload(request.payload.into())
             .headers(headers)
             .timeout(Some(timeout)),
     );

@@ -1,11 +1,17 @@
 //! One WebSocket connection to the cloud: the authentication handshake, then
-//! relaying verified cloud requests to workers and device calls up to the cloud.
+//! relaying verified cloud requests to workers and device calls up to the
+//! cloud. What a frame must pass, and how a refusal is answered, is the
+//! protocol's [`Peer`]; this is its I/O.
 
-use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use protocol::{auth, Direction, ErrorCode, Expectation, Message, Refusal, ReplayGuard, RpcError};
-use serde_json::{json, Value};
+use protocol::auth::{self, AuthStatus, AuthenticateParams, Challenge, StatusReport};
+use protocol::nats::{LinkState, Relayed};
+use protocol::{
+    now_ms, CallTable, ErrorCode, Message, Peer, Refused, ReplayGuard, RpcError, Verified,
+};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{interval, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -17,24 +23,29 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::relay::call_worker;
-use crate::status::{announce, LinkState};
-use crate::{now_ms, BridgeConfig, BridgeStats, LiveLink};
+use crate::status::announce;
+use crate::{BridgeConfig, BridgeStats, LiveLink};
 
 /// Prefix of the authentication request's id, the only request sent before
 /// going live. The rest is random, so that only the cloud's answer to this
 /// very request is taken: a recorded answer names another id.
 const AUTH_REQUEST_PREFIX: &str = "auth-";
+/// Prefix of the ids of device → cloud calls.
+const CALL_PREFIX: &str = "d-";
 /// Frames queued for the socket writer; senders wait when it is full.
 const WRITE_QUEUE: usize = 256;
 /// Device → cloud calls and notifications queued for this session.
 pub const UPLINK_QUEUE: usize = 256;
+
+/// Where a device → cloud call waits for the cloud's answer.
+type CallReply = oneshot::Sender<Result<Value, RpcError>>;
 
 /// A device-side call or notification for the cloud, from the NATS uplink.
 pub enum Outbound {
     Call {
         method: String,
         params: Option<Value>,
-        reply: oneshot::Sender<Result<Value, RpcError>>,
+        reply: CallReply,
     },
     Notify {
         method: String,
@@ -61,29 +72,27 @@ enum Stage {
 pub struct Session<'a> {
     config: &'a BridgeConfig,
     nats: &'a async_nats::Client,
-    guard: &'a mut ReplayGuard,
+    /// The bridge's replay guard, kept across connections.
+    guard: &'a Mutex<ReplayGuard>,
     stats: &'a BridgeStats,
     live: &'a LiveLink,
+    /// This end of the connection; shared with the tasks answering relayed
+    /// requests.
+    peer: Arc<Peer>,
     stage: Stage,
     writer: mpsc::Sender<Frame>,
     uplink: mpsc::Sender<Outbound>,
-    /// Device → cloud calls awaiting the cloud's response, by request id.
-    in_flight: HashMap<String, oneshot::Sender<Result<Value, RpcError>>>,
-    next_call: u64,
+    /// Device → cloud calls awaiting the cloud's response.
+    calls: CallTable<CallReply>,
     /// This connection's authentication request id (see [`AUTH_REQUEST_PREFIX`]).
     auth_request_id: String,
-    /// The cloud's timestamp on its answer to our authentication: nothing it
-    /// signed before is heard on this connection, so frames recorded on an
-    /// earlier one (even before a restart of the bridge, whose replay guard
-    /// is then empty) are refused.
-    authenticated_at: Option<u64>,
 }
 
 /// Connects, authenticates and serves until the connection ends.
 pub async fn run_session(
     config: &BridgeConfig,
     nats: &async_nats::Client,
-    guard: &mut ReplayGuard,
+    guard: &Mutex<ReplayGuard>,
     stats: &BridgeStats,
     live: &LiveLink,
     shutdown: &CancellationToken,
@@ -150,13 +159,12 @@ pub async fn run_session(
         guard,
         stats,
         live,
+        peer: Arc::new(config.peer()),
         stage: Stage::AwaitChallenge,
         writer,
         uplink,
-        in_flight: HashMap::new(),
-        next_call: 0,
+        calls: CallTable::new(CALL_PREFIX),
         auth_request_id: format!("{AUTH_REQUEST_PREFIX}{:016x}", rand::random::<u64>()),
-        authenticated_at: None,
     };
 
     let handshake_deadline = Instant::now() + config.connect_timeout;
@@ -180,7 +188,7 @@ pub async fn run_session(
                             break end;
                         }
                     }
-                    Some(Ok(Frame::Binary(_))) => session.refuse(&Refusal::BinaryFrame, Some(Value::Null)).await,
+                    Some(Ok(Frame::Binary(_))) => session.refuse(session.peer.refuse_binary(now_ms())).await,
                     Some(Ok(Frame::Close(frame))) => {
                         let (code, reason) = frame
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
@@ -216,115 +224,37 @@ pub async fn run_session(
     end
 }
 
-/// The id of a request that the strict parser refused for a duplicate key or
-/// an unsafe number, read leniently so that the cloud hears why. `None` for
-/// anything else: an oversized frame is not parsed at all, and an id that is
-/// itself duplicated or unsafe cannot be answered faithfully.
-fn request_id_despite(text: &str, refusal: &Refusal) -> Option<Value> {
-    match refusal {
-        Refusal::DuplicateKey(key) if key != "id" => {}
-        Refusal::UnsafeNumber(_) => {}
-        _ => return None,
-    }
-    let Ok(Value::Object(frame)) = serde_json::from_str::<Value>(text) else {
-        return None;
-    };
-    frame.get("method")?;
-    let id = frame.get("id")?;
-    let safe = id.is_string()
-        || id
-            .as_i64()
-            .is_some_and(|n| n.unsigned_abs() <= protocol::MAX_SAFE_INTEGER);
-    safe.then(|| id.clone())
-}
-
 impl Session<'_> {
     async fn on_text(&mut self, text: &str) -> Option<SessionEnd> {
-        let config = self.config;
-        let frame = match protocol::parse_frame(text, config.max_frame_bytes) {
-            Ok(frame) => frame,
-            Err(refusal) => {
-                // As JSON-RPC answers a parse error: with id null when no id
-                // can be read faithfully.
-                let id = request_id_despite(text, &refusal).unwrap_or(Value::Null);
-                self.refuse(&refusal, Some(id)).await;
-                return None;
+        match self.peer.receive(text, now_ms(), Some(self.guard)) {
+            Ok(verified) => self.on_message(verified).await,
+            Err(refused) => {
+                self.refuse(refused).await;
+                None
             }
-        };
-        // Peeked only to answer a refused request and to pick the audience;
-        // nothing unverified is acted upon. Only the challenge notification
-        // may be addressed to anyone, not a request borrowing its name.
-        let unverified_id = frame.get("method").and(frame.get("id")).cloned();
-        let is_challenge = frame.get("method").and_then(Value::as_str) == Some(auth::CHALLENGE)
-            && !frame.contains_key("id");
-        let now = now_ms();
-        let expect = Expectation {
-            signer_id: &config.cloud_id,
-            key: &config.cloud_key,
-            audience_id: if is_challenge {
-                protocol::ANY_AUDIENCE
-            } else {
-                config.device_id()
-            },
-            direction: Direction::CloudToDevice,
-            skew_ms: config.skew.as_millis() as u64,
-            now_ms: now,
-        };
-        let verified = protocol::verify(frame, &expect).and_then(|verified| {
-            let meta = &verified.meta;
-            if let Some(authenticated_at) = self.authenticated_at {
-                if meta.timestamp < authenticated_at {
-                    return Err(Refusal::OlderThanSession {
-                        signed_at: meta.timestamp,
-                        authenticated_at,
-                    });
-                }
-            }
-            self.guard
-                .admit(&meta.signer_id, &meta.nonce, meta.timestamp, now)
-                .map(|()| verified)
-        });
-        let message = match verified {
-            Ok(verified) => {
-                let answers_auth = matches!(&verified.message,
-                    Message::Response { id, .. } if self.stage == Stage::AwaitAuthResult
-                        && id.as_str() == Some(self.auth_request_id.as_str()));
-                if answers_auth {
-                    self.authenticated_at = Some(verified.meta.timestamp);
-                }
-                verified.message
-            }
-            Err(refusal) => {
-                self.refuse(&refusal, unverified_id).await;
-                return None;
-            }
-        };
-        self.on_message(message).await
+        }
     }
 
-    async fn on_message(&mut self, message: Message) -> Option<SessionEnd> {
-        match (self.stage, message) {
+    async fn on_message(&mut self, verified: Verified) -> Option<SessionEnd> {
+        let signed_at = verified.meta.timestamp;
+        match (self.stage, verified.message) {
             (Stage::AwaitChallenge, Message::Notification { method, params })
                 if method == auth::CHALLENGE =>
             {
-                let challenge = params
-                    .as_ref()
-                    .and_then(|p| p.get("challenge"))
-                    .and_then(Value::as_str);
-                let Some(challenge) = challenge else {
-                    return Some(self.closed("auth.challenge without a challenge"));
+                let challenge = match Challenge::read(params) {
+                    Ok(challenge) => challenge,
+                    Err(error) => {
+                        return Some(self.closed(&format!("unreadable auth.challenge: {error}")))
+                    }
                 };
-                let params = json!({
-                    "device_id": self.config.device_id(),
-                    "public_key": protocol::keys::public_key_to_pem(&self.config.signer.public_key()),
-                    "challenge": challenge,
-                    "bridge_version": env!("CARGO_PKG_VERSION"),
-                });
-                let request = Message::request(
-                    self.auth_request_id.clone(),
-                    self.config.auth_method.clone(),
-                    params,
+                let params = AuthenticateParams::new(
+                    self.config.device_id(),
+                    self.config.signer.public_key(),
+                    &challenge.challenge,
+                    env!("CARGO_PKG_VERSION"),
                 );
+                let request =
+                    params.request(self.auth_request_id.clone(), &self.config.auth_method);
                 self.send(&request).await;
                 self.stage = Stage::AwaitAuthResult;
                 None
@@ -332,11 +262,13 @@ impl Session<'_> {
             (Stage::AwaitAuthResult, Message::Response { id, result })
                 if id.as_str() == Some(self.auth_request_id.as_str()) =>
             {
+                // Nothing the cloud signed before this answer is heard on this
+                // connection, so frames recorded on an earlier one (even
+                // before a restart of the bridge, whose replay guard is then
+                // empty) are refused.
+                self.peer.authenticated(signed_at);
                 match result {
-                    Ok(result) => {
-                        self.on_status(result.get("status").and_then(Value::as_str))
-                            .await
-                    }
+                    Ok(result) => self.on_status(StatusReport::read(Some(result))).await,
                     Err(error) => {
                         Some(self.closed(&format!("authentication refused: {}", error.message)))
                     }
@@ -345,19 +277,10 @@ impl Session<'_> {
             (Stage::Pending | Stage::Live, Message::Notification { method, params })
                 if method == auth::STATUS =>
             {
-                self.on_status(
-                    params
-                        .as_ref()
-                        .and_then(|p| p.get("status"))
-                        .and_then(Value::as_str),
-                )
-                .await
+                self.on_status(StatusReport::read(params)).await
             }
             (Stage::Live, Message::Request { id, method, params }) => {
-                match protocol::check_method_name(&method) {
-                    Ok(()) => self.relay_request(id, method, params),
-                    Err(refusal) => self.refuse(&refusal, Some(id)).await,
-                }
+                self.relay_request(id, method, params);
                 None
             }
             (_, Message::Request { id, method, .. }) => {
@@ -371,14 +294,13 @@ impl Session<'_> {
             (Stage::Live, Message::Notification { method, params })
                 if !method.starts_with("auth.") =>
             {
-                self.relay_notification(method, params).await;
+                self.relay_notification(&method, params).await;
                 None
             }
             (_, Message::Response { id, result }) => {
-                let sender = id.as_str().and_then(|id| self.in_flight.remove(id));
-                match sender {
-                    Some(sender) => {
-                        let _ = sender.send(result);
+                match self.calls.answer(&id) {
+                    Some(waiting) => {
+                        let _ = waiting.send(result);
                     }
                     None => tracing::warn!(%id, "response for no call in flight; dropped"),
                 }
@@ -391,10 +313,14 @@ impl Session<'_> {
         }
     }
 
-    async fn on_status(&mut self, status: Option<&str>) -> Option<SessionEnd> {
+    async fn on_status(&mut self, report: Result<StatusReport, String>) -> Option<SessionEnd> {
+        let status = match report {
+            Ok(report) => report.status,
+            Err(error) => return Some(self.closed(&format!("unreadable auth status: {error}"))),
+        };
         let device_id = self.config.device_id();
         match status {
-            Some("accepted") => {
+            AuthStatus::Accepted => {
                 if self.stage != Stage::Live {
                     self.stage = Stage::Live;
                     *self.live.lock().expect("live link lock") = Some(self.uplink.clone());
@@ -403,7 +329,7 @@ impl Session<'_> {
                 }
                 None
             }
-            Some("pending") => {
+            AuthStatus::Pending => {
                 self.stage = Stage::Pending;
                 self.clear_live();
                 tracing::info!(
@@ -414,8 +340,9 @@ impl Session<'_> {
                 announce(self.nats, self.config, LinkState::Pending).await;
                 None
             }
-            Some("rejected") => Some(SessionEnd::Rejected("device rejected by the cloud".into())),
-            other => Some(self.closed(&format!("unknown auth status {other:?}"))),
+            AuthStatus::Rejected => {
+                Some(SessionEnd::Rejected("device rejected by the cloud".into()))
+            }
         }
     }
 
@@ -423,52 +350,35 @@ impl Session<'_> {
     fn relay_request(&self, id: Value, method: String, params: Option<Value>) {
         let nats = self.nats.clone();
         let writer = self.writer.clone();
-        let config = self.config.clone();
+        let peer = self.peer.clone();
+        let timeout = self.config.worker_timeout;
+        let max_reply_bytes = self.config.max_frame_bytes;
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = call_worker(
-                &nats,
-                &config.cloud_id,
-                &id,
-                &method,
-                params,
-                config.worker_timeout,
-                config.max_frame_bytes,
-            )
-            .await;
+            let outcome = match Relayed::request(&peer.remote().id, id.clone(), &method, params) {
+                Ok(request) => call_worker(&nats, request, timeout, max_reply_bytes).await,
+                Err(refusal) => Err(RpcError::refused(&refusal)),
+            };
             tracing::info!(%method, %id, ok = outcome.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "relayed cloud request");
             let response = Message::Response {
                 id,
                 result: outcome,
             };
-            let text = config.signer.sign_to_text(
-                &response,
-                &config.cloud_id,
-                Direction::DeviceToCloud,
-                now_ms(),
-            );
-            let _ = writer.send(Frame::text(text)).await;
+            let _ = writer
+                .send(Frame::text(peer.sign(&response, now_ms())))
+                .await;
         });
     }
 
-    async fn relay_notification(&self, method: String, params: Option<Value>) {
-        if protocol::check_method_name(&method).is_err() {
+    async fn relay_notification(&self, method: &str, params: Option<Value>) {
+        let Ok(notification) = Relayed::notification(method, params) else {
             tracing::warn!(%method, "notification with a bad method name; dropped");
             return;
-        }
-        let message = Message::Notification {
-            method: method.clone(),
-            params,
         };
-        let payload = Value::Object(message.to_value()).to_string();
-        if let Err(error) = self
-            .nats
-            .publish(
-                format!("{}{method}", protocol::nats::RPC_PREFIX),
-                payload.into(),
-            )
-            .await
-        {
+        let Relayed {
+            subject, payload, ..
+        } = notification;
+        if let Err(error) = self.nats.publish(subject, payload.into()).await {
             tracing::warn!(%error, %method, "cannot relay notification");
         }
     }
@@ -480,16 +390,17 @@ impl Session<'_> {
                 params,
                 reply,
             } => {
-                self.next_call += 1;
-                let id = format!("d-{}", self.next_call);
-                self.in_flight.retain(|_, waiting| !waiting.is_closed());
-                self.in_flight.insert(id.clone(), reply);
-                self.send(&Message::Request {
-                    id: id.into(),
-                    method,
-                    params,
-                })
-                .await;
+                // Calls whose requester gave up waiting are forgotten.
+                self.calls.forget_if(CallReply::is_closed);
+                // The table closes only when the session ends.
+                if let Some(id) = self.calls.start(reply) {
+                    self.send(&Message::Request {
+                        id: id.into(),
+                        method,
+                        params,
+                    })
+                    .await;
+                }
             }
             Outbound::Notify { method, params } => {
                 self.send(&Message::Notification { method, params }).await;
@@ -497,23 +408,18 @@ impl Session<'_> {
         }
     }
 
-    /// Logs and counts a refusal; a refused request gets a signed error.
-    async fn refuse(&self, refusal: &Refusal, request_id: Option<Value>) {
+    /// Logs and counts a refusal, and sends its signed answer, if it has one.
+    async fn refuse(&self, refused: Refused) {
+        let Refused { refusal, reply } = refused;
         tracing::warn!(reason = refusal.reason(), %refusal, "refused a frame from the cloud");
         self.stats.count_refusal(refusal.reason());
-        if let Some(id) = request_id {
-            self.send(&Message::error(id, RpcError::refused(refusal)))
-                .await;
+        if let Some(reply) = reply {
+            let _ = self.writer.send(Frame::text(reply)).await;
         }
     }
 
     async fn send(&self, message: &Message) {
-        let text = self.config.signer.sign_to_text(
-            message,
-            &self.config.cloud_id,
-            Direction::DeviceToCloud,
-            now_ms(),
-        );
+        let text = self.peer.sign(message, now_ms());
         let _ = self.writer.send(Frame::text(text)).await;
     }
 
@@ -539,7 +445,7 @@ impl Session<'_> {
     /// Leaves the live link and fails every call still in flight at once.
     fn end(&mut self) {
         self.clear_live();
-        for (_, waiting) in self.in_flight.drain() {
+        for waiting in self.calls.close() {
             let _ = waiting.send(Err(RpcError::new(
                 ErrorCode::Unavailable,
                 "connection to the cloud closed while the call was in flight",

@@ -3,45 +3,23 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use protocol::nats::{BridgeStatus, LinkState, BRIDGE_STATUS};
 
 use crate::BridgeConfig;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkState {
-    Connecting,
-    /// Authenticated, waiting for an operator to accept the key.
-    Pending,
-    Live,
-    Disconnected,
-    /// The cloud refused this device; the bridge waits long before retrying.
-    Rejected,
-}
-
-impl LinkState {
-    /// Authenticated to the cloud (pending or live): the link works, whatever
-    /// an operator decides.
-    pub fn is_connected(self) -> bool {
-        matches!(self, LinkState::Pending | LinkState::Live)
-    }
-}
-
 pub async fn announce(nats: &async_nats::Client, config: &BridgeConfig, state: LinkState) {
-    let payload = serde_json::json!({
-        "state": state,
-        "device_id": config.device_id(),
-        "at_ms": crate::now_ms(),
-    });
+    let status = BridgeStatus {
+        state,
+        device_id: config.device_id().to_owned(),
+        at_ms: protocol::now_ms(),
+    };
+    let payload = serde_json::to_string(&status).expect("a bridge status serializes");
     if let Some(path) = &config.state_file {
-        if let Err(error) = write_state_file(path, &payload.to_string()).await {
+        if let Err(error) = write_state_file(path, &payload).await {
             tracing::warn!(path = %path.display(), %error, "cannot write the state file");
         }
     }
-    if let Err(error) = nats
-        .publish(protocol::nats::BRIDGE_STATUS, payload.to_string().into())
-        .await
-    {
+    if let Err(error) = nats.publish(BRIDGE_STATUS, payload.into()).await {
         tracing::warn!(%error, "cannot publish bridge.status");
     }
 }
@@ -55,12 +33,8 @@ async fn write_state_file(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// The state last written to `path` by a running bridge.
 pub fn read_state_file(path: &Path) -> std::io::Result<LinkState> {
-    #[derive(Deserialize)]
-    struct Written {
-        state: LinkState,
-    }
     let text = std::fs::read_to_string(path)?;
-    let written: Written = serde_json::from_str(&text)
+    let written: BridgeStatus = serde_json::from_str(&text)
         .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidData, error))?;
     Ok(written.state)
 }
@@ -70,7 +44,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_state_file_holds_the_last_state_and_only_authenticated_ones_are_connected() {
+    async fn the_state_file_holds_the_last_state() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         for state in [LinkState::Connecting, LinkState::Pending, LinkState::Live] {
@@ -78,17 +52,6 @@ mod tests {
             write_state_file(&path, &payload.to_string()).await.unwrap();
             assert_eq!(read_state_file(&path).unwrap(), state);
         }
-        let connected: Vec<LinkState> = [
-            LinkState::Connecting,
-            LinkState::Pending,
-            LinkState::Live,
-            LinkState::Disconnected,
-            LinkState::Rejected,
-        ]
-        .into_iter()
-        .filter(|state| state.is_connected())
-        .collect();
-        assert_eq!(connected, [LinkState::Pending, LinkState::Live]);
         assert!(read_state_file(&dir.path().join("missing")).is_err());
     }
 }

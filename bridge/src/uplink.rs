@@ -49,14 +49,11 @@ pub async fn serve_calls(
                 )),
                 (Ok(params), Some(session)) => call_cloud(&session, method, params, timeout).await,
             };
-            let response = Value::Object(
-                Message::Response {
-                    id: Value::Null,
-                    result: outcome,
-                }
-                .to_value(),
-            );
-            if let Err(error) = nats.publish(reply_to, response.to_string().into()).await {
+            let response = Message::Response {
+                id: Value::Null,
+                result: outcome,
+            };
+            if let Err(error) = nats.publish(reply_to, response.to_text().into()).await {
                 tracing::warn!(%error, "cannot answer a cloud call");
             }
         });

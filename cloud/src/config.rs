@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+/// This build's version, logged at start and shown by `/healthz`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Settings of a running cloud. The library never reads the environment;
 /// `main` builds this from [`ServeArgs`], tests build it directly.
 #[derive(Debug, Clone)]

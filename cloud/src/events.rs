@@ -1,4 +1,5 @@
-//! Live events for browsers and scripts: `/ws/events?topic=...`.
+//! Live events for browsers and scripts (served on `/ws/events` by
+//! `http::live_events`).
 //!
 //! One broadcast ring feeds every subscriber. Each subscriber reads at its own
 //! pace, and at most [`QUEUE_PER_CLIENT`] events wait for it; a subscriber that
@@ -7,24 +8,18 @@
 //! publisher or the other subscribers.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap};
-use axum::response::Response;
+// The text every subscriber sends, serialized once: the WebSocket's own
+// cheaply cloned string type.
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use crate::error::AppError;
-use crate::now_ms;
-use crate::state::AppState;
+use protocol::now_ms;
 
 /// Events that may wait for one subscriber before it is told it lagged.
 pub const QUEUE_PER_CLIENT: usize = 256;
-/// A subscriber that takes longer than this to accept one event is dropped.
-const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What an event is about; subscribers choose by topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +44,7 @@ impl Topic {
         }
     }
 
-    fn matches(&self, event: &LiveEvent) -> bool {
+    pub fn matches(&self, event: &LiveEvent) -> bool {
         match (self, &event.device_id) {
             (Topic::Audit, _) => event.kind.starts_with("audit."),
             (Topic::Devices, Some(_)) => true,
@@ -98,7 +93,7 @@ impl EventHub {
     }
 
     /// A new audit log entry.
-    pub fn audit(&self, entry: &crate::audit::AuditEntry) {
+    pub fn audit(&self, entry: &crate::store::audit::AuditEntry) {
         self.publish(LiveEvent {
             kind: "audit.entry",
             device_id: None,
@@ -116,94 +111,4 @@ impl EventHub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<(LiveEvent, Utf8Bytes)>> {
         self.sender.subscribe()
     }
-}
-
-/// `GET /ws/events?topic=devices&topic=device.<id>&topic=audit`, for a signed-in
-/// operator (session cookie) or an API token.
-pub(crate) async fn upgrade(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    upgrade: WebSocketUpgrade,
-) -> Result<Response, AppError> {
-    crate::operator_auth::caller_from_headers(&state, &headers, false).await?;
-    check_same_origin(&headers)?;
-    let topics = parse_topics(query.as_deref().unwrap_or(""))?;
-    let events = state.events().subscribe();
-    let stop = state.sessions_stop().clone();
-    Ok(upgrade.on_upgrade(move |socket| forward(socket, events, topics, stop)))
-}
-
-fn parse_topics(query: &str) -> Result<Vec<Topic>, AppError> {
-    let mut topics = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if key != "topic" {
-            continue;
-        }
-        let topic = Topic::parse(&value).ok_or_else(|| {
-            AppError::bad_request(format!(
-                "unknown topic {value:?}: use devices, device.<id> or audit"
-            ))
-        })?;
-        topics.push(topic);
-    }
-    if topics.is_empty() {
-        return Err(AppError::bad_request(
-            "name at least one topic: /ws/events?topic=devices (or device.<id>, audit)",
-        ));
-    }
-    Ok(topics)
-}
-
-/// Browsers send cookies on cross-site WebSocket handshakes too; a page of
-/// another origin must not read this stream with the operator's session.
-fn check_same_origin(headers: &HeaderMap) -> Result<(), AppError> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(()); // not a browser
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest);
-    if host.is_some() && origin_host == host {
-        Ok(())
-    } else {
-        Err(AppError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "cross_origin",
-            "event stream requested from another origin",
-        ))
-    }
-}
-
-async fn forward(
-    mut socket: WebSocket,
-    mut events: broadcast::Receiver<Arc<(LiveEvent, Utf8Bytes)>>,
-    topics: Vec<Topic>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let outgoing = tokio::select! {
-            _ = stop.cancelled() => break,
-            incoming = socket.recv() => match incoming {
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => continue, // pings are answered by the library
-            },
-            event = events.recv() => match event {
-                Ok(event) if topics.iter().any(|t| t.matches(&event.0)) => event.1.clone(),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    json!({ "type": "lagged", "missed": missed }).to_string().into()
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
-            },
-        };
-        match tokio::time::timeout(SEND_TIMEOUT, socket.send(WsMessage::Text(outgoing))).await {
-            Ok(Ok(())) => {}
-            _ => return, // gone, or too slow to keep
-        }
-    }
-    let _ = socket.send(WsMessage::Close(None)).await;
 }

@@ -1,64 +1,41 @@
 //! The cloud: the `/ws/device` endpoint devices keep a signed JSON-RPC
-//! WebSocket open to, the device registry (SQLite), the REST API operators use
-//! to accept devices and call RPCs on them, and the operator CLI.
+//! WebSocket open to, the device registry (SQLite), the REST API and
+//! dashboard operators use to accept devices and call methods on them, and
+//! the operator CLI.
+//!
+//! Layers, each importing only those below it:
+//! `http` (and `cli`) → `ops` → `device` → `events`, `store` → `config`.
 //!
 //! `run` takes an already-bound listener and a shutdown token, so tests start
 //! the real server in-process on `127.0.0.1:0`.
 #![forbid(unsafe_code)]
 
-pub mod accounts;
-pub mod admin_token;
-mod admission;
-pub mod api;
-pub mod audit;
 pub mod cli;
-pub mod cloud_methods;
+pub mod client;
+pub mod client_address;
 pub mod config;
-mod dashboard;
-mod device_ws;
-pub mod error;
+pub mod device;
 pub mod events;
-pub mod fleet;
-mod handshake;
-mod health;
-pub mod healthcheck;
-mod housekeeping;
-mod http_server;
-mod inbound;
-mod link;
-mod metrics;
-mod openapi;
-pub mod operator_auth;
-mod operators_api;
-pub mod refusals;
-pub mod registry;
-mod session;
-mod state;
+pub mod http;
+pub mod ops;
+pub mod store;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::http::StatusCode;
-use axum::routing::{any, get};
-use axum::Router;
+use protocol::Signer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
-pub use config::{CloudConfig, ServeArgs};
-pub use error::AppError;
-pub use fleet::{CallError, CallErrorKind, Fleet};
-pub use registry::{DeviceRecord, DeviceStatus, Registry, RegistryError};
-pub use state::AppState;
+pub use config::{CloudConfig, ServeArgs, VERSION};
+pub use device::{CallError, CallErrorKind, Devices, Fleet};
+pub use http::{app, AppState};
+pub use ops::{ErrorKind, OpError, Operations};
+pub use store::{DeviceRecord, DeviceStatus, Registry, RegistryError, Store};
 
-/// This build's version, logged at start and shown by `/healthz`.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest shutdown: in-flight HTTP requests and device close frames get this long.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// The HTTP timeout sits this far above the longest RPC timeout, so an RPC
-/// always reports its own timeout.
-const HTTP_TIMEOUT_MARGIN: Duration = Duration::from_secs(10);
 
 /// Opens and migrates the registry, then serves until `shutdown` is cancelled.
 pub async fn run(
@@ -69,8 +46,31 @@ pub async fn run(
     let registry = Registry::open(&config.database_url)
         .await
         .with_context(|| format!("cannot open the registry at {}", config.database_url))?;
-    let state = AppState::new(config, registry).await?;
+    let state = assemble(config, registry)?;
     serve(listener, state, shutdown).await
+}
+
+/// Builds the layers over `registry`: loads the cloud's private key and the
+/// admin token (creating the token file if missing) named in `config`.
+pub fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result<AppState> {
+    let key = protocol::keys::read_private_key(&config.private_key_path)
+        .context("cannot load the cloud's private key")?;
+    let admin_token = ops::admin_token::load_or_create(&config.admin_token_file)?;
+    tracing::info!(
+        path = %config.admin_token_file.display(),
+        "admin token file (use it as the API bearer token)"
+    );
+    let config = Arc::new(config);
+    let store = Store::over(registry);
+    let signer = Signer::new(config.cloud_id.clone(), key);
+    let devices = Devices::new(
+        config.clone(),
+        signer,
+        store.registry.clone(),
+        events::EventHub::default(),
+    );
+    let ops = Operations::new(config, store, devices.clone(), admin_token);
+    Ok(AppState::new(ops, devices))
 }
 
 /// Serves `app(state)` on `listener` until `shutdown`; then closes every
@@ -82,20 +82,25 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
+    let config = state.ops().config();
     tracing::info!(
         version = VERSION,
         %address,
-        cloud_id = %state.config().cloud_id,
+        cloud_id = %config.cloud_id,
         "cloud listening (devices on /ws/device, API on /api/v1)"
     );
-    let limits = state.config().limits.clone();
-    let mut server = tokio::spawn(http_server::serve(
+    let limits = config.limits.clone();
+    let mut server = tokio::spawn(http::server::serve(
         listener,
         app(state.clone()),
+        limits.clone(),
+        shutdown.clone(),
+    ));
+    let pruning = tokio::spawn(store::housekeeping::run(
+        state.ops().store().clone(),
         limits,
         shutdown.clone(),
     ));
-    let pruning = tokio::spawn(housekeeping::run(state.clone(), shutdown.clone()));
     tokio::select! {
         ended = &mut server => {
             ended.context("server task failed")?;
@@ -105,7 +110,8 @@ pub async fn serve(
     }
     pruning.abort();
     tracing::info!("shutting down");
-    state.close_all_sessions();
+    let devices = state.devices();
+    devices.close_all();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     if tokio::time::timeout_at(deadline, &mut server)
         .await
@@ -114,40 +120,11 @@ pub async fn serve(
         tracing::warn!("HTTP requests still running after the grace period; dropping them");
         server.abort();
     }
-    if tokio::time::timeout_at(deadline, state.sessions_closed())
+    if tokio::time::timeout_at(deadline, devices.all_closed())
         .await
         .is_err()
     {
         tracing::warn!("device connections still open after the grace period; dropping them");
     }
     Ok(())
-}
-
-/// The whole HTTP surface: `/ws/device`, `/ws/events`, `/healthz`, `/readyz`,
-/// `/metrics` and `/api/v1`.
-pub fn app(state: AppState) -> Router {
-    let http_timeout = state.config().max_rpc_timeout() + HTTP_TIMEOUT_MARGIN;
-    let http = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::scrape))
-        .merge(openapi::api_v1(state.clone()))
-        .merge(dashboard::routes())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            http_timeout,
-        ));
-    Router::new()
-        .route("/ws/device", any(device_ws::upgrade))
-        .route("/ws/events", get(events::upgrade))
-        .merge(http)
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
         Command::Audit(args) => cloud::cli::audit(args).await,
         Command::Tokens(args) => cloud::cli::tokens(args).await,
         Command::Operators(args) => cloud::cli::operators(args).await,
-        Command::Healthcheck(args) => cloud::healthcheck::run(args).await,
+        Command::Healthcheck(args) => cloud::cli::healthcheck::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

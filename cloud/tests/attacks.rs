@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use protocol::close_code::{KEY_MISMATCH, REJECTED, TRY_AGAIN_LATER};
-use protocol::{keys, ErrorCode, Message};
+use protocol::{keys, now_ms, ErrorCode, Message};
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER};
 use reqwest::redirect::Policy;
 use serde_json::{json, Value};
-use support::{hidden_field, now_ms, set_cookie, RefusedUpgrade, TestCloud, TestDevice, PROMPTLY};
+use support::{hidden_field, set_cookie, TestCloud};
+use testkit::fake_device::{FakeDevice, RefusedUpgrade};
+use testkit::PROMPTLY;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -38,7 +40,7 @@ const PASSWORD: &str = "correct horse battery";
 /// The bystander is served: it pings the cloud, and an operator's RPC through
 /// the API reaches it and its answer comes back. Returns how many signed
 /// frames the bystander sent doing so.
-async fn assert_bystander_served(cloud: &TestCloud, bystander: &mut TestDevice) -> usize {
+async fn assert_bystander_served(cloud: &TestCloud, bystander: &mut FakeDevice) -> usize {
     bystander.ping_cloud().await;
     let call = api_rpc(cloud, &bystander.id, "containers.list");
     let Message::Request { id, method, .. } = bystander.recv().await else {
@@ -84,7 +86,7 @@ fn reason(answer: &Value) -> &str {
 /// Asserts that the handshake was refused with `expected` and the connection
 /// then closed with `code`.
 async fn assert_handshake_refused(
-    device: &mut TestDevice,
+    device: &mut FakeDevice,
     answer: &Value,
     expected: &str,
     code: u16,
@@ -116,7 +118,7 @@ async fn audit_entries(cloud: &TestCloud, query: &str) -> Vec<Value> {
 }
 
 /// A refused upgrade: the status, and a body a person can read.
-fn assert_upgrade_refused(refused: Result<TestDevice, RefusedUpgrade>, status: u16, what: &str) {
+fn assert_upgrade_refused(refused: Result<FakeDevice, RefusedUpgrade>, status: u16, what: &str) {
     match refused {
         Ok(device) => panic!("{what}: the upgrade of {} was not refused", device.id),
         Err(refused) => {
@@ -134,7 +136,7 @@ async fn unauthenticated(
     cloud: &TestCloud,
     id: &str,
     forwarded_for: &str,
-) -> Result<TestDevice, RefusedUpgrade> {
+) -> Result<FakeDevice, RefusedUpgrade> {
     cloud
         .try_connect(id, keys::generate(), Some(forwarded_for))
         .await
@@ -146,7 +148,7 @@ async fn eventually_unauthenticated(
     cloud: &TestCloud,
     id: &str,
     forwarded_for: &str,
-) -> TestDevice {
+) -> FakeDevice {
     let deadline = Instant::now() + PROMPTLY;
     loop {
         match unauthenticated(cloud, id, forwarded_for).await {
@@ -165,7 +167,7 @@ async fn eventually_unauthenticated(
 /// Every table and column of the database with the length in bytes of its
 /// longest value (SQLite's own bookkeeping left out).
 async fn longest_values(cloud: &TestCloud) -> Vec<(String, String, i64)> {
-    let pool = cloud.state.registry().pool();
+    let pool = cloud.state.devices().registry().pool();
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' \
          AND name NOT LIKE 'sqlite%' AND name NOT LIKE '\\_sqlx%' ESCAPE '\\'",
@@ -195,7 +197,7 @@ async fn longest_values(cloud: &TestCloud) -> Vec<(String, String, i64)> {
 
 /// The `table.column`s holding a value that contains `needle`.
 async fn stored_anywhere(cloud: &TestCloud, needle: &str) -> Vec<String> {
-    let pool = cloud.state.registry().pool();
+    let pool = cloud.state.devices().registry().pool();
     let mut found = Vec::new();
     for (table, column, _) in longest_values(cloud).await {
         let hits: i64 = sqlx::query_scalar(&format!(
@@ -356,7 +358,9 @@ fn assert_rate_limited(response: &reqwest::Response, what: &str) {
 async fn add_operator(cloud: &TestCloud, name: &str) {
     cloud
         .state
-        .accounts()
+        .ops()
+        .store()
+        .accounts
         .add_operator(name, PASSWORD, now_ms() as i64)
         .await
         .unwrap();
@@ -425,7 +429,7 @@ fn database_growth(cloud: &TestCloud, before: u64) -> String {
 
 /// The refusals the cloud counted, by reason, for a figure line.
 fn refusal_counts(cloud: &TestCloud) -> String {
-    let mut counts: Vec<_> = cloud.state.refusals().into_iter().collect();
+    let mut counts: Vec<_> = cloud.state.devices().refusals().into_iter().collect();
     counts.sort();
     let counts: Vec<String> = counts
         .into_iter()
@@ -481,7 +485,7 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     let mut claimed: Vec<String> = (0..VICTIMS).map(|n| format!("victim-{n}")).collect();
     claimed.push(BYSTANDER.to_owned());
     let bytes_before = cloud.database_bytes();
-    let nonces_before = cloud.state.remembered_nonces();
+    let nonces_before = cloud.state.devices().remembered_nonces();
     let attack = Instant::now();
 
     // First a burst: claims of every id prepared, then all sent at once ...
@@ -511,7 +515,7 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     outcomes.extend(stream);
     let attack_time = attack.elapsed();
     let handshakes = outcomes.len();
-    let nonces_from_strangers = cloud.state.remembered_nonces() as i64 - nonces_before as i64;
+    let nonces_from_strangers = cloud.state.devices().remembered_nonces() as i64 - nonces_before as i64;
     let mut tally: HashMap<(String, String, u16), usize> = HashMap::new();
     for outcome in outcomes {
         *tally.entry(outcome).or_default() += 1;
@@ -577,10 +581,10 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     assert_bystander_served(&cloud, &mut bystander).await;
     served += 1;
     assert_eq!(
-        cloud.state.refusals().get("too_many_messages"),
+        cloud.state.devices().refusals().get("too_many_messages"),
         None,
         "{:?}",
-        cloud.state.refusals()
+        cloud.state.devices().refusals()
     );
     eprintln!(
         "figure: claimed-id handshakes: {handshakes} stranger handshakes ({} ids x {BURST} at once, \
@@ -658,18 +662,18 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
             "pending-{n}: {answered} requests heard, limit {LIMIT}"
         );
         assert!(
-            cloud.state.remembered_nonces() <= bystander_sent,
+            cloud.state.devices().remembered_nonces() <= bystander_sent,
             "after pending-{n}: the fleet-wide guard holds {} nonces, the bystander sent {bystander_sent}",
-            cloud.state.remembered_nonces()
+            cloud.state.devices().remembered_nonces()
         );
     }
 
     let attack_time = attack.elapsed();
     bystander_sent += assert_bystander_served(&cloud, &mut bystander).await;
     assert!(
-        cloud.state.remembered_nonces() <= bystander_sent,
+        cloud.state.devices().remembered_nonces() <= bystander_sent,
         "the fleet-wide guard holds {} nonces, the bystander sent {bystander_sent}",
-        cloud.state.remembered_nonces()
+        cloud.state.devices().remembered_nonces()
     );
     // The pending devices stay registered, for an operator to decide on.
     let (_, pending) = cloud.get("/api/v1/devices?state=pending").await;
@@ -680,7 +684,7 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
          {cut_off}/{PENDING}; replay guard holds {} nonces, the bystander sent {bystander_sent}; \
          pending devices registered {}; {}; {}; bystander served 1/1",
         secs(attack_time),
-        cloud.state.remembered_nonces(),
+        cloud.state.devices().remembered_nonces(),
         pending["devices"].as_array().unwrap().len(),
         database_growth(&cloud, bytes_before),
         refusal_counts(&cloud),
@@ -707,7 +711,7 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
     const REPORT_BYTES: usize = 100_000;
     const GROWTH_ALLOWED: u64 = 512 * 1024;
     let cloud = TestCloud::start().await;
-    let limits = cloud.state.config().limits.clone();
+    let limits = cloud.state.ops().config().limits.clone();
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
     let mut reporter = cloud.accepted_device("reporter").await;
     add_operator(&cloud, "alice").await;
@@ -1286,7 +1290,7 @@ async fn sign_in_next_redirects_stay_on_this_site() {
     assert_eq!(response.status(), 303);
     assert_eq!(response.headers()[LOCATION], "/");
     let session =
-        set_cookie(&response, cloud::operator_auth::SESSION_COOKIE).expect("a session cookie");
+        set_cookie(&response, cloud::http::auth::SESSION_COOKIE).expect("a session cookie");
 
     let redirect_for = |next: &'static str| {
         let request = http
@@ -1519,8 +1523,9 @@ async fn frames_recorded_before_a_restart_are_refused_after_it() {
     let mut cloud = TestCloud::start().await;
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
     let mut device = cloud.accepted_device("dev-1").await;
-    let recorded =
-        Value::Object(device.signed(&Message::request("r-1", "cloud.ping", json!({})))).to_string();
+    let recorded = device
+        .signed(&Message::request("r-1", "cloud.ping", json!({})))
+        .text();
     device.send_text(recorded.clone()).await;
     let pong = device.expect_response(json!("r-1")).await.unwrap();
     assert_eq!(pong["pong"], true);
@@ -1571,7 +1576,7 @@ async fn frames_recorded_before_a_restart_are_refused_after_it() {
          the restart; {}; {}; bystander served 1/1",
         secs(restart_time),
         secs(attack_time),
-        cloud.state.remembered_nonces(),
+        cloud.state.devices().remembered_nonces(),
         database_growth(&cloud, bytes_before),
         refusal_counts(&cloud),
     );

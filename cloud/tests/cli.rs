@@ -142,7 +142,7 @@ async fn cloud_cli_with_stdin(args: &[&str], stdin: &str) -> (bool, String, Stri
 #[tokio::test]
 async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token() {
     let cloud = TestCloud::start().await;
-    let database = cloud.state.config().database_url.clone();
+    let database = cloud.state.ops().config().database_url.clone();
     let db = ["--database", database.as_str()];
 
     let add = [&["operators", "add", "alice", "--password-stdin"][..], &db].concat();
@@ -191,14 +191,18 @@ async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token(
     // An operator's API token, made through the API, drives the CLI.
     let alice = cloud
         .state
-        .accounts()
+        .ops()
+        .store()
+        .accounts
         .check_password("alice", "correct horse battery")
         .await
         .unwrap()
         .unwrap();
     let (_, secret) = cloud
         .state
-        .accounts()
+        .ops()
+        .store()
+        .accounts
         .create_token(&alice, "laptop", 0)
         .await
         .unwrap();
@@ -264,7 +268,7 @@ async fn devices_show_prints_the_device_and_its_auth_events() {
 #[tokio::test]
 async fn passwd_changes_the_password_and_ends_sessions_and_remove_removes() {
     let cloud = TestCloud::start().await;
-    let database = cloud.state.config().database_url.clone();
+    let database = cloud.state.ops().config().database_url.clone();
     let db = ["--database", database.as_str()];
     let login = |password: String| {
         let request = cloud

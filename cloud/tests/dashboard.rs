@@ -18,8 +18,10 @@ async fn cloud_with_operator() -> TestCloud {
     let cloud = TestCloud::start().await;
     cloud
         .state
-        .accounts()
-        .add_operator(NAME, PASSWORD, support::now_ms() as i64)
+        .ops()
+        .store()
+        .accounts
+        .add_operator(NAME, PASSWORD, protocol::now_ms() as i64)
         .await
         .unwrap();
     cloud
@@ -71,7 +73,7 @@ async fn signed_in(cloud: &TestCloud, http: &Client) -> (String, String) {
     let (cookie, token) = login_form(cloud, http).await;
     let response = post_login(cloud, http, &cookie, &token, PASSWORD).await;
     assert_eq!(response.status(), 303);
-    let session = set_cookie(&response, cloud::operator_auth::SESSION_COOKIE).expect("session");
+    let session = set_cookie(&response, cloud::http::auth::SESSION_COOKIE).expect("session");
     let page = http
         .get(cloud.url("/devices"))
         .header(COOKIE, &session)
@@ -250,7 +252,7 @@ async fn a_token_made_in_the_dashboard_is_shown_once_and_works_until_revoked() {
         .unwrap();
     assert!(list.contains("ci-deploy") && !list.contains(&secret));
 
-    let id = cloud.state.accounts().tokens().await.unwrap()[0].id;
+    let id = cloud.state.ops().team().tokens().await.unwrap()[0].id;
     let revoked = http
         .post(cloud.url(&format!("/tokens/{id}/revoke")))
         .header(COOKIE, &session)

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use protocol::{keys, Direction, Message};
+use protocol::{keys, Message};
 use serde_json::json;
 use support::{wait_until, TestCloud};
 
@@ -39,6 +39,7 @@ async fn a_fresh_key_is_pending_and_goes_live_on_the_same_socket_when_accepted()
         let state = cloud.state.clone();
         tokio::spawn(async move {
             state
+                .devices()
                 .fleet()
                 .call(
                     "dev-1",
@@ -78,7 +79,7 @@ async fn a_rejected_device_is_closed_with_4001_and_stays_out() {
     let mut again = cloud.connect_with_key("dev-1", key).await;
     assert_eq!(again.authenticate().await, json!({"status": "rejected"}));
     assert_eq!(again.expect_close().await.0, 4001);
-    assert!(!cloud.state.fleet().is_online("dev-1"));
+    assert!(!cloud.state.devices().fleet().is_online("dev-1"));
 }
 
 #[tokio::test]
@@ -110,7 +111,7 @@ async fn a_known_id_with_a_different_key_is_refused_with_4002_and_recorded() {
         cloud.device("dev-1").await["device"]["fingerprint"],
         registered
     );
-    assert!(cloud.state.fleet().is_online("dev-1"));
+    assert!(cloud.state.devices().fleet().is_online("dev-1"));
 }
 
 #[tokio::test]
@@ -152,6 +153,7 @@ async fn a_second_connection_replaces_the_first() {
         let state = cloud.state.clone();
         tokio::spawn(async move {
             state
+                .devices()
                 .fleet()
                 .call("dev-1", "system.health", None, Duration::from_secs(5))
                 .await
@@ -216,15 +218,7 @@ async fn authentication_signed_by_another_key_fails_and_is_recorded_for_a_known_
             "bridge_version": "test",
         }),
     );
-    let frame = device.signed_as(
-        &request,
-        &device.key.clone(),
-        "dev-1",
-        &cloud.cloud_id,
-        Direction::DeviceToCloud,
-        support::now_ms(),
-    );
-    device.send_frame(frame).await;
+    device.send(&device.signed(&request)).await;
     device.expect_refusal(json!("a-1"), "bad_signature").await;
     assert_eq!(device.expect_close().await.0, 4003);
     let (_, body) = cloud.get("/api/v1/auth-events?device_id=dev-1").await;
@@ -247,7 +241,7 @@ async fn an_operator_decision_reaches_a_device_that_is_still_connecting() {
     first.authenticate().await;
     first.drop_connection();
     wait_until("the first connection is gone", || async {
-        !cloud.state.fleet().is_online("dev-1")
+        !cloud.state.devices().fleet().is_online("dev-1")
     })
     .await;
     cloud.post("/api/v1/devices/dev-1/accept", json!({})).await;

@@ -181,7 +181,9 @@ async fn a_browser_session_subscribes_with_its_cookie() {
     let cloud = TestCloud::start().await;
     cloud
         .state
-        .accounts()
+        .ops()
+        .store()
+        .accounts
         .add_operator("alice", "correct horse battery", 0)
         .await
         .unwrap();
@@ -224,7 +226,7 @@ async fn a_stalled_subscriber_lags_alone_and_is_told_so() {
     let batch = 100;
     for start in (0..total).step_by(batch) {
         for n in start..start + batch {
-            cloud.state.events().device(
+            cloud.state.devices().events().device(
                 "device.health",
                 "dev-1",
                 json!({ "n": n, "pad": padding }),

@@ -35,7 +35,7 @@ async fn ready_while_the_registry_answers() {
 #[tokio::test]
 async fn not_ready_once_the_registry_database_is_closed() {
     let cloud = TestCloud::start().await;
-    cloud.state.registry().close().await;
+    cloud.state.devices().registry().close().await;
     let (status, body) = probe(&cloud, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["status"], "not_ready");
@@ -50,7 +50,7 @@ async fn not_ready_once_the_registry_database_is_closed() {
 #[tokio::test]
 async fn not_ready_while_shutting_down() {
     let cloud = TestCloud::start().await;
-    cloud.state.close_all_sessions();
+    cloud.state.devices().close_all();
     let (status, body) = probe(&cloud, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(

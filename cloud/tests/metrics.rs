@@ -255,7 +255,7 @@ async fn metrics_count_calls_refusals_devices_and_connections() {
     let gone = cloud.accepted_device("gone").await;
     gone.drop_connection();
     wait_until("the dropped device is offline", || async {
-        !cloud.state.fleet().is_online("gone")
+        !cloud.state.devices().fleet().is_online("gone")
     })
     .await;
     let mut pending = cloud.connect("pending").await;
@@ -292,9 +292,10 @@ async fn metrics_count_calls_refusals_devices_and_connections() {
     // ...one to an offline device...
     assert_eq!(rpc(&cloud, "gone").await.0, 503);
     // ...a frame with a broken signature...
-    let mut frame = live.signed(&Message::request("r-1", "cloud.ping", json!({})));
-    frame["params"] = json!({"tampered": true});
-    live.send_frame(frame).await;
+    let frame = live
+        .signed(&Message::request("r-1", "cloud.ping", json!({})))
+        .tampered("/params", json!({"tampered": true}));
+    live.send(&frame).await;
     live.expect_refusal(json!("r-1"), "bad_signature").await;
     // ...and a rejected device trying again.
     let mut again = cloud.connect_with_key("refused", refused_key).await;
@@ -407,7 +408,7 @@ async fn devices_are_left_out_while_the_registry_is_down() {
             .value("devbridge_devices", &[("status", "accepted")]),
         1.0
     );
-    cloud.state.registry().close().await;
+    cloud.state.devices().registry().close().await;
     let metrics = scrape(&cloud).await;
     assert!(
         !metrics.types.contains_key("devbridge_devices"),

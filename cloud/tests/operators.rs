@@ -8,6 +8,7 @@ use reqwest::header::{COOKIE, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use support::TestCloud;
+use testkit::fake_device::FakeDevice;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -20,7 +21,9 @@ struct Browser {
 async fn add_operator(cloud: &TestCloud, name: &str) {
     cloud
         .state
-        .accounts()
+        .ops()
+        .store()
+        .accounts
         .add_operator(name, PASSWORD, 0)
         .await
         .unwrap();
@@ -424,7 +427,7 @@ async fn secrets_are_stored_only_as_digests_and_passwords_as_argon2id() {
     let cloud = TestCloud::start().await;
     add_operator(&cloud, "alice").await;
     let browser = sign_in(&cloud, "alice").await;
-    let pool = cloud.state.registry().pool();
+    let pool = cloud.state.devices().registry().pool();
 
     let hash: String = sqlx::query_scalar("SELECT password_hash FROM operators")
         .fetch_one(pool)
@@ -546,7 +549,7 @@ async fn the_audit_log_has_decisions_rpcs_with_latency_and_device_events_filtere
 }
 
 /// Answers the next request the device receives.
-async fn answer_one(device: &mut support::TestDevice, answer: Result<Value, protocol::RpcError>) {
+async fn answer_one(device: &mut FakeDevice, answer: Result<Value, protocol::RpcError>) {
     let request = device.recv_verified("dev-1").await;
     let protocol::Message::Request { id, .. } = request.message else {
         panic!("expected a request, got {:?}", request.message);

@@ -4,15 +4,18 @@
 
 mod support;
 
+use std::time::Duration;
+
 use protocol::keys;
 use protocol::{canonical_signing_bytes, Direction, Message};
 use serde_json::{json, Map, Value};
-use support::{now_ms, TestCloud, TestDevice};
+use support::TestCloud;
+use testkit::fake_device::FakeDevice;
 
 const SMALL_FRAME_LIMIT: usize = 2048;
 
 /// A live device to misbehave, and a bystander that must not notice.
-async fn live_device() -> (TestCloud, TestDevice, TestDevice) {
+async fn live_device() -> (TestCloud, FakeDevice, FakeDevice) {
     let cloud = TestCloud::start_with(|c| c.max_frame_bytes = SMALL_FRAME_LIMIT).await;
     let device = cloud.accepted_device("dev-1").await;
     let bystander = cloud.accepted_device("dev-2").await;
@@ -27,16 +30,16 @@ fn ping(id: &str) -> Message {
 /// connection and the other device carry on.
 async fn assert_refused_then_alive(
     cloud: &TestCloud,
-    device: &mut TestDevice,
-    bystander: &mut TestDevice,
+    device: &mut FakeDevice,
+    bystander: &mut FakeDevice,
     id: Value,
     reason: &str,
 ) {
     device.expect_refusal(id, reason).await;
     assert!(
-        cloud.state.refusals().get(reason).copied().unwrap_or(0) >= 1,
+        cloud.state.devices().refusals().get(reason).copied().unwrap_or(0) >= 1,
         "{reason} not counted: {:?}",
-        cloud.state.refusals()
+        cloud.state.devices().refusals()
     );
     device.ping_cloud().await;
     bystander.ping_cloud().await;
@@ -45,9 +48,8 @@ async fn assert_refused_then_alive(
 #[tokio::test]
 async fn tampered_params() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let mut frame = device.signed(&ping("r-1"));
-    frame["params"]["n"] = json!(2);
-    device.send_frame(frame).await;
+    let frame = device.signed(&ping("r-1")).tampered("/params/n", json!(2));
+    device.send(&frame).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -61,10 +63,13 @@ async fn tampered_params() {
 #[tokio::test]
 async fn tampered_meta_field() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let mut frame = device.signed(&ping("r-1"));
-    let timestamp = frame["meta"]["timestamp"].as_u64().unwrap();
-    frame["meta"]["timestamp"] = json!(timestamp - 1);
-    device.send_frame(frame).await;
+    let signed = device.signed(&ping("r-1"));
+    let timestamp = signed
+        .get("/meta/timestamp")
+        .and_then(Value::as_u64)
+        .unwrap();
+    let frame = signed.tampered("/meta/timestamp", json!(timestamp - 1));
+    device.send(&frame).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -78,15 +83,8 @@ async fn tampered_meta_field() {
 #[tokio::test]
 async fn wrong_audience() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let frame = device.signed_as(
-        &ping("r-1"),
-        &device.key.clone(),
-        "dev-1",
-        "another-cloud",
-        Direction::DeviceToCloud,
-        now_ms(),
-    );
-    device.send_frame(frame).await;
+    let frame = device.frame(ping("r-1")).audience("another-cloud").sign();
+    device.send(&frame).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -100,15 +98,11 @@ async fn wrong_audience() {
 #[tokio::test]
 async fn wrong_direction() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let frame = device.signed_as(
-        &ping("r-1"),
-        &device.key.clone(),
-        "dev-1",
-        &cloud.cloud_id,
-        Direction::CloudToDevice,
-        now_ms(),
-    );
-    device.send_frame(frame).await;
+    let frame = device
+        .frame(ping("r-1"))
+        .direction(Direction::CloudToDevice)
+        .sign();
+    device.send(&frame).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -122,37 +116,29 @@ async fn wrong_direction() {
 #[tokio::test]
 async fn stale_timestamp_beyond_skew() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let frame = device.signed_as(
-        &ping("r-1"),
-        &device.key.clone(),
-        "dev-1",
-        &cloud.cloud_id,
-        Direction::DeviceToCloud,
-        now_ms() - 61_000,
-    );
-    device.send_frame(frame).await;
+    let frame = device
+        .frame(ping("r-1"))
+        .aged(Duration::from_millis(61_000))
+        .sign();
+    device.send(&frame).await;
     assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "stale").await;
 }
 
 #[tokio::test]
 async fn future_timestamp_beyond_skew() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let frame = device.signed_as(
-        &ping("r-1"),
-        &device.key.clone(),
-        "dev-1",
-        &cloud.cloud_id,
-        Direction::DeviceToCloud,
-        now_ms() + 61_000,
-    );
-    device.send_frame(frame).await;
+    let frame = device
+        .frame(ping("r-1"))
+        .ahead(Duration::from_millis(61_000))
+        .sign();
+    device.send(&frame).await;
     assert_refused_then_alive(&cloud, &mut device, &mut bystander, json!("r-1"), "future").await;
 }
 
 #[tokio::test]
 async fn byte_exact_replay() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let text = Value::Object(device.signed(&ping("r-1"))).to_string();
+    let text = device.signed(&ping("r-1")).text();
     device.send_text(text.clone()).await;
     assert!(device.expect_response(json!("r-1")).await.is_ok());
     device.send_text(text).await;
@@ -169,15 +155,8 @@ async fn byte_exact_replay() {
 #[tokio::test]
 async fn unknown_signer() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let frame = device.signed_as(
-        &ping("r-1"),
-        &device.key.clone(),
-        "mallory",
-        &cloud.cloud_id,
-        Direction::DeviceToCloud,
-        now_ms(),
-    );
-    device.send_frame(frame).await;
+    let frame = device.frame(ping("r-1")).signer_id("mallory").sign();
+    device.send(&frame).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -191,15 +170,8 @@ async fn unknown_signer() {
 #[tokio::test]
 async fn signature_by_another_key() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let frame = device.signed_as(
-        &ping("r-1"),
-        &keys::generate(),
-        "dev-1",
-        &cloud.cloud_id,
-        Direction::DeviceToCloud,
-        now_ms(),
-    );
-    device.send_frame(frame).await;
+    let frame = device.frame(ping("r-1")).key(keys::generate()).sign();
+    device.send(&frame).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -213,7 +185,9 @@ async fn signature_by_another_key() {
 #[tokio::test]
 async fn missing_meta() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    device.send_frame(ping("r-1").to_value()).await;
+    device
+        .send(&device.signed(&ping("r-1")).without("/meta"))
+        .await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -227,9 +201,10 @@ async fn missing_meta() {
 #[tokio::test]
 async fn other_algorithm() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let mut frame = device.signed(&ping("r-1"));
-    frame["meta"]["algorithm"] = json!("hmac-sha256");
-    device.send_frame(frame).await;
+    let frame = device
+        .signed(&ping("r-1"))
+        .tampered("/meta/algorithm", json!("hmac-sha256"));
+    device.send(&frame).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -260,7 +235,7 @@ async fn malformed_json() {
 #[tokio::test]
 async fn duplicate_keys() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let text = Value::Object(device.signed(&ping("r-1"))).to_string();
+    let text = device.signed(&ping("r-1")).text();
     let duplicated = text.replacen('{', r#"{"method":"containers.remove","#, 1);
     device.send_text(duplicated).await;
     assert_refused_then_alive(
@@ -288,7 +263,7 @@ async fn integer_beyond_two_to_the_53() {
     assert_eq!(canonical(two_53 + 1), canonical(two_53));
 
     // 2^53+1 signed as is: refused before any signature check.
-    device.send_frame(device.signed(&with(two_53 + 1))).await;
+    device.send(&device.signed(&with(two_53 + 1))).await;
     assert_refused_then_alive(
         &cloud,
         &mut device,
@@ -299,7 +274,7 @@ async fn integer_beyond_two_to_the_53() {
     .await;
 
     // Its rounded neighbour signed, while the frame carries 2^53+1: refused too.
-    let signed_neighbour = Value::Object(device.signed(&with(two_53))).to_string();
+    let signed_neighbour = device.signed(&with(two_53)).text();
     let carried = signed_neighbour.replace(&two_53.to_string(), &(two_53 + 1).to_string());
     assert_ne!(carried, signed_neighbour);
     device.send_text(carried).await;
@@ -316,15 +291,15 @@ async fn integer_beyond_two_to_the_53() {
 #[tokio::test]
 async fn batch_array() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let frame = Value::Object(device.signed(&ping("r-1")));
-    device.send_text(json!([frame]).to_string()).await;
+    let frame = device.signed(&ping("r-1"));
+    device.send_text(format!("[{}]", frame.text())).await;
     assert_refused_then_alive(&cloud, &mut device, &mut bystander, Value::Null, "batch").await;
 }
 
 #[tokio::test]
 async fn binary_frame() {
     let (cloud, mut device, mut bystander) = live_device().await;
-    let text = Value::Object(device.signed(&ping("r-1"))).to_string();
+    let text = device.signed(&ping("r-1")).text();
     device.send_binary(text.into_bytes()).await;
     assert_refused_then_alive(
         &cloud,
@@ -341,14 +316,14 @@ async fn oversized_frame() {
     let (cloud, mut device, mut bystander) = live_device().await;
     let padding = "x".repeat(SMALL_FRAME_LIMIT);
     let big = Message::request("r-1", "cloud.ping", json!({ "padding": padding }));
-    device.send_frame(device.signed(&big)).await;
+    device.send(&device.signed(&big)).await;
     let error = device.expect_refusal(Value::Null, "too_large").await;
     assert!(
         error.message.contains("exceeds the limit"),
         "{}",
         error.message
     );
-    assert_eq!(cloud.state.refusals().get("too_large"), Some(&1));
+    assert_eq!(cloud.state.devices().refusals().get("too_large"), Some(&1));
     device.ping_cloud().await;
     bystander.ping_cloud().await;
 }
@@ -372,12 +347,13 @@ async fn bad_method_name() {
 #[tokio::test]
 async fn a_refused_notification_is_not_answered() {
     let (cloud, mut device, _bystander) = live_device().await;
-    let mut frame = device.signed(&Message::notification("device.health", json!({"cpu": 1})));
-    frame["params"]["cpu"] = json!(99);
-    device.send_frame(frame).await;
+    let frame = device
+        .signed(&Message::notification("device.health", json!({"cpu": 1})))
+        .tampered("/params/cpu", json!(99));
+    device.send(&frame).await;
     // The next thing the device hears is the answer to its ping, not an error.
     device.ping_cloud().await;
-    assert_eq!(cloud.state.refusals().get("bad_signature"), Some(&1));
+    assert_eq!(cloud.state.devices().refusals().get("bad_signature"), Some(&1));
     assert_eq!(
         cloud.device("dev-1").await["device"]["last_health"],
         Value::Null
@@ -405,7 +381,7 @@ async fn a_device_over_its_message_cap_is_refused_and_the_others_carry_on() {
     device
         .expect_refusal(json!("r-over"), "too_many_messages")
         .await;
-    assert_eq!(cloud.state.refusals().get("too_many_messages"), Some(&1));
+    assert_eq!(cloud.state.devices().refusals().get("too_many_messages"), Some(&1));
     for _ in 0..3 {
         bystander.ping_cloud().await;
     }

@@ -1,7 +1,7 @@
 //! The SQLite registry on its own: never re-keyed, bounded event history,
 //! aggregated refusals, and what it forgets by itself.
 
-use cloud::registry::{AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT};
+use cloud::store::registry::{AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT};
 use serde_json::json;
 
 async fn open() -> (tempfile::TempDir, Registry) {
@@ -119,7 +119,7 @@ async fn refused_attempts_on_a_device_share_one_row_an_hour() {
         .register_new_key("dev-1", "PEM", "SHA256:x", None, 10, 0)
         .await
         .unwrap();
-    let hour = cloud::registry::AGGREGATION_WINDOW.as_millis() as i64;
+    let hour = cloud::store::registry::AGGREGATION_WINDOW.as_millis() as i64;
     for n in 0..50 {
         let detail = format!("attempt {n}");
         registry
@@ -177,7 +177,7 @@ async fn pending_devices_not_seen_for_long_are_forgotten_and_the_others_kept() {
 
 #[tokio::test]
 async fn the_audit_log_keeps_its_retention_and_its_most_rows() {
-    use cloud::audit::{Action, AuditLog};
+    use cloud::store::audit::{Action, AuditLog};
     use std::time::Duration;
 
     let (_dir, registry) = open().await;

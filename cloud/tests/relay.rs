@@ -63,6 +63,7 @@ async fn a_device_error_is_passed_through() {
         let state = cloud.state.clone();
         tokio::spawn(async move {
             state
+                .devices()
                 .fleet()
                 .call(
                     "dev-1",
@@ -139,7 +140,7 @@ async fn offline_device_is_503() {
     let device = cloud.accepted_device("dev-1").await;
     device.drop_connection();
     wait_until("the device is offline", || async {
-        !cloud.state.fleet().is_online("dev-1")
+        !cloud.state.devices().fleet().is_online("dev-1")
     })
     .await;
     let (status, body) = cloud
@@ -176,6 +177,7 @@ async fn a_late_answer_is_dropped_and_the_connection_carries_on() {
     let mut device = cloud.accepted_device("dev-1").await;
     let timed_out = cloud
         .state
+        .devices()
         .fleet()
         .call("dev-1", "slow.call", None, Duration::from_millis(100))
         .await
@@ -199,6 +201,7 @@ async fn a_device_that_disconnects_mid_call_fails_it_promptly() {
         tokio::spawn(async move {
             let started = Instant::now();
             let outcome = state
+                .devices()
                 .fleet()
                 .call("dev-1", "containers.list", None, Duration::from_secs(20))
                 .await;
@@ -284,7 +287,7 @@ async fn health_and_container_events_land_in_the_registry() {
 async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
     let cloud = TestCloud::start().await;
     let mut device = cloud.accepted_device("dev-1").await;
-    let pool = cloud.state.registry().pool();
+    let pool = cloud.state.devices().registry().pool();
     // Moves every stored sample back in time, as if that long had passed.
     let age_samples = |ms: i64| async move {
         sqlx::query("UPDATE device_health SET at = at - ?")
@@ -293,7 +296,7 @@ async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
             .await
             .unwrap();
     };
-    let sample_period = cloud::registry::HEALTH_SAMPLE_PERIOD.as_millis() as i64;
+    let sample_period = cloud::store::registry::HEALTH_SAMPLE_PERIOD.as_millis() as i64;
     let cpus = |body: &Value| -> Vec<f64> {
         body["samples"]
             .as_array()
@@ -327,7 +330,7 @@ async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
         .all(|w| w[0]["at"].as_i64() <= w[1]["at"].as_i64()));
 
     // Reports older than an hour are pruned when the next one arrives.
-    let an_hour_ago = support::now_ms() as i64 - 3_600_001;
+    let an_hour_ago = protocol::now_ms() as i64 - 3_600_001;
     sqlx::query("UPDATE device_health SET at = ? WHERE health LIKE '%10.0%'")
         .bind(an_hour_ago)
         .execute(pool)

@@ -86,11 +86,11 @@ async fn a_device_that_answers_pings_stays_and_one_that_does_not_is_dropped() {
     let mut device = cloud.accepted_device("dev-1").await;
 
     assert!(device.answer_pings_for(6 * interval).await >= 3);
-    assert!(cloud.state.fleet().is_online("dev-1"));
+    assert!(cloud.state.devices().fleet().is_online("dev-1"));
 
     // Not reading the socket means not answering pings.
     wait_until("the silent device is dropped", || async {
-        !cloud.state.fleet().is_online("dev-1")
+        !cloud.state.devices().fleet().is_online("dev-1")
     })
     .await;
     // The close frame (4007) may be lost: tungstenite first tries to write the

@@ -17,7 +17,7 @@ fn round_trip(c: &mut Criterion) {
         api.wait_for_device("bench-device", "pending", |d| d["status"] == "pending")
             .await;
         api.accept("bench-device").await;
-        e2e::wait_until("device live", e2e::stack::SOON, || async {
+        testkit::wait_until("device live", e2e::stack::SOON, || async {
             (api.rpc("bench-device", "rpc.discover", json!({}))
                 .await
                 .status

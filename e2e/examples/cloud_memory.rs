@@ -7,9 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge::{Bridge, BridgeConfig};
-use e2e::nats::NatsServer;
 use protocol::{keys, Signer};
 use serde_json::Value;
+use testkit::nats::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -63,7 +63,7 @@ async fn main() {
         .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}/api/v1");
-    e2e::wait_until("cloud up", Duration::from_secs(10), || async {
+    testkit::wait_until("cloud up", Duration::from_secs(10), || async {
         http.get(format!("http://127.0.0.1:{port}/healthz"))
             .send()
             .await
@@ -102,7 +102,7 @@ async fn main() {
         let body: Value = reply.json().await.ok()?;
         body["devices"].as_array().cloned()
     };
-    e2e::wait_until("all devices pending", Duration::from_secs(300), || async {
+    testkit::wait_until("all devices pending", Duration::from_secs(300), || async {
         list().await.filter(|d| d.len() == devices)
     })
     .await;
@@ -113,7 +113,7 @@ async fn main() {
             .await
             .unwrap();
     }
-    e2e::wait_until("all devices online", Duration::from_secs(300), || async {
+    testkit::wait_until("all devices online", Duration::from_secs(300), || async {
         list()
             .await
             .filter(|d| d.iter().filter(|d| d["online"] == true).count() == devices)

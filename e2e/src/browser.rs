@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
-
-use crate::wait_until;
+use testkit::wait_until;
 
 /// How long chromedriver may take to answer after it starts.
 const DRIVER_START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use protocol::keys::{self, PublicKey};
 use tempfile::TempDir;
+use testkit::CloudEndpoint;
 
-use crate::stack::{CloudApi, CloudEndpoint};
+use crate::stack::CloudApi;
 
 /// How long a starting cloud may take to answer `/healthz`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

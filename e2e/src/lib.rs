@@ -1,17 +1,15 @@
-//! Shared test support: real parts started for a test and stopped on drop, so
-//! scenarios in `tests/` read as stories. The one stand-in, `test_cloud`, is a
-//! test peer that plays the cloud so that the bridge can be tested alone.
+//! End-to-end support: the real cloud, bridges and workers started together
+//! in-process (`stack`), the cloud as a child process, the dev stack, the
+//! dashboard in a real browser, and the faults a scenario injects (a TCP
+//! proxy to cut or silence, a TLS proxy), each stopped on drop, so that
+//! scenarios in `tests/` read as stories. What the components' own tests
+//! share with these scenarios (nats-server, Docker, the fake cloud and
+//! device, `wait_until`) is in the `testkit` crate.
 
 pub mod browser;
 pub mod cloud_process;
 pub mod dev_stack;
-pub mod docker;
 pub mod fault_proxy;
 pub mod log_capture;
-pub mod nats;
 pub mod stack;
-pub mod test_cloud;
 pub mod tls_proxy;
-pub mod wait;
-
-pub use wait::wait_until;

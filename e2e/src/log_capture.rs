@@ -11,10 +11,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
+use testkit::wait_until;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
-
-use crate::wait_until;
 
 /// The log filter: the parts at info, their noisy dependencies at warn.
 const FILTER: &str = "info,sqlx=warn,hyper=warn,hyper_util=warn,async_nats=warn,bollard=warn";

@@ -12,12 +12,11 @@ use protocol::keys::{self, PrivateKey};
 use protocol::Signer;
 use serde_json::{json, Value};
 use tempfile::TempDir;
+use testkit::nats::NatsServer;
+use testkit::{wait_until, CloudEndpoint};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-use crate::nats::NatsServer;
-use crate::wait_until;
 
 /// How long a scenario waits for something that should happen at once.
 pub const SOON: Duration = Duration::from_secs(15);
@@ -74,9 +73,7 @@ impl RunningCloud {
         let registry = cloud::Registry::open(&config.database_url)
             .await
             .expect("registry");
-        let state = AppState::new(config.clone(), registry)
-            .await
-            .expect("cloud state");
+        let state = cloud::assemble(config.clone(), registry).expect("cloud state");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(cloud::serve(listener, state.clone(), shutdown.clone()));
         (state, shutdown, task)
@@ -101,7 +98,7 @@ impl RunningCloud {
     }
 
     pub fn public_key(&self) -> keys::PublicKey {
-        self.state.public_key()
+        self.state.devices().public_key()
     }
 
     pub fn ws_url(&self) -> String {
@@ -131,15 +128,6 @@ impl Drop for RunningCloud {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
-}
-
-/// Where a device's bridge connects: the cloud's device URL, its signer id
-/// and its public key (of an in-process [`RunningCloud`], or any other cloud).
-#[derive(Clone)]
-pub struct CloudEndpoint {
-    pub url: String,
-    pub cloud_id: String,
-    pub public_key: keys::PublicKey,
 }
 
 /// The operator's HTTP API, as the CLI and dashboard use it.

@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use e2e::browser::Browser;
-use e2e::docker::{TestContainer, BUSYBOX_IMAGE};
 use e2e::stack::{RunningCloud, RunningDevice};
 use protocol::keys;
 use serde_json::json;
+use testkit::docker::{TestContainer, BUSYBOX_IMAGE};
 
 const OPERATOR: &str = "olivia";
 const PASSWORD: &str = "correct horse battery staple";
@@ -19,14 +19,12 @@ const SHOWN: Duration = Duration::from_secs(30);
 
 async fn cloud_with_operator() -> RunningCloud {
     let cloud = RunningCloud::start().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_millis() as i64;
     cloud
         .state()
-        .accounts()
-        .add_operator(OPERATOR, PASSWORD, now)
+        .ops()
+        .store()
+        .accounts
+        .add_operator(OPERATOR, PASSWORD, protocol::now_ms() as i64)
         .await
         .expect("an operator account");
     cloud
@@ -295,7 +293,7 @@ async fn an_operator_accepts_a_new_device_and_reads_its_container_logs_live() {
 
 /// Waits until a device row shows a CPU figure.
 async fn wait_for_health(browser: &Browser, row: &str) {
-    e2e::wait_until("a health figure in the row", SHOWN, || async {
+    testkit::wait_until("a health figure in the row", SHOWN, || async {
         let text = browser.text(row).await?;
         text.contains(" %").then_some(())
     })

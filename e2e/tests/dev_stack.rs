@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use e2e::dev_stack::DevStack;
-use e2e::wait_until;
 use serde_json::{json, Value};
+use testkit::wait_until;
 
 /// Time for a device to answer once accepted, or to come back after the cloud
 /// restarts (the bridge backs off up to RECONNECT_MAX_SECS, 30 s, between tries).

@@ -20,15 +20,15 @@ use std::time::{Duration, Instant};
 
 use bridge::BridgeConfig;
 use e2e::cloud_process::CloudProcess;
-use e2e::docker::TestContainer;
 use e2e::fault_proxy::FaultProxy;
 use e2e::log_capture::{self, CapturedLogs};
 use e2e::stack::{ApiReply, CloudApi, RunningCloud, RunningDevice, SOON};
-use e2e::wait_until;
 use futures::StreamExt;
 use protocol::keys;
 use protocol::nats::{RPC_PREFIX, WORKER_QUEUE_GROUP};
 use serde_json::{json, Value};
+use testkit::docker::TestContainer;
+use testkit::wait_until;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -9,15 +9,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event, ServerError};
-use e2e::nats::NatsServer;
 use futures::StreamExt;
 use serde_json::{json, Value};
+use testkit::nats::NatsServer;
+use testkit::PROMPTLY;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use worker::{NatsLogin, WorkerConfig};
 
-/// How long a test waits for something that should happen at once.
-const PROMPTLY: Duration = Duration::from_secs(5);
 /// How long a test waits to see that something does not happen.
 const A_MOMENT: Duration = Duration::from_millis(500);
 
@@ -195,7 +194,7 @@ async fn a_real_worker_serves_every_method_it_announces_through_the_broker() {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(worker::run(
         nats,
-        e2e::docker::docker().await,
+        testkit::docker::docker().await,
         WorkerConfig::default(),
         shutdown.clone(),
     ));

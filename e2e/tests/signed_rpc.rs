@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::docker::TestContainer;
 use e2e::stack::{RunningCloud, RunningDevice, SOON};
-use e2e::wait_until;
 use futures::StreamExt;
 use protocol::keys;
 use serde_json::{json, Value};
+use testkit::docker::TestContainer;
+use testkit::wait_until;
 
 async fn accepted_device(id: &str, cloud: &RunningCloud) -> RunningDevice {
     let device = RunningDevice::start(id, cloud).await;
@@ -100,7 +100,7 @@ async fn a_new_device_is_pending_until_accepted_then_lists_containers_and_reads_
         })
         .cloned()
         .unwrap_or_else(|| panic!("{} not in {}", container.name, list.body));
-    assert_eq!(ours["image"], e2e::docker::BUSYBOX_IMAGE);
+    assert_eq!(ours["image"], testkit::docker::BUSYBOX_IMAGE);
     assert_eq!(ours["state"], "running");
 
     let logs = wait_until("the container's three lines", SOON, || async {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use e2e::stack::{RunningCloud, RunningDevice, SOON};
 use e2e::tls_proxy::TlsProxy;
-use e2e::wait_until;
 use protocol::keys;
+use testkit::wait_until;
 
 #[tokio::test]
 async fn a_bridge_trusting_the_proxy_certificate_registers_over_wss() {

@@ -1,8 +1,10 @@
 //! Why a message was refused, and the JSON-RPC error codes the system uses.
 
 /// JSON-RPC error codes: the standard ones and this system's server errors.
+/// Each fits an `i32`, as JSON-RPC codes do (`repr(i32)`: the compiler refuses
+/// any other value), so it converts to jsonrpsee's code without loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i64)]
+#[repr(i32)]
 pub enum ErrorCode {
     ParseError = -32700,
     InvalidRequest = -32600,
@@ -23,7 +25,18 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     pub fn code(self) -> i64 {
-        self as i64
+        i64::from(self as i32)
+    }
+
+    /// This code as jsonrpsee's error object, for a JSON-RPC server built on
+    /// jsonrpsee, with `message` and, if any, `data`.
+    #[cfg(feature = "jsonrpsee")]
+    pub fn error_object(
+        self,
+        message: impl Into<String>,
+        data: Option<serde_json::Value>,
+    ) -> jsonrpsee_types::ErrorObjectOwned {
+        jsonrpsee_types::ErrorObjectOwned::owned(self as i32, message, data)
     }
 }
 

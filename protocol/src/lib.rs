@@ -1,11 +1,14 @@
 //! Signed JSON-RPC v1: the wire protocol between the cloud and a device's bridge.
 //!
-//! Everything here is pure: parsing a frame, signing, verifying and the replay
-//! guard take their inputs (bytes, keys, "now") as arguments and touch no socket,
-//! broker or clock. The only I/O is reading and writing key files in [`keys`].
+//! Everything here is pure: parsing a frame, signing, verifying, the replay
+//! guard and the [`peer`] take their inputs (bytes, keys, "now") as arguments
+//! and touch no socket, broker or clock. The only I/O is reading and writing
+//! key files in [`keys`], and [`now_ms`], the clock reading callers pass in.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod calls;
+mod clock;
 pub mod close_code;
 pub mod error;
 pub mod frame;
@@ -13,13 +16,17 @@ pub mod keys;
 pub mod message;
 pub mod method;
 pub mod nats;
+pub mod peer;
 pub mod replay;
 pub mod sign;
 
+pub use calls::CallTable;
+pub use clock::now_ms;
 pub use error::{ErrorCode, Refusal};
 pub use frame::{parse_frame, MAX_SAFE_INTEGER};
 pub use message::{Direction, Message, Meta, RpcError};
 pub use method::{check_method_name, is_valid_device_id};
+pub use peer::{Peer, Refused, Remote, Side, Unverified};
 pub use replay::ReplayGuard;
 pub use sign::{canonical_signing_bytes, sign, verify, Expectation, Signer, Verified};
 
@@ -33,3 +40,5 @@ pub const ALGORITHM: &str = "ed25519";
 pub const ANY_AUDIENCE: &str = "*";
 /// Default allowed clock skew between signer and receiver.
 pub const DEFAULT_SKEW_MS: u64 = 60_000;
+/// Default largest text frame a receiver parses.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;

@@ -162,6 +162,12 @@ impl Message {
         map
     }
 
+    /// The JSON-RPC object as compact text, without `meta`: what a message is
+    /// on the device-local NATS, where nothing is signed.
+    pub fn to_text(&self) -> String {
+        Value::Object(self.to_value()).to_string()
+    }
+
     /// Reads a JSON-RPC 2.0 object; `meta` must already be removed. Unknown
     /// members are refused so that nothing unsigned-by-intent rides along.
     pub fn from_value(mut map: Map<String, Value>) -> Result<Self, Refusal> {

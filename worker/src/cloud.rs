@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_nats::{Client, RequestErrorKind};
-use protocol::nats::{BRIDGE_STATUS, CLOUD_CALL_PREFIX};
+use protocol::nats::{BridgeStatus, LinkState, BRIDGE_STATUS, CLOUD_CALL_PREFIX};
 use protocol::{check_method_name, Refusal, RpcError};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -85,15 +85,6 @@ fn read_response(payload: &[u8]) -> Result<Value, CloudCallError> {
     }
 }
 
-/// What the bridge announces on `bridge.status`.
-#[derive(Debug, Deserialize)]
-struct BridgeStatus {
-    state: String,
-}
-
-/// The state in which the bridge relays calls to the cloud.
-const LIVE: &str = "live";
-
 /// Pings the cloud once at start-up and each time the bridge announces it went
 /// live, logging the answer: proof that the device → cloud path works.
 pub(crate) async fn ping_when_bridge_live(
@@ -104,7 +95,7 @@ pub(crate) async fn ping_when_bridge_live(
     let mut statuses = nats.subscribe(BRIDGE_STATUS).await?;
     // The bridge may have gone live before this worker started.
     ping_and_log(nats, timeout, &shutdown).await;
-    let mut last_state = String::new();
+    let mut last_state = None;
     loop {
         let message = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -120,11 +111,11 @@ pub(crate) async fn ping_when_bridge_live(
                 continue;
             }
         };
-        info!(state = %status.state, "bridge status");
-        if status.state == LIVE && last_state != LIVE {
+        info!(state = ?status.state, "bridge status");
+        if status.state == LinkState::Live && last_state != Some(LinkState::Live) {
             ping_and_log(nats, timeout, &shutdown).await;
         }
-        last_state = status.state;
+        last_state = Some(status.state);
     }
 }
 

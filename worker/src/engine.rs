@@ -1,15 +1,13 @@
-//! The Docker engine as the methods see it: a client whose API version suits the
-//! engine, and Docker errors turned into JSON-RPC errors a caller can act on.
+//! The Docker engine as the methods see it: a client whose API version suits
+//! the engine.
 
-use std::error::Error as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bollard::errors::Error as DockerError;
 use bollard::Docker;
 use jsonrpsee::types::ErrorObjectOwned;
-use protocol::ErrorCode;
 
-use crate::methods::rpc_error;
+use crate::error::docker_error;
 
 /// Connects to `host` (`unix://`, `tcp://`, `http://`), or by bollard's local
 /// defaults when `None`. Nothing is sent yet; a missing Unix socket fails here.
@@ -51,61 +49,4 @@ impl Engine {
         }
         Ok(&self.docker)
     }
-}
-
-/// Maps a Docker error to a JSON-RPC error. `container` names the container the
-/// call was about, so a 404 reads "no such container: X".
-pub(crate) fn docker_error(err: DockerError, container: Option<&str>) -> ErrorObjectOwned {
-    match err {
-        DockerError::DockerResponseServerError {
-            status_code: 404,
-            message,
-        } => match container {
-            Some(container) => rpc_error(
-                ErrorCode::InvalidParams,
-                format!("no such container: {container}"),
-            ),
-            None => rpc_error(ErrorCode::InternalError, format!("docker: {message}")),
-        },
-        // 4xx: the engine understood and refused (a conflict, a bad argument).
-        DockerError::DockerResponseServerError {
-            status_code: 400..=499,
-            message,
-        } => rpc_error(
-            ErrorCode::InvalidParams,
-            format!("docker refused: {message}"),
-        ),
-        DockerError::DockerResponseServerError {
-            status_code,
-            message,
-        } => rpc_error(
-            ErrorCode::InternalError,
-            format!("docker error {status_code}: {message}"),
-        ),
-        DockerError::JsonDataError { .. } | DockerError::JsonSerdeError { .. } => rpc_error(
-            ErrorCode::InternalError,
-            format!("unexpected answer from docker: {err}"),
-        ),
-        // Everything else is about reaching the engine: socket, HTTP, timeout.
-        other => rpc_error(
-            ErrorCode::Unavailable,
-            format!("docker unavailable: {}", error_chain(&other)),
-        ),
-    }
-}
-
-/// The error and its sources, joined, because bollard's transport errors say
-/// only "client error (Connect)" at the top.
-pub(crate) fn error_chain(err: &DockerError) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -9,6 +9,7 @@
 pub mod cloud;
 pub mod config;
 mod engine;
+mod error;
 pub mod methods;
 pub mod report;
 pub mod serve;

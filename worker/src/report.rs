@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::engine::error_chain;
+use crate::error::error_chain;
 
 /// Topic of the periodic health report; the payload is `system.health`'s answer.
 pub const HEALTH_TOPIC: &str = "device.health";

@@ -3,6 +3,12 @@
 //!
 //! Subscribing per method, not to `rpc.>`, is what lets the bridge turn "no
 //! responders" into "method not found": an unserved method has no subscriber.
+//!
+//! A request goes to jsonrpsee as it came off NATS, and jsonrpsee's answer
+//! goes back as jsonrpsee wrote it. jsonrpsee reads requests whose id is a
+//! string, null or an integer from 0 to 2^64−1; anything else (a negative or
+//! fractional id, no id at all, no JSON) it cannot read, and the worker
+//! answers it with an error saying why.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +17,7 @@ use futures::StreamExt;
 use jsonrpsee::Methods;
 use protocol::nats::{HEADER_REQUEST_ID, HEADER_SIGNER, RPC_PREFIX, WORKER_QUEUE_GROUP};
 use protocol::{check_method_name, ErrorCode, Refusal, RpcError};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -78,7 +84,9 @@ pub async fn serve(
     names.sort_unstable();
 
     let mut subscriptions = Vec::with_capacity(names.len());
-    for name in &names {
+    for &name in &names {
+        // The worker's own names, checked before they become subjects: one
+        // with a wildcard would take requests meant for other methods.
         check_method_name(name)
             .map_err(|refusal| ServeError::BadMethodName(name.to_string(), refusal))?;
         let subject = format!("{RPC_PREFIX}{name}");
@@ -86,7 +94,8 @@ pub async fn serve(
             .queue_subscribe(subject.clone(), WORKER_QUEUE_GROUP.to_string())
             .await
             .map_err(|source| ServeError::Subscribe { subject, source })?;
-        subscriptions.push(subscription);
+        let served = only(&methods, name);
+        subscriptions.push(subscription.map(move |message| (served.clone(), message)));
     }
     info!(methods = ?names, queue_group = WORKER_QUEUE_GROUP, "serving methods on NATS");
 
@@ -95,9 +104,9 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            message = requests.next() => match message {
-                Some(message) => {
-                    in_flight.spawn(handle_message(nats.clone(), methods.clone(), message));
+            request = requests.next() => match request {
+                Some((served, message)) => {
+                    in_flight.spawn(handle_message(nats.clone(), served, message));
                 }
                 None => {
                     warn!("all method subscriptions closed; the NATS client is gone");
@@ -132,9 +141,27 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers one message; a message without a reply subject is a notification,
-/// run for its effect and not answered.
-async fn handle_message(nats: Client, methods: Methods, message: Message) {
+/// `methods` cut down to the one method `name`: all that a request on
+/// `rpc.<name>` can run. The subject, not the method a request names, decides
+/// what runs, because the broker grants publishing per subject: the bridge
+/// may publish on every `rpc.>`, but the worker's own user only on
+/// `rpc.rpc.discover`, for its health check (`scripts/ensure-device-nats.sh`),
+/// and a thief of that password must not run `containers.stop` through it.
+/// A request naming another method is "method not found" on that subject.
+fn only(methods: &Methods, name: &'static str) -> Methods {
+    let callback = methods
+        .method(name)
+        .expect("a name listed by the methods")
+        .clone();
+    let mut only = Methods::new();
+    only.verify_and_insert(name, callback)
+        .expect("one method, inserted once");
+    only
+}
+
+/// Answers one message with what `served` (its subject's method) answers. One
+/// without a reply subject is run for its effect and not answered.
+async fn handle_message(nats: Client, served: Methods, message: Message) {
     let method = message
         .subject
         .strip_prefix(RPC_PREFIX)
@@ -152,15 +179,15 @@ async fn handle_message(nats: Client, methods: Methods, message: Message) {
     let request_id = header(HEADER_REQUEST_ID);
     let started = Instant::now();
 
-    let answer = answer(&methods, &method, &message.payload).await;
+    let answer = answer(&served, &message.payload).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
-    match &answer.error_code {
+    match answer.refused {
         // No signer: a caller on the device itself, such as the container
         // health check every few seconds; routine, so not at info.
         None if signer.is_empty() => debug!(%method, elapsed_ms, "local rpc answered"),
         None => info!(%method, %signer, %request_id, elapsed_ms, "rpc answered"),
         Some(code) => {
-            info!(%method, %signer, %request_id, elapsed_ms, error_code = code, "rpc answered with an error")
+            info!(%method, %signer, %request_id, elapsed_ms, error_code = code.code(), "rpc refused: not a request jsonrpsee reads")
         }
     }
 
@@ -172,13 +199,13 @@ async fn handle_message(nats: Client, methods: Methods, message: Message) {
         Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
             // Say why instead of leaving the caller to time out.
             let too_large = error_response(
-                answer.id,
+                caller_id(&message.payload),
                 ErrorCode::InternalError,
                 format!(
                     "the answer is larger than NATS carries ({err}); ask for less, e.g. a smaller tail"
                 ),
             );
-            if let Err(err) = nats.publish(reply, too_large.body.into()).await {
+            if let Err(err) = nats.publish(reply, too_large.into()).await {
                 warn!(%method, error = %err, "publishing the reply failed");
             }
         }
@@ -187,138 +214,114 @@ async fn handle_message(nats: Client, methods: Methods, message: Message) {
 }
 
 /// A JSON-RPC response ready to send.
-#[derive(Debug)]
-pub(crate) struct Answer {
-    /// The caller's id, as the caller sent it (null when it sent none).
-    id: Value,
-    /// `Some(code)` when the response is an error.
-    error_code: Option<i64>,
+struct Answer {
     body: String,
+    /// The error code when jsonrpsee could not read the request and the worker
+    /// answered for it; jsonrpsee's own answers, results and errors alike, go
+    /// out unread.
+    refused: Option<ErrorCode>,
 }
 
-/// Calls `method` with the JSON-RPC request in `payload` and returns the
-/// response text, carrying the caller's id unchanged.
-///
-/// `method` is the one named by the subject; a request naming another one is
-/// refused, so subject and payload cannot disagree about what runs.
-pub(crate) async fn answer(methods: &Methods, method: &str, payload: &[u8]) -> Answer {
-    let request: Value = match serde_json::from_slice(payload) {
-        Ok(request) => request,
-        Err(err) => {
-            return error_response(
-                Value::Null,
-                ErrorCode::ParseError,
-                format!("parse error: {err}"),
-            )
-        }
+/// jsonrpsee's answer to the request in `payload`, or the worker's error when
+/// jsonrpsee cannot read it as a request.
+async fn answer(methods: &Methods, payload: &[u8]) -> Answer {
+    let Ok(request) = std::str::from_utf8(payload) else {
+        return refusal(payload, ErrorCode::ParseError, "parse error: not UTF-8");
     };
-    let Value::Object(mut request) = request else {
-        return error_response(
-            Value::Null,
+    match methods.raw_json_request(request, 1).await {
+        Ok((response, _subscription)) => Answer {
+            body: Box::<str>::from(response).into_string(),
+            refused: None,
+        },
+        // jsonrpsee reads the request with serde_json: a syntax error is one in
+        // the JSON itself, any other error one in the request's shape.
+        Err(err) if err.is_syntax() || err.is_eof() => refusal(
+            payload,
+            ErrorCode::ParseError,
+            format!("parse error: {err}"),
+        ),
+        Err(err) => refusal(
+            payload,
             ErrorCode::InvalidRequest,
-            "a request must be one JSON object",
-        );
-    };
-    let id = request.remove("id").unwrap_or(Value::Null);
-    if request.get("jsonrpc") != Some(&json!("2.0")) {
-        return error_response(id, ErrorCode::InvalidRequest, r#"jsonrpc must be "2.0""#);
-    }
-    match request.get("method").and_then(Value::as_str) {
-        Some(named) if named == method => {}
-        Some(named) => {
-            return error_response(
-                id,
-                ErrorCode::InvalidRequest,
-                format!("method {named:?} does not match the subject {RPC_PREFIX}{method}"),
-            )
-        }
-        None => return error_response(id, ErrorCode::InvalidRequest, "method must be a string"),
-    }
-    // jsonrpsee accepts only some id shapes (no negative or fractional numbers);
-    // it gets a stand-in and the caller's id goes back into the response.
-    request.insert("id".into(), json!(0));
-
-    let response = match methods
-        .raw_json_request(&Value::Object(request).to_string(), 1)
-        .await
-    {
-        Ok((response, _subscription)) => response,
-        Err(err) => {
-            return error_response(
-                id,
-                ErrorCode::InvalidRequest,
-                format!("invalid request: {err}"),
-            )
-        }
-    };
-    let mut response: Map<String, Value> = match serde_json::from_str(response.get()) {
-        Ok(response) => response,
-        Err(err) => {
-            return error_response(
-                id,
-                ErrorCode::InternalError,
-                format!("unreadable response: {err}"),
-            )
-        }
-    };
-    response.insert("id".into(), id.clone());
-    let error_code = response.get("error").map(|error| {
-        error
-            .get("code")
-            .and_then(Value::as_i64)
-            .unwrap_or_default()
-    });
-    Answer {
-        id,
-        error_code,
-        body: Value::Object(response).to_string(),
+            format!("invalid request: {err}"),
+        ),
     }
 }
 
-fn error_response(id: Value, code: ErrorCode, message: impl Into<String>) -> Answer {
-    let error = RpcError::new(code, message);
-    let body = json!({"jsonrpc": "2.0", "id": id, "error": error}).to_string();
+fn refusal(payload: &[u8], code: ErrorCode, message: impl Into<String>) -> Answer {
     Answer {
-        id,
-        error_code: Some(code.code()),
-        body,
+        body: error_response(caller_id(payload), code, message),
+        refused: Some(code),
     }
+}
+
+/// The id of the request in `payload`, read leniently to answer a request the
+/// worker cannot serve as JSON-RPC asks (with the caller's id); null when
+/// there is none to read.
+fn caller_id(payload: &[u8]) -> Value {
+    match serde_json::from_slice(payload) {
+        Ok(Value::Object(mut request)) => request.remove("id").unwrap_or_default(),
+        _ => Value::Null,
+    }
+}
+
+fn error_response(id: Value, code: ErrorCode, message: impl Into<String>) -> String {
+    let error = RpcError::new(code, message);
+    json!({"jsonrpc": "2.0", "id": id, "error": error}).to_string()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     use super::*;
     use jsonrpsee::RpcModule;
 
-    fn echo_methods() -> Methods {
+    /// `test.echo` answers its params; `test.count` counts its calls in `runs`.
+    fn test_methods(runs: Arc<AtomicUsize>) -> Methods {
         let mut module = RpcModule::new(());
         module
             .register_method("test.echo", |params, _, _| {
                 params.parse::<Value>().unwrap_or(Value::Null)
             })
             .unwrap();
+        module
+            .register_method("test.count", move |_, _, _| {
+                runs.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
         module.into()
     }
 
-    async fn answer_json(method: &str, payload: &str) -> Value {
-        let answer = answer(&echo_methods(), method, payload.as_bytes()).await;
+    fn echo_methods() -> Methods {
+        test_methods(Arc::default())
+    }
+
+    async fn answer_json(payload: &str) -> Value {
+        let answer = answer(&echo_methods(), payload.as_bytes()).await;
         serde_json::from_str(&answer.body).unwrap()
     }
 
     #[tokio::test]
-    async fn the_result_carries_the_callers_id_whatever_its_shape() {
+    async fn jsonrpsees_answer_goes_out_as_it_wrote_it_with_the_callers_id() {
+        let methods = echo_methods();
         for id in [
-            json!("c-17"),
-            json!(-3),
-            json!(1.5),
-            json!(null),
-            json!(9007199254740991u64),
+            r#""c-17""#,
+            r#""quote \" and \u00e9""#,
+            "null",
+            "0",
+            "9007199254740991",
         ] {
             let request =
-                json!({"jsonrpc": "2.0", "id": id, "method": "test.echo", "params": {"a": 1}});
-            let response = answer_json("test.echo", &request.to_string()).await;
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"test.echo","params":{{"a":1}}}}"#);
+            let answer = answer(&methods, request.as_bytes()).await;
+            let (written, _) = methods.raw_json_request(&request, 1).await.unwrap();
+            assert_eq!(answer.body, written.get(), "{id}");
+            assert_eq!(answer.refused, None);
+            let id: Value = serde_json::from_str(id).unwrap();
             assert_eq!(
-                response,
+                serde_json::from_str::<Value>(&answer.body).unwrap(),
                 json!({"jsonrpc": "2.0", "id": id, "result": {"a": 1}}),
                 "{id}"
             );
@@ -326,10 +329,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_without_id_is_run_and_answered_with_a_null_id() {
-        let response = answer_json("test.echo", r#"{"jsonrpc":"2.0","method":"test.echo"}"#).await;
-        assert_eq!(response["id"], Value::Null);
-        assert_eq!(response["result"], Value::Null);
+    async fn a_request_jsonrpsee_cannot_read_is_refused_with_the_callers_id_and_not_run() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let methods = test_methods(runs.clone());
+        // jsonrpsee reads no negative or fractional id, and no request without one.
+        for (id, request) in [
+            (
+                json!(-3),
+                r#"{"jsonrpc":"2.0","id":-3,"method":"test.count"}"#,
+            ),
+            (
+                json!(1.5),
+                r#"{"jsonrpc":"2.0","id":1.5,"method":"test.count"}"#,
+            ),
+            (Value::Null, r#"{"jsonrpc":"2.0","method":"test.count"}"#),
+        ] {
+            let answer = answer(&methods, request.as_bytes()).await;
+            let response: Value = serde_json::from_str(&answer.body).unwrap();
+            assert_eq!(
+                response["error"]["code"],
+                json!(ErrorCode::InvalidRequest.code()),
+                "{request}"
+            );
+            assert_eq!(response["id"], id, "{request}");
+            assert_eq!(answer.refused, Some(ErrorCode::InvalidRequest));
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
@@ -347,31 +372,42 @@ mod tests {
                 ErrorCode::InvalidRequest,
                 json!(2),
             ),
-            (
-                r#"{"jsonrpc":"2.0","id":3,"method":"other.method"}"#,
-                ErrorCode::InvalidRequest,
-                json!(3),
-            ),
         ];
         for (payload, code, id) in cases {
-            let response = answer_json("test.echo", payload).await;
+            let response = answer_json(payload).await;
             assert_eq!(response["error"]["code"], json!(code.code()), "{payload}");
             assert_eq!(response["id"], id, "{payload}");
             assert_eq!(response["jsonrpc"], "2.0");
         }
+        let not_utf8 = answer(&echo_methods(), b"{\"jsonrpc\":\"2.0\",\"id\":\"\xff\"}").await;
+        assert_eq!(not_utf8.refused, Some(ErrorCode::ParseError));
     }
 
     #[tokio::test]
     async fn an_unknown_method_is_method_not_found() {
-        let response = answer_json(
-            "no.such",
-            r#"{"jsonrpc":"2.0","id":"x","method":"no.such"}"#,
-        )
-        .await;
+        let response = answer_json(r#"{"jsonrpc":"2.0","id":"x","method":"no.such"}"#).await;
         assert_eq!(
             response["error"]["code"],
             json!(ErrorCode::MethodNotFound.code())
         );
         assert_eq!(response["id"], "x");
+    }
+
+    #[tokio::test]
+    async fn the_subject_decides_what_runs_not_the_method_a_request_names() {
+        let runs = Arc::new(AtomicUsize::new(0));
+        let on_echo = only(&test_methods(runs.clone()), "test.echo");
+        let answer = answer(
+            &on_echo,
+            br#"{"jsonrpc":"2.0","id":3,"method":"test.count"}"#,
+        )
+        .await;
+        let response: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(
+            response["error"]["code"],
+            json!(ErrorCode::MethodNotFound.code())
+        );
+        assert_eq!(response["id"], 3);
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
     }
 }

@@ -14,8 +14,8 @@ use protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{check_container_ref, rpc_error, MethodContext};
-use crate::engine::docker_error;
+use super::{check_container_ref, MethodContext};
+use crate::error::{docker_error, rpc_error};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,8 +299,7 @@ fn own_stack_service<'a>(
 }
 
 fn own_stack_refusal(container: &str, service: &str) -> ErrorObjectOwned {
-    ErrorObjectOwned::owned(
-        ErrorCode::Refused.code() as i32,
+    ErrorCode::Refused.error_object(
         format!(
             "refusing to stop devbridge's own {service} container {container}: \
              the device would be cut off from the cloud with nothing to start it again; \

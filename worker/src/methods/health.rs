@@ -11,6 +11,7 @@ use sysinfo::{Disks, System, MINIMUM_CPU_UPDATE_INTERVAL};
 use tokio::sync::Mutex;
 
 use super::MethodContext;
+use crate::error::docker_error;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,7 +109,7 @@ pub(crate) async fn system_health(
             .info()
             .await
             .map(|info| info.containers_running.unwrap_or_default())
-            .map_err(|err| crate::engine::docker_error(err, None)),
+            .map_err(|err| docker_error(err, None)),
         Err(err) => Err(err),
     };
     let load = System::load_average();

@@ -18,8 +18,8 @@ use jsonrpsee::types::ErrorObjectOwned;
 use protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use super::{check_container_ref, rpc_error, MethodContext};
-use crate::engine::docker_error;
+use super::{check_container_ref, MethodContext};
+use crate::error::{docker_error, rpc_error};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

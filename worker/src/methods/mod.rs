@@ -16,6 +16,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::engine::Engine;
+use crate::error::rpc_error;
 use crate::WorkerConfig;
 
 pub use containers::PROTECTED_SERVICES;
@@ -158,12 +159,6 @@ pub(crate) fn parse_params<P: DeserializeOwned>(params: &Params) -> Result<P, Er
         .map_err(|err| rpc_error(ErrorCode::InvalidParams, format!("invalid params: {err}")))
 }
 
-/// A JSON-RPC error object with one of the system's codes.
-pub(crate) fn rpc_error(code: ErrorCode, message: impl Into<String>) -> ErrorObjectOwned {
-    // Every code of ErrorCode fits in an i32, as JSON-RPC codes do.
-    ErrorObjectOwned::owned(code.code() as i32, message, None::<()>)
-}
-
 /// A container reference as Docker accepts it: an id or a name, optionally
 /// with the leading `/` Docker lists names with. Checked because it becomes part
 /// of a Docker API URL path, where `/` or `?` would address something else.
@@ -243,8 +238,8 @@ mod tests {
         for (text, expected) in cases {
             let err = parse_params::<Example>(&params(text)).unwrap_err();
             assert_eq!(
-                err.code(),
-                ErrorCode::InvalidParams.code() as i32,
+                i64::from(err.code()),
+                ErrorCode::InvalidParams.code(),
                 "{text:?}"
             );
             assert!(

@@ -1,0 +1,281 @@
+//! Operations on devices: reading them with their live state, deciding on
+//! their keys, removing them, and calling their methods. Decisions are
+//! stored first and then delivered to a connected device, so that a device
+//! told "accepted" is accepted in the registry too.
+
+use std::time::{Duration, Instant};
+
+use protocol::close_code;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+
+use protocol::now_ms;
+use crate::store::registry::{AuthEvent, DeviceEvent, HealthSample};
+use crate::store::{Action, AuditFilter, AuditPage, DeviceRecord, DeviceStatus};
+
+use super::{Caller, OpError, Operations};
+
+/// Auth events shown with a device.
+const DEVICE_AUTH_EVENTS: i64 = 50;
+/// Container events shown with a device.
+const DEVICE_CONTAINER_EVENTS: i64 = 50;
+/// Most auth events one read returns.
+const MAX_AUTH_EVENTS: i64 = 1000;
+
+/// A device as operators see it: the registry record plus live state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceView {
+    pub id: String,
+    pub status: DeviceStatus,
+    pub fingerprint: String,
+    pub public_key: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    /// Whether the device has an authenticated connection right now.
+    pub online: bool,
+    // Always sent, null when unknown: required, and nullable.
+    #[schema(required = true)]
+    pub bridge_version: Option<String>,
+    /// The latest `system.health` report the device sent.
+    #[schema(required = true)]
+    pub last_health: Option<Value>,
+    #[schema(required = true)]
+    pub last_health_at: Option<i64>,
+}
+
+impl DeviceView {
+    fn new(record: DeviceRecord, online: bool) -> Self {
+        DeviceView {
+            id: record.id,
+            status: record.status,
+            fingerprint: record.fingerprint,
+            public_key: record.public_key,
+            first_seen: record.first_seen,
+            last_seen: record.last_seen,
+            online,
+            bridge_version: record.bridge_version,
+            last_health: record.last_health,
+            last_health_at: record.last_health_at,
+        }
+    }
+}
+
+/// One device with its recent history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeviceDetails {
+    pub device: DeviceView,
+    /// The latest auth events of this device, newest first.
+    pub auth_events: Vec<AuthEvent>,
+    /// The latest container events the device reported, newest first.
+    pub container_events: Vec<DeviceEvent>,
+}
+
+/// Which devices to list (the API's query and the dashboard's filter form).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceFilter {
+    /// `pending`, `accepted`, `rejected`, `online` or `offline`.
+    pub state: Option<String>,
+    /// Part of the device id, any case.
+    pub q: Option<String>,
+}
+
+/// A call to a device's method.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RpcRequest {
+    /// Dotted method name, e.g. `containers.list`.
+    #[schema(example = "containers.list")]
+    pub method: String,
+    /// A JSON object or array.
+    #[serde(default)]
+    pub params: Option<Value>,
+    /// Defaults to the cloud's RPC timeout; at most its maximum.
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    pub timeout_ms: Option<u64>,
+}
+
+impl Operations {
+    /// Devices matching `filter`, pending ones first.
+    pub async fn devices(&self, filter: &DeviceFilter) -> Result<Vec<DeviceView>, OpError> {
+        let wanted = filter.state.as_deref().filter(|s| !s.is_empty());
+        if let Some(wanted) = wanted {
+            if !["pending", "accepted", "rejected", "online", "offline"].contains(&wanted) {
+                return Err(OpError::bad_request(format!(
+                    "unknown state {wanted:?}: use pending, accepted, rejected, online or offline"
+                )));
+            }
+        }
+        let needle = filter.q.as_deref().unwrap_or("").trim().to_lowercase();
+        let records = self.store().registry.devices().await?;
+        let online = self.device_layer().fleet().online_device_ids();
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let is_online = online.contains(&record.id);
+                DeviceView::new(record, is_online)
+            })
+            .filter(|device| match wanted {
+                None => true,
+                Some("online") => device.online,
+                Some("offline") => !device.online,
+                Some(status) => device.status.as_str() == status,
+            })
+            .filter(|device| needle.is_empty() || device.id.to_lowercase().contains(&needle))
+            .collect())
+    }
+
+    /// One device with its latest auth and container events.
+    pub async fn device(&self, id: &str) -> Result<DeviceDetails, OpError> {
+        let registry = &self.store().registry;
+        let record = registry
+            .device(id)
+            .await?
+            .ok_or_else(|| OpError::unknown_device(id))?;
+        let auth_events = registry.auth_events(Some(id), DEVICE_AUTH_EVENTS).await?;
+        let container_events = registry.device_events(id, DEVICE_CONTAINER_EVENTS).await?;
+        let online = self.device_layer().fleet().is_online(id);
+        Ok(DeviceDetails {
+            device: DeviceView::new(record, online),
+            auth_events,
+            container_events,
+        })
+    }
+
+    /// A device's health reports of the last hour, oldest first.
+    pub async fn health_history(&self, id: &str) -> Result<Vec<HealthSample>, OpError> {
+        let registry = &self.store().registry;
+        if registry.device(id).await?.is_none() {
+            return Err(OpError::unknown_device(id));
+        }
+        Ok(registry.health_history(id).await?)
+    }
+
+    /// The latest device auth events (of one device, or all), newest first.
+    pub async fn auth_events(
+        &self,
+        device_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuthEvent>, OpError> {
+        let limit = limit.clamp(1, MAX_AUTH_EVENTS);
+        Ok(self.store().registry.auth_events(device_id, limit).await?)
+    }
+
+    /// One page of the audit log, newest first.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<AuditPage, OpError> {
+        Ok(self.store().audit.page(filter, offset, limit).await?)
+    }
+
+    /// An operator's decision on a device's key (accepted or rejected).
+    pub async fn decide(
+        &self,
+        caller: &Caller,
+        id: &str,
+        status: DeviceStatus,
+    ) -> Result<DeviceView, OpError> {
+        let action = match status {
+            DeviceStatus::Accepted => "device.accept",
+            _ => "device.reject",
+        };
+        let detail = format!("by {}", caller.name);
+        let record = self
+            .store()
+            .registry
+            .set_status(id, status, &detail, now_ms() as i64)
+            .await?;
+        let outcome = if record.is_some() {
+            "ok"
+        } else {
+            "unknown_device"
+        };
+        self.auditor()
+            .record_simple(&caller.name, action, outcome, id)
+            .await;
+        let record = record.ok_or_else(|| OpError::unknown_device(id))?;
+        tracing::info!(device_id = %id, %status, operator = %caller.name, "operator decision");
+        let fleet = self.device_layer().fleet();
+        fleet.apply_status(id, status).await;
+        self.device_layer()
+            .events()
+            .device("device.status", id, json!({ "status": status }));
+        Ok(DeviceView::new(record, fleet.is_online(id)))
+    }
+
+    /// Forgets a device (the audit log keeps it) and cuts its connection; it
+    /// may register again as pending.
+    pub async fn remove_device(&self, caller: &Caller, id: &str) -> Result<(), OpError> {
+        let detail = format!("by {}", caller.name);
+        let deleted = self
+            .store()
+            .registry
+            .delete(id, &detail, now_ms() as i64)
+            .await?;
+        let outcome = if deleted { "ok" } else { "unknown_device" };
+        self.auditor()
+            .record_simple(&caller.name, "device.delete", outcome, id)
+            .await;
+        if !deleted {
+            return Err(OpError::unknown_device(id));
+        }
+        tracing::info!(device_id = %id, operator = %caller.name, "device deleted");
+        self.device_layer()
+            .fleet()
+            .disconnect(id, close_code::DELETED, "device deleted");
+        self.device_layer()
+            .events()
+            .device("device.deleted", id, Value::Null);
+        Ok(())
+    }
+
+    /// Calls a device's method for `caller`, and records the call, its
+    /// outcome and its latency in the audit log.
+    pub async fn call(
+        &self,
+        caller: &Caller,
+        id: &str,
+        request: RpcRequest,
+    ) -> Result<Value, OpError> {
+        let method = request.method.clone();
+        let started = Instant::now();
+        let outcome = self.call_unaudited(id, request).await;
+        self.auditor()
+            .record(&Action {
+                actor: &caller.name,
+                action: "rpc",
+                target: id,
+                outcome: outcome.as_ref().map_or_else(|e| e.kind.as_str(), |_| "ok"),
+                detail: &method,
+                latency_ms: Some(started.elapsed().as_millis() as i64),
+            })
+            .await;
+        outcome
+    }
+
+    async fn call_unaudited(&self, id: &str, request: RpcRequest) -> Result<Value, OpError> {
+        let config = self.config();
+        let max = config.max_rpc_timeout();
+        let timeout = match request.timeout_ms {
+            None => config.rpc_timeout,
+            Some(0) => return Err(OpError::bad_request("timeout_ms must be positive")),
+            Some(ms) if Duration::from_millis(ms) > max => {
+                return Err(OpError::bad_request(format!(
+                    "timeout_ms must be at most {}",
+                    max.as_millis()
+                )))
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
+        Ok(self
+            .device_layer()
+            .fleet()
+            .call(id, &request.method, request.params, timeout)
+            .await?)
+    }
+}

@@ -1,0 +1,50 @@
+//! What the cloud forgets by itself, so that what it holds stays bounded:
+//! audit log entries beyond `AUDIT_RETENTION_DAYS` or `AUDIT_MAX_ROWS`, and
+//! pending devices not seen for `PENDING_EXPIRY_DAYS` (which frees their
+//! places under `MAX_PENDING_DEVICES`).
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::store::Store;
+
+/// How often the cloud forgets what is past its time.
+const PERIOD: Duration = Duration::from_secs(600);
+
+/// Prunes the audit log to its retention, and forgets pending devices not
+/// seen for `PENDING_EXPIRY_DAYS`, at start and every [`PERIOD`] until
+/// `shutdown`.
+pub(crate) async fn run(store: Store, limits: Limits, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(PERIOD);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let now = protocol::now_ms() as i64;
+        match store
+            .audit
+            .prune(now, limits.audit_retention, limits.audit_max_rows)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "audit log entries beyond the retention pruned"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
+        }
+        let seen_before = now.saturating_sub(limits.pending_expiry.as_millis() as i64);
+        match store
+            .registry
+            .forget_stale_pending(seen_before, now)
+            .await
+        {
+            Ok(ids) if ids.is_empty() => {}
+            Ok(ids) => tracing::info!(
+                count = ids.len(),
+                "pending devices not seen for PENDING_EXPIRY_DAYS forgotten"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot forget stale pending devices"),
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! The device registry in SQLite: devices and their keys, the auth audit log,
+//! and the container events devices report.
+//!
+//! Every write that belongs with an audit event happens in one transaction with
+//! it. Timestamps are milliseconds since the Unix epoch.
+
+use protocol::auth::AuthStatus;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+use utoipa::ToSchema;
+
+/// Refusals alike within one window of this length (a clock hour) share one
+/// row, with a count: a device's refused attempts here, refused operator
+/// actions in the audit log.
+pub const AGGREGATION_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The aggregation window `at` (ms since the epoch) falls in.
+pub(crate) fn aggregation_bucket(at: i64) -> i64 {
+    at.div_euclid(AGGREGATION_WINDOW.as_millis() as i64)
+}
+
+/// Container events kept per device; older ones are pruned on insert.
+pub const DEVICE_EVENTS_KEPT: i64 = 1000;
+/// Health reports are kept this long, for the dashboard's chart.
+pub const HEALTH_HISTORY: Duration = Duration::from_secs(3600);
+/// At most one health report per device is kept per this period, however
+/// often the device sends them (the latest is always shown).
+pub const HEALTH_SAMPLE_PERIOD: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("corrupt registry row: {0}")]
+    Corrupt(String),
+}
+
+/// Where an operator has put a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceStatus {
+    /// Its key is known but no operator has decided yet; it may only authenticate.
+    Pending,
+    Accepted,
+    Rejected,
+}
+
+impl DeviceStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceStatus::Pending => "pending",
+            DeviceStatus::Accepted => "accepted",
+            DeviceStatus::Rejected => "rejected",
+        }
+    }
+}
+
+impl FromStr for DeviceStatus {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(DeviceStatus::Pending),
+            "accepted" => Ok(DeviceStatus::Accepted),
+            "rejected" => Ok(DeviceStatus::Rejected),
+            other => Err(RegistryError::Corrupt(format!("unknown status {other:?}"))),
+        }
+    }
+}
+
+/// What the device is told of its status.
+impl From<DeviceStatus> for AuthStatus {
+    fn from(status: DeviceStatus) -> Self {
+        match status {
+            DeviceStatus::Pending => AuthStatus::Pending,
+            DeviceStatus::Accepted => AuthStatus::Accepted,
+            DeviceStatus::Rejected => AuthStatus::Rejected,
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the auth audit log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthEventKind {
+    /// An unknown device id presented a key; it is now pending.
+    NewKey,
+    Authenticated,
+    Accepted,
+    Rejected,
+    Deleted,
+    /// A known id presented a different key (the detail holds its fingerprint).
+    KeyMismatch,
+    /// A known id failed to authenticate (the detail says why).
+    AuthFailed,
+}
+
+impl AuthEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthEventKind::NewKey => "new_key",
+            AuthEventKind::Authenticated => "authenticated",
+            AuthEventKind::Accepted => "accepted",
+            AuthEventKind::Rejected => "rejected",
+            AuthEventKind::Deleted => "deleted",
+            AuthEventKind::KeyMismatch => "key_mismatch",
+            AuthEventKind::AuthFailed => "auth_failed",
+        }
+    }
+}
+
+/// One registered device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeviceRecord {
+    pub id: String,
+    /// SPKI PEM of the key the device first presented.
+    pub public_key: String,
+    pub fingerprint: String,
+    pub status: DeviceStatus,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub bridge_version: Option<String>,
+    pub last_health: Option<Value>,
+    pub last_health_at: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    id: String,
+    public_key: String,
+    fingerprint: String,
+    status: String,
+    first_seen: i64,
+    last_seen: i64,
+    bridge_version: Option<String>,
+    last_health: Option<String>,
+    last_health_at: Option<i64>,
+}
+
+impl TryFrom<DeviceRow> for DeviceRecord {
+    type Error = RegistryError;
+
+    fn try_from(row: DeviceRow) -> Result<Self, Self::Error> {
+        let last_health = row
+            .last_health
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| RegistryError::Corrupt(format!("last_health of {}: {e}", row.id)))?;
+        Ok(DeviceRecord {
+            status: row.status.parse()?,
+            id: row.id,
+            public_key: row.public_key,
+            fingerprint: row.fingerprint,
+            first_seen: row.first_seen,
+            last_seen: row.last_seen,
+            bridge_version: row.bridge_version,
+            last_health,
+            last_health_at: row.last_health_at,
+        })
+    }
+}
+
+/// One line of the auth audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, ToSchema)]
+pub struct AuthEvent {
+    pub id: i64,
+    pub device_id: String,
+    pub at: i64,
+    pub event: String,
+    pub detail: String,
+    /// Attempts this event stands for (refusals alike within an hour share one).
+    pub count: i64,
+}
+
+/// One container event a device reported.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DeviceEvent {
+    pub id: i64,
+    pub device_id: String,
+    pub at: i64,
+    pub topic: String,
+    pub payload: Value,
+}
+
+/// One health report of a device.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct HealthSample {
+    pub at: i64,
+    pub health: Value,
+}
+
+/// What [`Registry::register_new_key`] did.
+#[derive(Debug)]
+pub enum Registration {
+    /// The device is now pending; its `new_key` event.
+    Registered(AuthEvent),
+    /// The id was registered already (perhaps a moment ago, by another connection).
+    Exists,
+    /// The registry holds the most pending devices it may.
+    PendingFull,
+}
+
+/// A cheap, cloneable handle on the registry database.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pool: SqlitePool,
+}
+
+const DEVICE_COLUMNS: &str = "id, public_key, fingerprint, status, first_seen, last_seen, \
+                              bridge_version, last_health, last_health_at";
+
+impl Registry {
+    /// Opens (creating the file and its directory if missing) and migrates the
+    /// database at `url`, e.g. `sqlite://data/cloud.db`.
+    pub async fn open(url: &str) -> Result<Self, RegistryError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        create_parent_dir(options.get_filename())?;
+        create_private_file(options.get_filename())?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Registry { pool })
+    }
+
+    /// The database, shared with operator accounts and the audit log.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Answers if the database does (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), RegistryError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the database; every later query fails.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// How many devices have each status (for `/metrics`); a status no device
+    /// has is left out.
+    pub async fn count_by_status(&self) -> Result<Vec<(DeviceStatus, i64)>, RegistryError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM devices GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(status, count)| Ok((status.parse()?, count)))
+            .collect()
+    }
+
+    pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
+        let row: Option<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(DeviceRecord::try_from).transpose()
+    }
+
+    /// All devices, pending ones first (they wait for an operator), then by id.
+    pub async fn devices(&self) -> Result<Vec<DeviceRecord>, RegistryError> {
+        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices \
+             ORDER BY CASE status WHEN 'pending' THEN 0 ELSE 1 END, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(DeviceRecord::try_from).collect()
+    }
+
+    /// Records an unknown device as pending, with a `new_key` event, unless
+    /// the id is already registered or `max_pending` devices are pending
+    /// (then nothing changes).
+    pub async fn register_new_key(
+        &self,
+        id: &str,
+        public_key_pem: &str,
+        fingerprint: &str,
+        bridge_version: Option<&str>,
+        max_pending: i64,
+        now: i64,
+    ) -> Result<Registration, RegistryError> {
+        // The transaction starts with its write, so it takes the write lock
+        // at once (waiting its turn) instead of upgrading a read, which
+        // SQLite refuses when another write came in between. One statement
+        // checks the id and the cap, so concurrent registrations cannot
+        // overshoot it.
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO devices (id, public_key, fingerprint, status, first_seen, last_seen, bridge_version) \
+             SELECT ?, ?, ?, 'pending', ?, ?, ? \
+             WHERE (SELECT COUNT(*) FROM devices WHERE status = 'pending') < ? \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(public_key_pem)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(now)
+        .bind(bridge_version)
+        .bind(max_pending)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !inserted {
+            tx.rollback().await?;
+            return Ok(if self.device(id).await?.is_some() {
+                Registration::Exists
+            } else {
+                Registration::PendingFull
+            });
+        }
+        let event = insert_auth_event(&mut tx, id, AuthEventKind::NewKey, fingerprint, now).await?;
+        tx.commit().await?;
+        Ok(Registration::Registered(event))
+    }
+
+    /// A known device proved possession of its key: bumps last_seen, stores the
+    /// bridge version and logs (and returns) `authenticated`, in aggregate
+    /// for a device that is not accepted (it may reconnect all day).
+    pub async fn record_authenticated(
+        &self,
+        id: &str,
+        bridge_version: Option<&str>,
+        status: DeviceStatus,
+        now: i64,
+    ) -> Result<AuthEvent, RegistryError> {
+        let detail = status.as_str();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE devices SET last_seen = ?, bridge_version = COALESCE(?, bridge_version) WHERE id = ?",
+        )
+        .bind(now)
+        .bind(bridge_version)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let bucket = (status != DeviceStatus::Accepted).then(|| aggregation_bucket(now));
+        let event = upsert_auth_event(
+            &mut tx,
+            id,
+            AuthEventKind::Authenticated,
+            detail,
+            now,
+            bucket,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    /// An operator decision. Returns the updated device, or None if unknown.
+    pub async fn set_status(
+        &self,
+        id: &str,
+        status: DeviceStatus,
+        detail: &str,
+        now: i64,
+    ) -> Result<Option<DeviceRecord>, RegistryError> {
+        let event = match status {
+            DeviceStatus::Accepted => AuthEventKind::Accepted,
+            DeviceStatus::Rejected => AuthEventKind::Rejected,
+            DeviceStatus::Pending => {
+                return Err(RegistryError::Corrupt(
+                    "a device cannot be set back to pending".into(),
+                ))
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query("UPDATE devices SET status = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        insert_auth_event(&mut tx, id, event, detail, now).await?;
+        let row: DeviceRow = sqlx::query_as(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(row.try_into()?))
+    }
+
+    /// Forgets a device and its container events; the audit log keeps a
+    /// `deleted` line. Returns false if the id was unknown.
+    pub async fn delete(&self, id: &str, detail: &str, now: i64) -> Result<bool, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM devices WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if deleted {
+            for table in ["device_events", "device_health"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE device_id = ?"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            insert_auth_event(&mut tx, id, AuthEventKind::Deleted, detail, now).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Forgets pending devices last seen before `seen_before` (a connected
+    /// device is seen at least every half minute), with a `deleted` event
+    /// each; returns their ids.
+    pub async fn forget_stale_pending(
+        &self,
+        seen_before: i64,
+        now: i64,
+    ) -> Result<Vec<String>, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM devices WHERE status = 'pending' AND last_seen < ? RETURNING id",
+        )
+        .bind(seen_before)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            insert_auth_event(&mut tx, id, AuthEventKind::Deleted, "pending expired", now).await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    pub async fn touch(&self, id: &str, now: i64) -> Result<(), RegistryError> {
+        sqlx::query("UPDATE devices SET last_seen = MAX(last_seen, ?) WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a health report as the device's latest, and in its last hour
+    /// (at most one per [`HEALTH_SAMPLE_PERIOD`]).
+    pub async fn record_health(
+        &self,
+        id: &str,
+        health: &Value,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        let text = health.to_string();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE devices SET last_health = ?, last_health_at = ?, last_seen = MAX(last_seen, ?) WHERE id = ?")
+            .bind(&text)
+            .bind(now)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO device_health (device_id, at, health) SELECT ?1, ?2, ?3 \
+             WHERE NOT EXISTS (SELECT 1 FROM device_health WHERE device_id = ?1 AND at > ?4)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(&text)
+        .bind(now - HEALTH_SAMPLE_PERIOD.as_millis() as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM device_health WHERE device_id = ? AND at < ?")
+            .bind(id)
+            .bind(now - HEALTH_HISTORY.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device's health reports of the last hour, oldest first.
+    pub async fn health_history(&self, id: &str) -> Result<Vec<HealthSample>, RegistryError> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT at, health FROM device_health WHERE device_id = ? ORDER BY at")
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(at, health)| {
+                let health = serde_json::from_str(&health)
+                    .map_err(|e| RegistryError::Corrupt(format!("health of {id}: {e}")))?;
+                Ok(HealthSample { at, health })
+            })
+            .collect()
+    }
+
+    /// Stores a container event and prunes the device's events beyond the
+    /// latest [`DEVICE_EVENTS_KEPT`].
+    pub async fn add_device_event(
+        &self,
+        device_id: &str,
+        topic: &str,
+        payload: &Value,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO device_events (device_id, at, topic, payload) VALUES (?, ?, ?, ?)",
+        )
+        .bind(device_id)
+        .bind(now)
+        .bind(topic)
+        .bind(payload.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM device_events WHERE device_id = ?1 AND id <= \
+             (SELECT id FROM device_events WHERE device_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+        )
+        .bind(device_id)
+        .bind(DEVICE_EVENTS_KEPT)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The latest container events of a device, newest first.
+    pub async fn device_events(
+        &self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<DeviceEvent>, RegistryError> {
+        let rows: Vec<(i64, String, i64, String, String)> = sqlx::query_as(
+            "SELECT id, device_id, at, topic, payload FROM device_events \
+             WHERE device_id = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, device_id, at, topic, payload)| {
+                let payload = serde_json::from_str(&payload)
+                    .map_err(|e| RegistryError::Corrupt(format!("device event {id}: {e}")))?;
+                Ok(DeviceEvent {
+                    id,
+                    device_id,
+                    at,
+                    topic,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn add_auth_event(
+        &self,
+        device_id: &str,
+        event: AuthEventKind,
+        detail: &str,
+        now: i64,
+    ) -> Result<AuthEvent, RegistryError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_auth_event(&mut conn, device_id, event, detail, now).await
+    }
+
+    /// Records a refused attempt on a known device in aggregate: one row per
+    /// kind and clock hour counts them (see [`AGGREGATION_WINDOW`]),
+    /// so a stranger hammering an id costs its owner one bounded record.
+    pub async fn add_refused_attempt(
+        &self,
+        device_id: &str,
+        event: AuthEventKind,
+        detail: &str,
+        now: i64,
+    ) -> Result<AuthEvent, RegistryError> {
+        let mut conn = self.pool.acquire().await?;
+        let bucket = Some(aggregation_bucket(now));
+        upsert_auth_event(&mut conn, device_id, event, detail, now, bucket).await
+    }
+
+    /// The auth audit log, newest first, of one device or of all.
+    pub async fn auth_events(
+        &self,
+        device_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuthEvent>, RegistryError> {
+        let events = sqlx::query_as(
+            "SELECT id, device_id, at, event, detail, count FROM auth_events \
+             WHERE ?1 IS NULL OR device_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(device_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(events)
+    }
+}
+
+async fn insert_auth_event(
+    conn: &mut sqlx::SqliteConnection,
+    device_id: &str,
+    event: AuthEventKind,
+    detail: &str,
+    now: i64,
+) -> Result<AuthEvent, RegistryError> {
+    upsert_auth_event(conn, device_id, event, detail, now, None).await
+}
+
+/// Inserts an event, or, with the `bucket` of an aggregation window, counts
+/// one more on the device's event of this kind in that window, in one
+/// statement (so simultaneous attempts share it). Without a bucket the row
+/// is never a conflict: the unique index lets NULLs repeat.
+async fn upsert_auth_event(
+    conn: &mut sqlx::SqliteConnection,
+    device_id: &str,
+    event: AuthEventKind,
+    detail: &str,
+    now: i64,
+    bucket: Option<i64>,
+) -> Result<AuthEvent, RegistryError> {
+    Ok(sqlx::query_as(
+        "INSERT INTO auth_events (device_id, at, event, detail, bucket) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (device_id, event, bucket) DO UPDATE \
+         SET count = count + 1, at = excluded.at, detail = excluded.detail \
+         RETURNING id, device_id, at, event, detail, count",
+    )
+    .bind(device_id)
+    .bind(now)
+    .bind(event.as_str())
+    .bind(detail)
+    .bind(bucket)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Creates the database file readable by its owner only, since it holds
+/// password hashes; SQLite gives its journal files the same mode. An
+/// existing file is left as it is.
+fn create_private_file(file: &Path) -> Result<(), RegistryError> {
+    if file.as_os_str() == ":memory:" || file.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(RegistryError::Create {
+            path: file.display().to_string(),
+            source,
+        }),
+    }
+}
+
+fn create_parent_dir(file: &Path) -> Result<(), RegistryError> {
+    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if file.as_os_str() == ":memory:" {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|source| RegistryError::Create {
+        path: dir.display().to_string(),
+        source,
+    })
+}

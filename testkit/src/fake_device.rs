@@ -1,0 +1,357 @@
+//! A fake device: a raw WebSocket client that signs with the `protocol`
+//! crate, playing a device so that the cloud can be tested alone, including
+//! sending frames a real bridge never would. The real bridge is tested in its
+//! own crate and in the end-to-end scenarios.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use protocol::keys::{self, PrivateKey};
+use protocol::{parse_frame, verify, Direction, Expectation, Message, RpcError, Verified};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::frame::{FrameBuilder, SignedFrame};
+use crate::{CloudEndpoint, PROMPTLY};
+
+/// Largest frame the fake device parses from the cloud.
+const MAX_FRAME_BYTES: usize = 4 << 20;
+
+/// How a device WebSocket upgrade was refused: the HTTP status and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedUpgrade {
+    pub status: u16,
+    pub body: String,
+}
+
+/// One device connection, seen from the device's side, its challenge read.
+pub struct FakeDevice {
+    pub id: String,
+    pub key: PrivateKey,
+    /// The challenge the cloud sent on this connection.
+    pub challenge: String,
+    cloud: CloudEndpoint,
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl FakeDevice {
+    /// Opens a device WebSocket to `cloud` for `id` and reads the challenge;
+    /// the refused upgrade otherwise. With `forwarded_for`, the request
+    /// carries `X-Forwarded-For` as a reverse proxy would send it.
+    pub async fn connect(
+        cloud: &CloudEndpoint,
+        id: &str,
+        key: PrivateKey,
+        forwarded_for: Option<&str>,
+    ) -> Result<FakeDevice, RefusedUpgrade> {
+        use tokio_tungstenite::tungstenite::Error;
+        let mut request = cloud.url.as_str().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(protocol::SUBPROTOCOL),
+        );
+        if let Some(forwarded_for) = forwarded_for {
+            request.headers_mut().insert(
+                "X-Forwarded-For",
+                HeaderValue::from_str(forwarded_for).unwrap(),
+            );
+        }
+        let ws = match tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("the upgrade was not answered in time")
+        {
+            Ok((ws, _)) => ws,
+            Err(Error::Http(response)) => {
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                    .unwrap_or_default();
+                return Err(RefusedUpgrade {
+                    status: response.status().as_u16(),
+                    body,
+                });
+            }
+            Err(e) => panic!("device WebSocket upgrade failed: {e}"),
+        };
+        let mut device = FakeDevice {
+            id: id.to_string(),
+            key,
+            challenge: String::new(),
+            cloud: cloud.clone(),
+            ws,
+            next_id: 0,
+        };
+        let hello = device.recv_verified(protocol::ANY_AUDIENCE).await;
+        match hello.message {
+            Message::Notification { method, params } if method == protocol::auth::CHALLENGE => {
+                device.challenge = params.unwrap()["challenge"].as_str().unwrap().to_string();
+            }
+            other => panic!("expected auth.challenge, got {other:?}"),
+        }
+        Ok(device)
+    }
+
+    pub fn public_key_pem(&self) -> String {
+        keys::public_key_to_pem(&self.key.verifying_key())
+    }
+
+    pub fn fingerprint(&self) -> String {
+        keys::fingerprint(&self.key.verifying_key())
+    }
+
+    // ----- building frames -------------------------------------------------
+
+    /// A frame carrying `message`, signed by this device for the cloud, now;
+    /// change any of that before [`FrameBuilder::sign`].
+    pub fn frame(&self, message: Message) -> FrameBuilder {
+        FrameBuilder::new(
+            message,
+            &self.id,
+            self.key.clone(),
+            &self.cloud.cloud_id,
+            Direction::DeviceToCloud,
+        )
+    }
+
+    /// `message` signed as this device for the cloud, as a bridge would.
+    pub fn signed(&self, message: &Message) -> SignedFrame {
+        self.frame(message.clone()).sign()
+    }
+
+    pub fn new_request_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("d-{}", self.next_id)
+    }
+
+    // ----- sending -------------------------------------------------------
+
+    pub async fn send(&mut self, frame: &SignedFrame) {
+        self.send_text(frame.text()).await;
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws.send(WsMessage::text(text.into())).await.unwrap();
+    }
+
+    pub async fn send_message(&mut self, message: &Message) {
+        let frame = self.signed(message);
+        self.send(&frame).await;
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.ws.send(WsMessage::binary(bytes)).await.unwrap();
+    }
+
+    // ----- the handshake -------------------------------------------------
+
+    /// Answers the challenge; returns the cloud's result (or error) value.
+    pub async fn authenticate(&mut self) -> Value {
+        self.authenticate_reporting("test-0.1").await
+    }
+
+    /// Answers the challenge reporting `bridge_version`; returns the cloud's
+    /// result (or error) value.
+    pub async fn authenticate_reporting(&mut self, bridge_version: &str) -> Value {
+        let id = self.new_request_id();
+        let request = Message::request(
+            id.as_str(),
+            protocol::auth::DEFAULT_AUTHENTICATE,
+            json!({
+                "device_id": self.id,
+                "public_key": self.public_key_pem(),
+                "challenge": self.challenge,
+                "bridge_version": bridge_version,
+            }),
+        );
+        self.send_message(&request).await;
+        // A refusal of params the cloud could not read is signed for anyone.
+        match self.recv_for_me_or_anyone().await {
+            Message::Response {
+                id: answered,
+                result,
+            } => {
+                assert_eq!(answered, json!(id));
+                result.unwrap_or_else(|e| serde_json::to_value(e).unwrap())
+            }
+            other => panic!("expected the auth response, got {other:?}"),
+        }
+    }
+
+    // ----- receiving -----------------------------------------------------
+
+    /// The next cloud message, verified as a device would.
+    pub async fn recv(&mut self) -> Message {
+        let id = self.id.clone();
+        self.recv_verified(&id).await.message
+    }
+
+    /// The next cloud message, verified as signed for `audience`.
+    pub async fn recv_verified(&mut self, audience: &str) -> Verified {
+        match self.next_text().await {
+            Ok(text) => self.verify_from_cloud(&text, audience),
+            Err(code) => panic!("expected a text frame, the connection ended ({code:?})"),
+        }
+    }
+
+    /// The next cloud message, verified, signed for this device or for anyone.
+    pub async fn recv_for_me_or_anyone(&mut self) -> Message {
+        let text = self.next_text().await.unwrap_or_else(|code| {
+            panic!("expected a text frame, the connection ended ({code:?})")
+        });
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        let audience = match frame["meta"]["audience_id"].as_str() {
+            Some(protocol::ANY_AUDIENCE) => protocol::ANY_AUDIENCE,
+            _ => self.id.as_str(),
+        };
+        self.verify_from_cloud(&text, audience).message
+    }
+
+    /// The next message from the cloud, or how the connection ended: the
+    /// close code, `None` if it ended without one.
+    pub async fn recv_or_close(&mut self) -> Result<Message, Option<u16>> {
+        let text = self.next_text().await?;
+        Ok(self.verify_from_cloud(&text, &self.id).message)
+    }
+
+    /// The next text frame, skipping pings; or how the connection ended: the
+    /// close code, `None` if it ended without one.
+    async fn next_text(&mut self) -> Result<String, Option<u16>> {
+        loop {
+            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
+                .await
+                .expect("the cloud sent nothing in time");
+            match next {
+                Some(Ok(WsMessage::Text(text))) => return Ok(text.as_str().to_owned()),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(WsMessage::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(other)) => panic!("expected a text frame or a close, got {other:?}"),
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Verifies a frame of the cloud's, signed for `audience`, as a device would.
+    fn verify_from_cloud(&self, text: &str, audience: &str) -> Verified {
+        let frame = parse_frame(text, MAX_FRAME_BYTES).unwrap();
+        let expect = Expectation {
+            signer_id: &self.cloud.cloud_id,
+            key: &self.cloud.public_key,
+            audience_id: audience,
+            direction: Direction::CloudToDevice,
+            skew_ms: protocol::DEFAULT_SKEW_MS,
+            now_ms: protocol::now_ms(),
+        };
+        verify(frame, &expect).unwrap()
+    }
+
+    // ----- calls ---------------------------------------------------------
+
+    /// Sends a request and returns the response's result or error.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, RpcError> {
+        let id = self.new_request_id();
+        self.send_message(&Message::request(id.as_str(), method, params))
+            .await;
+        self.expect_response(json!(id)).await
+    }
+
+    pub async fn expect_response(&mut self, id: Value) -> Result<Value, RpcError> {
+        match self.recv().await {
+            Message::Response {
+                id: answered,
+                result,
+            } => {
+                assert_eq!(answered, id, "response to another id");
+                result
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+
+    /// Expects the signed refusal of a frame, answered with `id`; returns it.
+    pub async fn expect_refusal(&mut self, id: Value, reason: &str) -> RpcError {
+        let error = self
+            .expect_response(id)
+            .await
+            .expect_err("expected a refusal");
+        assert_eq!(error.data, Some(json!({ "reason": reason })), "{error:?}");
+        error
+    }
+
+    /// `cloud.ping` works on this connection.
+    pub async fn ping_cloud(&mut self) {
+        let result = self.call("cloud.ping", json!({})).await.unwrap();
+        assert_eq!(result["pong"], json!(true));
+    }
+
+    pub async fn expect_status_notification(&mut self, status: &str) {
+        match self.recv().await {
+            Message::Notification { method, params } => {
+                assert_eq!(method, protocol::auth::STATUS);
+                assert_eq!(params, Some(json!({ "status": status })));
+            }
+            other => panic!("expected auth.status, got {other:?}"),
+        }
+    }
+
+    // ----- the end of the connection -------------------------------------
+
+    /// Reads until the cloud closes; returns the close code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
+                .await
+                .expect("the cloud did not close in time");
+            match next {
+                Some(Ok(WsMessage::Close(Some(frame)))) => {
+                    return (u16::from(frame.code), frame.reason.to_string())
+                }
+                Some(Ok(WsMessage::Close(None))) | None => panic!("closed without a close code"),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected a close, got {other:?}"),
+                Some(Err(e)) => panic!("socket error instead of a close: {e}"),
+            }
+        }
+    }
+
+    /// Reads until the connection ends: the close code if a close frame
+    /// arrived, `None` if the socket just ended.
+    pub async fn read_until_closed(&mut self) -> Option<u16> {
+        loop {
+            let next = tokio::time::timeout(PROMPTLY, self.ws.next())
+                .await
+                .expect("the connection did not end in time");
+            match next {
+                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(other)) => panic!("expected the end, got {other:?}"),
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Reads for `period`, answering pings (tungstenite does so as it reads),
+    /// and expects nothing else; returns how many pings came.
+    pub async fn answer_pings_for(&mut self, period: Duration) -> usize {
+        let deadline = Instant::now() + period;
+        let mut pings = 0;
+        while let Ok(next) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match next {
+                Some(Ok(WsMessage::Ping(_))) => pings += 1,
+                other => panic!("expected only pings, got {other:?}"),
+            }
+        }
+        pings
+    }
+
+    /// Drops the connection without a close handshake.
+    pub fn drop_connection(self) {
+        drop(self.ws);
+    }
+}
