@@ -377,7 +377,10 @@ pub async fn operators(args: OperatorsArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the database {}", args.database_url))?;
     // Changes made on the host are audited like the API's; nobody listens live.
-    let team = Team::new(store.accounts, Auditor::new(store.audit, EventHub::default()));
+    let team = Team::new(
+        store.accounts,
+        Auditor::new(store.audit, EventHub::default()),
+    );
     match args.command {
         OperatorsCommand::Add {
             name,

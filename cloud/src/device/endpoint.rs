@@ -8,9 +8,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use protocol::SUBPROTOCOL;
 
-use crate::client_address::ClientAddress;
 use super::session;
 use super::Devices;
+use crate::client_address::ClientAddress;
 
 /// Socket read chunk; a message larger than this is assembled as it arrives.
 const READ_BUFFER_BYTES: usize = 4 * 1024;

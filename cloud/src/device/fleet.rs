@@ -10,10 +10,10 @@ use protocol::{check_method_name, Message, MAX_SAFE_INTEGER};
 use serde_json::Value;
 
 use super::call_error::CallError;
-use crate::events::EventHub;
 use super::metrics::RpcMetrics;
-use crate::store::registry::{DeviceStatus, Registry};
 use super::session::DeviceSession;
+use crate::events::EventHub;
+use crate::store::registry::{DeviceStatus, Registry};
 use protocol::close_code;
 
 /// Live device sessions (pending or accepted), one per device.

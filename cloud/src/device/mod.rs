@@ -206,5 +206,4 @@ impl Devices {
     fn session_tracker(&self) -> &TaskTracker {
         &self.inner.sessions
     }
-
 }

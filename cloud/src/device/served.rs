@@ -4,8 +4,8 @@
 use protocol::{ErrorCode, RpcError};
 use serde_json::{json, Value};
 
-use protocol::now_ms;
 use super::Devices;
+use protocol::now_ms;
 
 /// Device → cloud liveness check.
 pub const PING: &str = "cloud.ping";

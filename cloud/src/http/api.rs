@@ -6,7 +6,6 @@
 //! OpenAPI document (see [`crate::http::openapi`]); add routes only with `routes!`,
 //! or `tests/openapi.rs` fails for the undocumented one.
 
-
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -49,10 +48,7 @@ pub(crate) fn routes(state: AppState) -> OpenApiRouter<AppState> {
             operators_api::create_token
         ))
         .routes(routes!(operators_api::revoke_token))
-        .route_layer(middleware::from_fn_with_state(
-            state,
-            auth::require_caller,
-        ));
+        .route_layer(middleware::from_fn_with_state(state, auth::require_caller));
     OpenApiRouter::new()
         .routes(routes!(auth::login))
         .merge(authenticated)
@@ -223,7 +219,10 @@ async fn accept_device(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDecision>, AppError> {
-    let device = state.ops().decide(&caller, &id, DeviceStatus::Accepted).await?;
+    let device = state
+        .ops()
+        .decide(&caller, &id, DeviceStatus::Accepted)
+        .await?;
     Ok(Json(DeviceDecision { device }))
 }
 
@@ -243,10 +242,12 @@ async fn reject_device(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<DeviceDecision>, AppError> {
-    let device = state.ops().decide(&caller, &id, DeviceStatus::Rejected).await?;
+    let device = state
+        .ops()
+        .decide(&caller, &id, DeviceStatus::Rejected)
+        .await?;
     Ok(Json(DeviceDecision { device }))
 }
-
 
 /// Forgets a device (the audit log keeps it); a connected device is cut off.
 #[utoipa::path(
@@ -267,7 +268,6 @@ async fn delete_device(
     state.ops().remove_device(&caller, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -299,7 +299,6 @@ async fn list_auth_events(
     Ok(Json(AuthEventList { events }))
 }
 
-
 /// Calls a JSON-RPC method on an accepted, connected device and waits for
 /// its answer. The error kinds tell why a call failed.
 #[utoipa::path(
@@ -329,4 +328,3 @@ async fn call_device(
     let result = state.ops().call(&caller, &id, body).await?;
     Ok(Json(RpcResult { result }))
 }
-

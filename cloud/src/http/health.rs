@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::device::Devices;
 use crate::config::VERSION;
+use crate::device::Devices;
 
 /// Longest wait for the database to answer; probes time out in seconds.
 const DATABASE_PING_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,9 +1,9 @@
 //! Who is acting: an operator with a session (browsers) or an API token
 //! (scripts, the CLI), or the holder of the host's admin token.
 
-use protocol::now_ms;
 use crate::store::accounts::same_secret;
 use crate::store::Operator;
+use protocol::now_ms;
 
 use super::{ErrorKind, OpError, Operations};
 

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use protocol::now_ms;
 use crate::store::registry::{AuthEvent, DeviceEvent, HealthSample};
 use crate::store::{Action, AuditFilter, AuditPage, DeviceRecord, DeviceStatus};
+use protocol::now_ms;
 
 use super::{Caller, OpError, Operations};
 

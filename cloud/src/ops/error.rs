@@ -147,9 +147,7 @@ impl From<AccountError> for OpError {
             AccountError::UnknownOperator(_) => ErrorKind::UnknownOperator,
             AccountError::UnknownToken(_) => ErrorKind::UnknownToken,
             AccountError::BadName | AccountError::WeakPassword => ErrorKind::BadRequest,
-            AccountError::Database(_) | AccountError::Hash(_) => {
-                return OpError::internal(error)
-            }
+            AccountError::Database(_) | AccountError::Hash(_) => return OpError::internal(error),
         };
         OpError::new(kind, error.to_string())
     }

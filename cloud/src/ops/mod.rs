@@ -45,7 +45,10 @@ impl Auditor {
 
     /// Stores a refused action in aggregate (see [`AuditLog::record_refusal`]).
     pub async fn record_refusal(&self, action: &Action<'_>) {
-        let stored = self.log.record_refusal(action, protocol::now_ms() as i64).await;
+        let stored = self
+            .log
+            .record_refusal(action, protocol::now_ms() as i64)
+            .await;
         self.publish(action, stored);
     }
 
@@ -91,7 +94,12 @@ struct Shared {
 }
 
 impl Operations {
-    pub fn new(config: Arc<CloudConfig>, store: Store, devices: Devices, admin_token: String) -> Self {
+    pub fn new(
+        config: Arc<CloudConfig>,
+        store: Store,
+        devices: Devices,
+        admin_token: String,
+    ) -> Self {
         let auditor = Auditor::new(store.audit.clone(), devices.events().clone());
         Operations {
             inner: Arc::new(Shared {

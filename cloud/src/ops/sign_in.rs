@@ -10,9 +10,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
-use protocol::now_ms;
 use crate::store::accounts::{is_valid_name, NewSession};
 use crate::store::{Action, Operator};
+use protocol::now_ms;
 
 use super::{Caller, ErrorKind, OpError, Operations};
 
@@ -59,7 +59,9 @@ impl Operations {
         };
         let limiter = &self.inner.login_limiter;
         if let Err(wait) = limiter.check(name, address) {
-            self.auditor().record_refusal(&refuse(ErrorKind::RateLimited)).await;
+            self.auditor()
+                .record_refusal(&refuse(ErrorKind::RateLimited))
+                .await;
             let mut error = OpError::new(
                 ErrorKind::RateLimited,
                 format!(
@@ -80,7 +82,9 @@ impl Operations {
         };
         let Some(operator) = operator else {
             limiter.failed(name, address);
-            self.auditor().record_refusal(&refuse(ErrorKind::WrongPassword)).await;
+            self.auditor()
+                .record_refusal(&refuse(ErrorKind::WrongPassword))
+                .await;
             return Err(OpError::new(
                 ErrorKind::WrongPassword,
                 "unknown operator or wrong password",
@@ -90,7 +94,9 @@ impl Operations {
             .start_session(&operator, now_ms() as i64)
             .await
             .map_err(OpError::internal)?;
-        self.auditor().record_simple(&operator.name, "login", "ok", "").await;
+        self.auditor()
+            .record_simple(&operator.name, "login", "ok", "")
+            .await;
         Ok((operator, session))
     }
 
@@ -101,7 +107,9 @@ impl Operations {
                 tracing::warn!(error = %e, "cannot end a session");
             }
         }
-        self.auditor().record_simple(&caller.name, "logout", "ok", "").await;
+        self.auditor()
+            .record_simple(&caller.name, "logout", "ok", "")
+            .await;
     }
 }
 
@@ -200,4 +208,3 @@ impl<K: Hash + Eq> FailureCounter<K> {
         window.failures += 1;
     }
 }
-

@@ -2,8 +2,8 @@
 //! the API, the dashboard and, on the cloud's host, the CLI (whose changes
 //! are audited under [`HOST_ACTOR`]). Every change is audited, refused ones too.
 
-use protocol::now_ms;
 use crate::store::{Accounts, ApiToken, Operator};
+use protocol::now_ms;
 
 use super::{Auditor, Caller, ErrorKind, OpError};
 

@@ -34,11 +34,7 @@ pub(crate) async fn run(store: Store, limits: Limits, shutdown: CancellationToke
             Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
         }
         let seen_before = now.saturating_sub(limits.pending_expiry.as_millis() as i64);
-        match store
-            .registry
-            .forget_stale_pending(seen_before, now)
-            .await
-        {
+        match store.registry.forget_stale_pending(seen_before, now).await {
             Ok(ids) if ids.is_empty() => {}
             Ok(ids) => tracing::info!(
                 count = ids.len(),

@@ -1,5 +1,5 @@
-//! The worker against the real Docker engine (its methods called in-process)
-//! and a real nats-server.
+//! Helpers of the worker's tests: its methods called in-process against the
+//! real Docker engine, and `worker::run` against a real nats-server.
 
 // Each test file uses a part of this module.
 #![allow(dead_code)]

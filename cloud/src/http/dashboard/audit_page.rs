@@ -9,9 +9,9 @@ use serde::Deserialize;
 
 use super::format::utc_time;
 use super::page::{render, Chrome, SignedIn};
-use crate::store::audit::{AuditEntry, AuditFilter};
 use crate::http::error::AppError;
 use crate::http::state::AppState;
+use crate::store::audit::{AuditEntry, AuditFilter};
 
 /// Entries per page.
 const PAGE_SIZE: i64 = 50;
@@ -110,7 +110,11 @@ pub(super) async fn show(
     Query(query): Query<AuditQuery>,
 ) -> Response {
     let offset = query.offset.unwrap_or(0).max(0);
-    let page = match state.ops().audit_page(&query.filter(), offset, PAGE_SIZE).await {
+    let page = match state
+        .ops()
+        .audit_page(&query.filter(), offset, PAGE_SIZE)
+        .await
+    {
         Ok(page) => page,
         Err(e) => return AppError::internal(e).into_response(),
     };

@@ -12,8 +12,8 @@ use super::devices_page::DeviceRow;
 use super::format::utc_time;
 use super::page::{render, render_with_status, Chrome, MessagePage, SignedIn};
 use crate::http::error::AppError;
-use crate::ops::ErrorKind;
 use crate::http::state::AppState;
+use crate::ops::ErrorKind;
 
 /// Auth events listed on the page.
 const AUTH_EVENTS_SHOWN: usize = 10;

@@ -14,11 +14,11 @@ use super::format::{utc_time, HealthView};
 use super::page::{
     csrf_refused, local_path, render, render_with_status, Chrome, MessagePage, SignedIn,
 };
+use crate::http::error::{status_of, AppError};
+use crate::http::state::AppState;
 use crate::ops::devices::{DeviceFilter, DeviceView};
 use crate::ops::{ErrorKind, OpError};
-use crate::http::error::{status_of, AppError};
 use crate::store::registry::DeviceStatus;
-use crate::http::state::AppState;
 
 /// One row of the table.
 pub(super) struct DeviceRow {
@@ -194,8 +194,14 @@ async fn decide(
     }
     let (ops, caller) = (state.ops(), &signed_in.caller);
     let done = match decision {
-        Decision::Accept => ops.decide(caller, &id, DeviceStatus::Accepted).await.map(drop),
-        Decision::Reject => ops.decide(caller, &id, DeviceStatus::Rejected).await.map(drop),
+        Decision::Accept => ops
+            .decide(caller, &id, DeviceStatus::Accepted)
+            .await
+            .map(drop),
+        Decision::Reject => ops
+            .decide(caller, &id, DeviceStatus::Rejected)
+            .await
+            .map(drop),
         Decision::Delete => ops.remove_device(caller, &id).await,
     };
     match done {

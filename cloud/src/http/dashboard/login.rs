@@ -17,12 +17,12 @@ use serde::Deserialize;
 
 use super::assets;
 use super::page::{local_path, render_with_status, SignedIn};
-use crate::store::accounts::same_secret;
 use crate::client_address::ClientAddress;
 use crate::http::auth::{caller_from_headers, sign_in, sign_out};
 use crate::http::error::AppError;
-use crate::ops::ErrorKind;
 use crate::http::state::AppState;
+use crate::ops::ErrorKind;
+use crate::store::accounts::same_secret;
 
 /// The cookie holding the sign-in form's CSRF token.
 const LOGIN_CSRF_COOKIE: &str = "devbridge_login_csrf";
@@ -76,8 +76,7 @@ pub(super) async fn submit(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let next = local_path(Some(&form.next), "/");
-    let expected =
-        crate::http::auth::cookie_value(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+    let expected = crate::http::auth::cookie_value(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !same_secret(form.form_token.as_bytes(), expected.as_bytes()) {
         let error = "This sign-in form has expired. Please try again.".to_owned();
         return login_page(

@@ -8,10 +8,10 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
-use crate::store::accounts::same_secret;
 use crate::http::auth::caller_from_headers;
-use crate::ops::Caller;
 use crate::http::state::AppState;
+use crate::ops::Caller;
+use crate::store::accounts::same_secret;
 
 /// A signed-in operator. HTML pages that need one redirect to `/login`
 /// otherwise, with the page to come back to.

@@ -58,7 +58,12 @@ pub(super) async fn create(
     if !signed_in.csrf_ok(&form.csrf_token) {
         return csrf_refused(&signed_in, "/tokens");
     }
-    match state.ops().team().create_token(&signed_in.caller, &form.name).await {
+    match state
+        .ops()
+        .team()
+        .create_token(&signed_in.caller, &form.name)
+        .await
+    {
         Ok((token, secret)) => {
             let created = Some((token.name, secret));
             page(&state, &signed_in, StatusCode::CREATED, created, None).await
