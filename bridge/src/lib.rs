@@ -5,7 +5,7 @@
 //! on `rpc.<method>`, and their replies signed back. Workers reach the cloud
 //! through `cloud.call.<method>` and `cloud.notify.<method>`. The connection is
 //! kept forever: exponential backoff with jitter between attempts, and a long
-//! wait after the cloud rejects this device.
+//! wait after the cloud rejects this device (see [`Reconnect`]).
 #![forbid(unsafe_code)]
 
 mod config;
@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use protocol::nats::LinkState;
 use protocol::ReplayGuard;
 use tokio::sync::mpsc;
@@ -106,27 +106,29 @@ impl Bridge {
             config.skew.as_millis() as u64,
             REPLAY_CAPACITY,
         ));
-        let mut backoff = new_backoff(&config);
+        let mut reconnect = Reconnect::new(
+            config.reconnect_min,
+            config.reconnect_max,
+            config.rejected_backoff,
+            rand::random::<f64>,
+        );
         loop {
             status::announce(&nats, &config, LinkState::Connecting).await;
             let end = run_session(&config, &nats, &guard, &stats, &live, &shutdown).await;
             let wait = match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Rejected(reason) => {
-                    tracing::warn!(%device_id, %reason, wait_secs = config.rejected_backoff.as_secs(), "rejected by the cloud");
+                    let wait = reconnect.after_rejection();
+                    tracing::warn!(%device_id, %reason, wait_secs = wait.as_secs(), "rejected by the cloud");
                     status::announce(&nats, &config, LinkState::Rejected).await;
-                    backoff = new_backoff(&config);
-                    config.rejected_backoff
+                    wait
                 }
                 SessionEnd::Closed {
                     authenticated,
                     reason,
                 } => {
                     status::announce(&nats, &config, LinkState::Disconnected).await;
-                    if authenticated {
-                        backoff = new_backoff(&config);
-                    }
-                    let wait = backoff.next().unwrap_or(config.reconnect_max);
+                    let wait = reconnect.after_close(authenticated);
                     tracing::warn!(%device_id, %reason, wait_ms = wait.as_millis() as u64, "disconnected from the cloud; will reconnect");
                     wait
                 }
@@ -143,20 +145,57 @@ impl Bridge {
     }
 }
 
-/// Exponential waits from `reconnect_min` up to `reconnect_max`, each drawn
-/// at random from its upper half (never below the minimum) so that a fleet
-/// does not reconnect in step. The jitter stays within the bounds (backon's
-/// own adds up to 100% above the cap).
-fn new_backoff(config: &BridgeConfig) -> impl Iterator<Item = Duration> {
-    let min = config.reconnect_min;
+/// How long the bridge waits before connecting again, by how its last
+/// connection ended. Pure: the jitter comes from `jitter`, a source of
+/// numbers in [0, 1] (`rand::random` in the bridge), and no clock is read.
+///
+/// After a connection closed, the waits grow exponentially from `min` up to
+/// `max`, starting over once a connection authenticated. Each wait is drawn
+/// from the upper half of its step (never below `min`), so that a fleet does
+/// not reconnect in step; the jitter keeps every wait within [min, max]
+/// (backon's own adds up to 100% above the cap). After the cloud rejected
+/// this device, the wait is `rejected`, and the waits start over.
+pub struct Reconnect<J> {
+    min: Duration,
+    max: Duration,
+    rejected: Duration,
+    jitter: J,
+    steps: ExponentialBackoff,
+}
+
+impl<J: FnMut() -> f64> Reconnect<J> {
+    pub fn new(min: Duration, max: Duration, rejected: Duration, jitter: J) -> Self {
+        Reconnect {
+            min,
+            max,
+            rejected,
+            jitter,
+            steps: steps(min, max),
+        }
+    }
+
+    /// The wait after a connection closed, `authenticated` or not.
+    pub fn after_close(&mut self, authenticated: bool) -> Duration {
+        if authenticated {
+            self.steps = steps(self.min, self.max);
+        }
+        let step = self.steps.next().unwrap_or(self.max);
+        step.mul_f64((self.jitter)().mul_add(0.5, 0.5))
+            .max(self.min)
+    }
+
+    /// The wait after the cloud rejected this device.
+    pub fn after_rejection(&mut self) -> Duration {
+        self.steps = steps(self.min, self.max);
+        self.rejected
+    }
+}
+
+/// Doubling from `min` up to `max`, forever.
+fn steps(min: Duration, max: Duration) -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(min)
-        .with_max_delay(config.reconnect_max)
+        .with_max_delay(max)
         .without_max_times()
         .build()
-        .map(move |delay| {
-            delay
-                .mul_f64(rand::random::<f64>().mul_add(0.5, 0.5))
-                .max(min)
-        })
 }

@@ -27,15 +27,20 @@ async fn handshake_proves_the_device_key_and_a_live_request_reaches_a_worker() {
     assert_eq!(auth.meta.signer_id, DEVICE_ID, "signed as the device");
     assert_eq!(auth.meta.audience_id, CLOUD_ID);
     assert_eq!(auth.meta.direction, Direction::DeviceToCloud);
-    assert_eq!(auth.device_id, DEVICE_ID);
+    assert_eq!(auth.params.device_id, DEVICE_ID);
     assert_eq!(
-        auth.public_key, s.device_key,
+        auth.params.key, s.device_key,
         "params carry the device's key"
     );
     assert!(auth
+        .params
         .public_key_pem
         .starts_with("-----BEGIN PUBLIC KEY-----"));
-    assert_eq!(auth.challenge, challenge, "the same challenge is echoed");
+    assert_eq!(
+        auth.params.challenge,
+        Some(challenge),
+        "the same challenge is echoed"
+    );
     link.answer_authenticate(&auth, AuthStatus::Accepted);
 
     link.send(&link.request("c-17", "containers.list", json!({"all": true})));

@@ -25,6 +25,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status, if the cloud answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Refused { status, .. } => Some(*status),
+            ApiError::Unreachable { .. } => None,
+        }
+    }
+
     /// The error's `kind` (`offline`, `timed_out`, …), if the cloud answered.
     pub fn kind(&self) -> Option<&str> {
         match self {
@@ -32,10 +40,19 @@ impl ApiError {
             ApiError::Unreachable { .. } => None,
         }
     }
+
+    /// The device's own JSON-RPC error (`{"code", "message", ...}`), if the
+    /// cloud passed one on.
+    pub fn rpc_error(&self) -> Option<&Value> {
+        match self {
+            ApiError::Refused { rpc_error, .. } => rpc_error.as_ref(),
+            ApiError::Unreachable { .. } => None,
+        }
+    }
 }
 
 /// The cloud's API at one base URL, as one caller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
     /// `http://host:port/api/v1`.
@@ -43,16 +60,32 @@ pub struct ApiClient {
     token: String,
 }
 
+/// Never prints the token.
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ApiClient {
     /// The API of the cloud at `url` (`http://host:port`), called with the
     /// bearer `token`. The server bounds every call itself; `timeout` only
     /// guards against a hung server.
     pub fn new(url: &str, token: &str, timeout: Duration) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .unwrap_or_default();
+        Self::with_http(http, url, token)
+    }
+
+    /// As [`ApiClient::new`], over `http`: its settings and its pool of
+    /// connections, shared with the caller's other requests.
+    pub fn with_http(http: reqwest::Client, url: &str, token: &str) -> Self {
         ApiClient {
-            http: reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .unwrap_or_default(),
+            http,
             base: format!("{}/api/v1", url.trim_end_matches('/')),
             token: token.trim().to_owned(),
         }

@@ -4,7 +4,7 @@
 mod support;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, Request, StatusCode};
 use serde_json::{json, Value};
 use support::TestCloud;
 use tower::ServiceExt;
@@ -55,15 +55,16 @@ async fn the_api_needs_the_admin_token() {
 #[tokio::test]
 async fn the_api_over_a_real_socket_refuses_a_wrong_token() {
     let cloud = TestCloud::start().await;
-    let response = cloud
-        .http
-        .post(cloud.url("/api/v1/devices/dev-1/rpc"))
-        .bearer_auth("not-the-token")
-        .json(&json!({"method": "a.b"}))
-        .send()
+    let (status, _) = cloud
+        .api_as("not-the-token")
+        .request(
+            Method::POST,
+            "/devices/dev-1/rpc",
+            Some(&json!({"method": "a.b"})),
+        )
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(status, 401);
     let response = cloud
         .http
         .get(cloud.url("/api/v1/devices"))
@@ -90,7 +91,11 @@ async fn devices_are_listed_pending_first_with_their_live_state() {
     let mut pending = cloud.connect("z-pending").await;
     pending.authenticate().await;
 
-    let (status, body) = cloud.get("/api/v1/devices").await;
+    let (status, body) = cloud
+        .api()
+        .request(Method::GET, "/devices", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let devices = body["devices"].as_array().unwrap();
     let ids: Vec<&str> = devices.iter().map(|d| d["id"].as_str().unwrap()).collect();
@@ -116,22 +121,16 @@ async fn devices_are_listed_pending_first_with_their_live_state() {
 #[tokio::test]
 async fn operator_actions_on_unknown_devices_are_404() {
     let cloud = TestCloud::start().await;
-    assert_eq!(
-        cloud
-            .post("/api/v1/devices/nobody/accept", json!({}))
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        cloud
-            .post("/api/v1/devices/nobody/reject", json!({}))
-            .await
-            .0,
-        404
-    );
-    assert_eq!(cloud.delete("/api/v1/devices/nobody").await.0, 404);
-    assert_eq!(cloud.get("/api/v1/devices/nobody").await.0, 404);
+    let api = cloud.api();
+    for (method, path, body) in [
+        (Method::POST, "/devices/nobody/accept", Some(json!({}))),
+        (Method::POST, "/devices/nobody/reject", Some(json!({}))),
+        (Method::DELETE, "/devices/nobody", None),
+        (Method::GET, "/devices/nobody", None),
+    ] {
+        let (status, _) = api.request(method, path, body.as_ref()).await.unwrap();
+        assert_eq!(status, 404, "{path}");
+    }
 }
 
 #[tokio::test]
@@ -143,10 +142,14 @@ async fn the_auth_log_records_every_step() {
     };
     let mut again = cloud.connect_with_key("dev-1", key).await;
     again.authenticate().await;
-    cloud.post("/api/v1/devices/dev-1/reject", json!({})).await;
-    cloud.delete("/api/v1/devices/dev-1").await;
+    let api = cloud.api();
+    api.reject("dev-1").await.unwrap();
+    api.delete("dev-1").await.unwrap();
 
-    let (status, body) = cloud.get("/api/v1/auth-events?device_id=dev-1").await;
+    let (status, body) = api
+        .request(Method::GET, "/auth-events?device_id=dev-1", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let events: Vec<&str> = body["events"]
         .as_array()
@@ -165,7 +168,7 @@ async fn the_auth_log_records_every_step() {
             "deleted"
         ]
     );
-    let (_, all) = cloud.get("/api/v1/auth-events").await;
+    let all = api.get("/auth-events").await.unwrap();
     assert_eq!(all["events"].as_array().unwrap().len(), 5);
 }
 
@@ -179,10 +182,11 @@ async fn devices_are_filtered_by_state_and_by_part_of_the_id() {
     gone.authenticate().await;
     gone.drop_connection();
     support::wait_until("gateway-1 offline", || async {
-        cloud.device("gateway-1").await["device"]["online"] == false
+        cloud.api().device("gateway-1").await.unwrap()["device"]["online"] == false
     })
     .await;
 
+    let api = cloud.api();
     let ids = |body: &Value| -> Vec<String> {
         body["devices"]
             .as_array()
@@ -202,11 +206,17 @@ async fn devices_are_filtered_by_state_and_by_part_of_the_id() {
         ("?q=kiosk&state=pending", vec!["kiosk-02"]),
         ("?q=nothing", vec![]),
     ] {
-        let (status, body) = cloud.get(&format!("/api/v1/devices{query}")).await;
+        let (status, body) = api
+            .request(Method::GET, &format!("/devices{query}"), None)
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{query}: {body}");
         assert_eq!(ids(&body), expected, "{query}");
     }
-    let (status, body) = cloud.get("/api/v1/devices?state=sleeping").await;
+    let (status, body) = api
+        .request(Method::GET, "/devices?state=sleeping", None)
+        .await
+        .unwrap();
     assert_eq!(status, 400);
     assert_eq!(body["error"]["kind"], "bad_request");
 }

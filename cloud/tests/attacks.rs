@@ -21,6 +21,7 @@ use protocol::close_code::{KEY_MISMATCH, REJECTED, TRY_AGAIN_LATER};
 use protocol::{keys, now_ms, ErrorCode, Message};
 use reqwest::header::{CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER};
 use reqwest::redirect::Policy;
+use reqwest::Method;
 use serde_json::{json, Value};
 use support::{hidden_field, set_cookie, TestCloud};
 use testkit::fake_device::{FakeDevice, RefusedUpgrade};
@@ -61,21 +62,10 @@ async fn assert_bystander_served(cloud: &TestCloud, bystander: &mut FakeDevice) 
 
 /// Starts `POST /api/v1/devices/{id}/rpc` as an operator would.
 fn api_rpc(cloud: &TestCloud, id: &str, method: &str) -> tokio::task::JoinHandle<(u16, Value)> {
-    let http = cloud.http.clone();
-    let url = cloud.url(&format!("/api/v1/devices/{id}/rpc"));
-    let token = cloud.token.clone();
+    let api = cloud.api();
+    let path = format!("/devices/{id}/rpc");
     let body = json!({ "method": method, "timeout_ms": 5000 });
-    tokio::spawn(async move {
-        let response = http
-            .post(url)
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    })
+    tokio::spawn(async move { api.request(Method::POST, &path, Some(&body)).await.unwrap() })
 }
 
 /// The `data.reason` of a refused authentication answer ("" for a result).
@@ -106,7 +96,11 @@ async fn assert_handshake_refused(
 
 /// The audit log's entries matching `query` (e.g. `action=login`), newest first.
 async fn audit_entries(cloud: &TestCloud, query: &str) -> Vec<Value> {
-    let (status, body) = cloud.get(&format!("/api/v1/audit?{query}&limit=500")).await;
+    let (status, body) = cloud
+        .api()
+        .request(Method::GET, &format!("/audit?{query}&limit=500"), None)
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     let entries = body["entries"].as_array().unwrap().clone();
     assert_eq!(
@@ -473,7 +467,7 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     })
     .await;
     let mut bystander = cloud.accepted_device(BYSTANDER).await;
-    let before = cloud.device(BYSTANDER).await["device"].clone();
+    let before = cloud.api().device(BYSTANDER).await.unwrap()["device"].clone();
     // last_seen has millisecond resolution: make any write of it visible.
     tokio::time::sleep(Duration::from_millis(5)).await;
 
@@ -515,7 +509,8 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     outcomes.extend(stream);
     let attack_time = attack.elapsed();
     let handshakes = outcomes.len();
-    let nonces_from_strangers = cloud.state.devices().remembered_nonces() as i64 - nonces_before as i64;
+    let nonces_from_strangers =
+        cloud.state.devices().remembered_nonces() as i64 - nonces_before as i64;
     let mut tally: HashMap<(String, String, u16), usize> = HashMap::new();
     for outcome in outcomes {
         *tally.entry(outcome).or_default() += 1;
@@ -531,7 +526,7 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     );
 
     // The registry's record of the real device is the device's own.
-    let after = cloud.device(BYSTANDER).await["device"].clone();
+    let after = cloud.api().device(BYSTANDER).await.unwrap()["device"].clone();
     for field in [
         "status",
         "fingerprint",
@@ -547,11 +542,11 @@ async fn claimed_id_handshakes_do_not_lock_out_the_real_device() {
     let rows = audit_entries(&cloud, &format!("action=key_mismatch&target={BYSTANDER}")).await;
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert_eq!(rows[0]["count"], json!(ATTEMPTS), "{rows:#?}");
-    let (_, events) = cloud
-        .get(&format!(
-            "/api/v1/auth-events?device_id={BYSTANDER}&limit=1000"
-        ))
-        .await;
+    let events = cloud
+        .api()
+        .get(&format!("/auth-events?device_id={BYSTANDER}&limit=1000"))
+        .await
+        .unwrap();
     let mismatches = events["events"]
         .as_array()
         .unwrap()
@@ -676,7 +671,7 @@ async fn pending_devices_cannot_fill_the_replay_guard() {
         cloud.state.devices().remembered_nonces()
     );
     // The pending devices stay registered, for an operator to decide on.
-    let (_, pending) = cloud.get("/api/v1/devices?state=pending").await;
+    let pending = cloud.api().get("/devices?state=pending").await.unwrap();
     assert_eq!(pending["devices"].as_array().unwrap().len(), PENDING);
     eprintln!(
         "figure: pending replay flood: {PENDING} pending devices sent {sent} signed requests \
@@ -729,7 +724,8 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
         ))
         .await;
     reporter.ping_cloud().await;
-    let shown = cloud.device("reporter").await;
+    let api = cloud.api();
+    let shown = api.device("reporter").await.unwrap();
     assert_eq!(shown["device"]["last_health"], health);
     assert_eq!(shown["container_events"][0]["payload"], event);
 
@@ -764,7 +760,11 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
     let mut newcomer = cloud.connect("newcomer").await;
     let answer = newcomer.authenticate_reporting(&huge_version).await;
     assert_handshake_refused(&mut newcomer, &answer, "bad_auth_params", AUTH_FAILED).await;
-    assert_eq!(cloud.get("/api/v1/devices/newcomer").await.0, 404);
+    let (status, _) = api
+        .request(Method::GET, "/devices/newcomer", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
     // ... and an accepted device's own key does not get it stored either.
     let mut again = cloud
         .connect_with_key("reporter", reporter.key.clone())
@@ -772,7 +772,7 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
     let answer = again.authenticate_reporting(&huge_version).await;
     assert_handshake_refused(&mut again, &answer, "bad_auth_params", AUTH_FAILED).await;
     assert_eq!(
-        cloud.device("reporter").await["device"]["bridge_version"],
+        api.device("reporter").await.unwrap()["device"]["bridge_version"],
         "test-0.1"
     );
     // A version at the limit is fine.
@@ -783,7 +783,7 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
         json!({"status": "pending"})
     );
     assert_eq!(
-        cloud.device("versioned").await["device"]["bridge_version"],
+        api.device("versioned").await.unwrap()["device"]["bridge_version"],
         longest_version.as_str()
     );
 
@@ -799,12 +799,12 @@ async fn oversized_sign_in_names_and_device_strings_are_not_stored() {
         .await;
     // Answered after both notifications were handled.
     reporter.ping_cloud().await;
-    let shown = cloud.device("reporter").await;
+    let shown = api.device("reporter").await.unwrap();
     assert_eq!(shown["device"]["last_health"], health, "big health stored");
     let events = shown["container_events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "big container event stored");
     assert_eq!(events[0]["payload"], event);
-    let (_, history) = cloud.get("/api/v1/devices/reporter/health").await;
+    let history = api.get("/devices/reporter/health").await.unwrap();
     let samples = history["samples"].as_array().unwrap();
     assert_eq!(samples.len(), 1, "big health in the history");
     assert_eq!(samples[0]["health"], health);
@@ -913,7 +913,8 @@ async fn one_address_cannot_register_unbounded_devices() {
     let attack_time = attack.elapsed();
     assert_eq!(registered.len(), QUOTA - 1);
     assert_eq!(refused, ATTEMPTS - (QUOTA - 1));
-    let (_, all) = cloud.get("/api/v1/devices").await;
+    let api = cloud.api();
+    let all = api.devices().await.unwrap();
     assert_eq!(all["devices"].as_array().unwrap().len(), QUOTA, "{all:#}");
     let one_address = format!(
         "{ATTEMPTS} new ids from one address (spoofed X-Forwarded-For) in {}: registered {}, \
@@ -924,13 +925,9 @@ async fn one_address_cannot_register_unbounded_devices() {
         database_growth(&cloud, bytes_before),
         refusal_counts(&cloud),
     );
-    assert_eq!(
-        cloud
-            .get(&format!("/api/v1/devices/new-{}", ATTEMPTS - 1))
-            .await
-            .0,
-        404
-    );
+    let last = format!("/devices/new-{}", ATTEMPTS - 1);
+    let (status, _) = api.request(Method::GET, &last, None).await.unwrap();
+    assert_eq!(status, 404);
     // A known device of the same address is not a new one.
     let mut reconnected = cloud
         .connect_with_key(BYSTANDER, bystander.key.clone())
@@ -981,14 +978,16 @@ async fn one_address_cannot_register_unbounded_devices() {
     assert_eq!(pending.len(), MAX_PENDING);
     assert_eq!(refused, ADDRESSES * PER_ADDRESS - MAX_PENDING);
     let registered_from_many = pending.len();
-    let (_, listed) = cloud.get("/api/v1/devices?state=pending").await;
+    let api = cloud.api();
+    let listed = api.get("/devices?state=pending").await.unwrap();
     assert_eq!(listed["devices"].as_array().unwrap().len(), MAX_PENDING);
 
     // The bound is what the registry holds: room comes back with a removal.
     let removed = pending.remove(0);
-    let (status, _) = cloud
-        .delete(&format!("/api/v1/devices/{}", removed.id))
-        .await;
+    let (status, _) = api
+        .request(Method::DELETE, &format!("/devices/{}", removed.id), None)
+        .await
+        .unwrap();
     assert_eq!(status, 204);
     let mut late = cloud
         .connect_from("late-1", keys::generate(), "10.0.1.1")
@@ -1631,7 +1630,11 @@ async fn repeated_reconnects_of_pending_and_rejected_devices_are_slowed() {
     let key = keys::generate();
     let mut device = cloud.connect_with_key("rej-1", key.clone()).await;
     assert_eq!(device.authenticate().await, json!({"status": "pending"}));
-    let (status, _) = cloud.post("/api/v1/devices/rej-1/reject", json!({})).await;
+    let (status, _) = cloud
+        .api()
+        .request(Method::POST, "/devices/rej-1/reject", Some(&json!({})))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     device.expect_status_notification("rejected").await;
     assert_eq!(device.expect_close().await.0, REJECTED);

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use protocol::{keys, Message};
+use reqwest::Method;
 use serde_json::json;
 use support::{wait_until, TestCloud};
 
@@ -15,7 +16,7 @@ async fn a_fresh_key_is_pending_and_goes_live_on_the_same_socket_when_accepted()
     let mut device = cloud.connect("dev-1").await;
     assert_eq!(device.authenticate().await, json!({"status": "pending"}));
 
-    let shown = cloud.device("dev-1").await;
+    let shown = cloud.api().device("dev-1").await.unwrap();
     assert_eq!(shown["device"]["status"], "pending");
     assert_eq!(shown["device"]["online"], true);
     assert_eq!(shown["device"]["fingerprint"], device.fingerprint());
@@ -28,7 +29,11 @@ async fn a_fresh_key_is_pending_and_goes_live_on_the_same_socket_when_accepted()
     assert_eq!(error.code, protocol::ErrorCode::NotAccepted.code());
     assert_eq!(error.message, "device is pending approval");
 
-    let (status, body) = cloud.post("/api/v1/devices/dev-1/accept", json!({})).await;
+    let (status, body) = cloud
+        .api()
+        .request(Method::POST, "/devices/dev-1/accept", Some(&json!({})))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["device"]["status"], "accepted");
     device.expect_status_notification("accepted").await;
@@ -68,7 +73,11 @@ async fn a_rejected_device_is_closed_with_4001_and_stays_out() {
     let mut device = cloud.connect_with_key("dev-1", key.clone()).await;
     assert_eq!(device.authenticate().await, json!({"status": "pending"}));
 
-    let (status, _) = cloud.post("/api/v1/devices/dev-1/reject", json!({})).await;
+    let (status, _) = cloud
+        .api()
+        .request(Method::POST, "/devices/dev-1/reject", Some(&json!({})))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     device.expect_status_notification("rejected").await;
     assert_eq!(
@@ -94,7 +103,11 @@ async fn a_known_id_with_a_different_key_is_refused_with_4002_and_recorded() {
     assert_eq!(answer["data"]["reason"], "key_mismatch", "{answer}");
     assert_eq!(impostor.expect_close().await.0, 4002);
 
-    let (status, body) = cloud.get("/api/v1/auth-events?device_id=dev-1").await;
+    let (status, body) = cloud
+        .api()
+        .request(Method::GET, "/auth-events?device_id=dev-1", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let mismatch = body["events"]
         .as_array()
@@ -108,7 +121,7 @@ async fn a_known_id_with_a_different_key_is_refused_with_4002_and_recorded() {
         .contains(&impostor.fingerprint()));
     // Never re-keyed; the original connection is untouched.
     assert_eq!(
-        cloud.device("dev-1").await["device"]["fingerprint"],
+        cloud.api().device("dev-1").await.unwrap()["device"]["fingerprint"],
         registered
     );
     assert!(cloud.state.devices().fleet().is_online("dev-1"));
@@ -118,7 +131,7 @@ async fn a_known_id_with_a_different_key_is_refused_with_4002_and_recorded() {
 async fn rejecting_a_live_device_closes_its_socket_at_once() {
     let cloud = TestCloud::start().await;
     let mut device = cloud.accepted_device("dev-1").await;
-    cloud.post("/api/v1/devices/dev-1/reject", json!({})).await;
+    cloud.api().reject("dev-1").await.unwrap();
     device.expect_status_notification("rejected").await;
     assert_eq!(device.expect_close().await.0, 4001);
 }
@@ -128,10 +141,18 @@ async fn deleting_a_live_device_closes_its_socket_and_a_reconnect_is_pending_aga
     let cloud = TestCloud::start().await;
     let mut device = cloud.accepted_device("dev-1").await;
     let key = device.key.clone();
-    let (status, _) = cloud.delete("/api/v1/devices/dev-1").await;
+    let api = cloud.api();
+    let (status, _) = api
+        .request(Method::DELETE, "/devices/dev-1", None)
+        .await
+        .unwrap();
     assert_eq!(status, 204);
     assert_eq!(device.expect_close().await, (4005, "device deleted".into()));
-    assert_eq!(cloud.get("/api/v1/devices/dev-1").await.0, 404);
+    let (status, _) = api
+        .request(Method::GET, "/devices/dev-1", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
 
     let mut again = cloud.connect_with_key("dev-1", key).await;
     assert_eq!(again.authenticate().await, json!({"status": "pending"}));
@@ -197,7 +218,12 @@ async fn a_wrong_challenge_fails_authentication_with_4003() {
     device.send_message(&request).await;
     device.expect_refusal(json!("a-1"), "bad_challenge").await;
     assert_eq!(device.expect_close().await.0, 4003);
-    assert_eq!(cloud.get("/api/v1/devices/dev-1").await.0, 404);
+    let (status, _) = cloud
+        .api()
+        .request(Method::GET, "/devices/dev-1", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
@@ -221,7 +247,11 @@ async fn authentication_signed_by_another_key_fails_and_is_recorded_for_a_known_
     device.send(&device.signed(&request)).await;
     device.expect_refusal(json!("a-1"), "bad_signature").await;
     assert_eq!(device.expect_close().await.0, 4003);
-    let (_, body) = cloud.get("/api/v1/auth-events?device_id=dev-1").await;
+    let body = cloud
+        .api()
+        .get("/auth-events?device_id=dev-1")
+        .await
+        .unwrap();
     assert_eq!(body["events"][0]["event"], "auth_failed", "{body}");
 }
 
@@ -244,7 +274,7 @@ async fn an_operator_decision_reaches_a_device_that_is_still_connecting() {
         !cloud.state.devices().fleet().is_online("dev-1")
     })
     .await;
-    cloud.post("/api/v1/devices/dev-1/accept", json!({})).await;
+    cloud.api().accept("dev-1").await.unwrap();
     let mut device = cloud.connect_with_key("dev-1", key).await;
     assert_eq!(device.authenticate().await, json!({"status": "accepted"}));
     device.ping_cloud().await;

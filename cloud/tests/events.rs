@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use futures::StreamExt;
+use reqwest::Method;
 use serde_json::{json, Value};
 use support::TestCloud;
 use tokio::net::TcpStream;
@@ -81,7 +82,11 @@ async fn a_subscriber_sees_a_new_key_the_device_online_its_acceptance_and_offlin
     assert_eq!(online["type"], "device.online");
     assert_eq!(online["data"]["status"], "pending");
 
-    let (status, _) = cloud.post("/api/v1/devices/dev-1/accept", json!({})).await;
+    let (status, _) = cloud
+        .api()
+        .request(Method::POST, "/devices/dev-1/accept", Some(&json!({})))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let accepted = next_event(&mut events).await;
     assert_eq!(accepted["type"], "device.status");
@@ -112,7 +117,7 @@ async fn a_device_topic_carries_only_that_device_and_the_audit_topic_only_audit_
         assert_eq!(entry["data"]["actor"], expected);
         live.push(entry["data"].clone());
     }
-    let (_, page) = cloud.get("/api/v1/audit?source=device").await;
+    let page = cloud.api().audit("source=device").await.unwrap();
     assert_eq!(page["entries"][0], live[1]);
     assert_eq!(page["entries"][1], live[0]);
     let first = next_event(&mut one).await;
@@ -120,7 +125,7 @@ async fn a_device_topic_carries_only_that_device_and_the_audit_topic_only_audit_
     assert_eq!(first["device_id"], "dev-1");
     assert_eq!(next_event(&mut one).await["type"], "device.online");
 
-    cloud.post("/api/v1/devices/dev-1/accept", json!({})).await;
+    cloud.api().accept("dev-1").await.unwrap();
     let entry = next_event(&mut audit).await;
     assert_eq!(entry["type"], "audit.entry");
     assert_eq!(entry["data"]["action"], "device.accept");

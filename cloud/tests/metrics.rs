@@ -6,7 +6,8 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 
 use protocol::Message;
-use serde_json::{json, Value};
+use reqwest::Method;
+use serde_json::json;
 use support::{wait_until, TestCloud};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -239,15 +240,6 @@ async fn scrape(cloud: &TestCloud) -> Exposition {
     parse_openmetrics(&text)
 }
 
-async fn rpc(cloud: &TestCloud, device_id: &str) -> (u16, Value) {
-    cloud
-        .post(
-            &format!("/api/v1/devices/{device_id}/rpc"),
-            json!({"method": "containers.list"}),
-        )
-        .await
-}
-
 #[tokio::test]
 async fn metrics_count_calls_refusals_devices_and_connections() {
     let cloud = TestCloud::start().await;
@@ -263,25 +255,20 @@ async fn metrics_count_calls_refusals_devices_and_connections() {
     let refused_key = {
         let mut device = cloud.connect("refused").await;
         device.authenticate().await;
-        cloud
-            .post("/api/v1/devices/refused/reject", json!({}))
-            .await;
+        cloud.api().reject("refused").await.unwrap();
         device.key.clone()
     };
 
     // One call answered...
+    let list = json!({"method": "containers.list"});
     let call = {
-        let cloud_url = cloud.url("/api/v1/devices/live/rpc");
-        let (http, token) = (cloud.http.clone(), cloud.token.clone());
+        let (api, list) = (cloud.api(), list.clone());
         tokio::spawn(async move {
-            http.post(cloud_url)
-                .bearer_auth(token)
-                .json(&json!({"method": "containers.list"}))
-                .send()
+            let (status, _) = api
+                .request(Method::POST, "/devices/live/rpc", Some(&list))
                 .await
-                .unwrap()
-                .status()
-                .as_u16()
+                .unwrap();
+            status
         })
     };
     let Message::Request { id, .. } = live.recv().await else {
@@ -290,7 +277,12 @@ async fn metrics_count_calls_refusals_devices_and_connections() {
     live.send_message(&Message::result(id, json!([]))).await;
     assert_eq!(call.await.unwrap(), 200);
     // ...one to an offline device...
-    assert_eq!(rpc(&cloud, "gone").await.0, 503);
+    let (status, _) = cloud
+        .api()
+        .request(Method::POST, "/devices/gone/rpc", Some(&list))
+        .await
+        .unwrap();
+    assert_eq!(status, 503);
     // ...a frame with a broken signature...
     let frame = live
         .signed(&Message::request("r-1", "cloud.ping", json!({})))

@@ -258,8 +258,14 @@ async fn errors_are_documented_with_their_shape_and_status_codes() {
 
     // The documented error shape is the one the API sends.
     let (status, body) = cloud
-        .post("/api/v1/devices/nobody/rpc", json!({"method": "a.b"}))
-        .await;
+        .api()
+        .request(
+            Method::POST,
+            "/devices/nobody/rpc",
+            Some(&json!({"method": "a.b"})),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 404);
     let keys: BTreeSet<&str> = body["error"]
         .as_object()
@@ -282,7 +288,11 @@ async fn the_device_schema_matches_what_the_api_sends() {
         .keys()
         .map(String::as_str)
         .collect();
-    let (status, body) = cloud.get("/api/v1/devices").await;
+    let (status, body) = cloud
+        .api()
+        .request(Method::GET, "/devices", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let sent: BTreeSet<&str> = body["devices"][0]
         .as_object()

@@ -75,26 +75,6 @@ async fn as_browser(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn with_bearer(
-    cloud: &TestCloud,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = cloud
-        .http
-        .request(method, cloud.url(path))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn sign_in_sets_an_httponly_strict_cookie_that_opens_the_api() {
     let cloud = TestCloud::start().await;
@@ -158,7 +138,10 @@ async fn a_session_must_repeat_its_csrf_token_to_change_anything() {
         assert_eq!(status, StatusCode::FORBIDDEN, "{csrf:?}: {body}");
         assert_eq!(body["error"]["kind"], "csrf");
     }
-    assert_eq!(cloud.device("dev-1").await["device"]["status"], "pending");
+    assert_eq!(
+        cloud.api().device("dev-1").await.unwrap()["device"]["status"],
+        "pending"
+    );
 
     let (status, body) = as_browser(
         &cloud,
@@ -186,7 +169,11 @@ async fn a_wrong_password_or_unknown_name_is_401_and_audited() {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["kind"], "wrong_password");
     }
-    let (status, audit) = cloud.get("/api/v1/audit?action=login").await;
+    let (status, audit) = cloud
+        .api()
+        .request(reqwest::Method::GET, "/audit?action=login", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let outcomes: Vec<(&str, &str)> = audit["entries"]
         .as_array()
@@ -233,7 +220,7 @@ async fn sign_in_is_rate_limited_per_operator_name() {
         login(&cloud, "bob", PASSWORD).await.status(),
         StatusCode::OK
     );
-    let (_, audit) = cloud.get("/api/v1/audit?outcome=x&action=login").await;
+    let audit = cloud.api().audit("outcome=x&action=login").await.unwrap();
     assert!(audit["entries"]
         .as_array()
         .unwrap()
@@ -303,22 +290,26 @@ async fn api_tokens_are_created_once_listed_without_secret_and_revoked_at_once()
     assert!(secret.starts_with("dbt_") && secret.len() > 40, "{secret}");
     let id = created["token"]["id"].as_i64().unwrap();
 
-    let (status, me) = with_bearer(&cloud, &secret, reqwest::Method::GET, "/api/v1/me", None).await;
+    let with_secret = cloud.api_as(&secret);
+    let (status, me) = with_secret
+        .request(reqwest::Method::GET, "/me", None)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(me["name"], "alice");
     assert_eq!(me["via"], "api_token");
     // A bearer token needs no CSRF token: no browser sends it by itself.
-    let (status, _) = with_bearer(
-        &cloud,
-        &secret,
-        reqwest::Method::POST,
-        "/api/v1/devices/nobody/accept",
-        None,
-    )
-    .await;
+    let (status, _) = with_secret
+        .request(reqwest::Method::POST, "/devices/nobody/accept", None)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, list) = cloud.get("/api/v1/tokens").await;
+    let api = cloud.api();
+    let (status, list) = api
+        .request(reqwest::Method::GET, "/tokens", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let listed = &list["tokens"][0];
     assert_eq!(listed["name"], "ci-deploy");
@@ -326,15 +317,23 @@ async fn api_tokens_are_created_once_listed_without_secret_and_revoked_at_once()
     assert!(listed["last_used_at"].is_i64());
     assert!(!list.to_string().contains(&secret), "secret listed: {list}");
 
-    let (status, revoked) = cloud.delete(&format!("/api/v1/tokens/{id}")).await;
+    let (status, revoked) = api
+        .request(reqwest::Method::DELETE, &format!("/tokens/{id}"), None)
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{revoked}");
     assert!(revoked["token"]["revoked_at"].is_i64());
-    let (status, body) =
-        with_bearer(&cloud, &secret, reqwest::Method::GET, "/api/v1/me", None).await;
+    let (status, body) = with_secret
+        .request(reqwest::Method::GET, "/me", None)
+        .await
+        .unwrap();
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["kind"], "unauthorized");
 
-    let (status, body) = cloud.delete("/api/v1/tokens/999").await;
+    let (status, body) = api
+        .request(reqwest::Method::DELETE, "/tokens/999", None)
+        .await
+        .unwrap();
     assert_eq!(status, 404);
     assert_eq!(body["error"]["kind"], "unknown_token");
 }
@@ -343,8 +342,11 @@ async fn api_tokens_are_created_once_listed_without_secret_and_revoked_at_once()
 async fn a_made_up_token_is_401_whatever_its_shape() {
     let cloud = TestCloud::start().await;
     for token in ["dbt_AAAA", "dbt_", "", "x y"] {
-        let (status, _) =
-            with_bearer(&cloud, token, reqwest::Method::GET, "/api/v1/devices", None).await;
+        let (status, _) = cloud
+            .api_as(token)
+            .request(reqwest::Method::GET, "/devices", None)
+            .await
+            .unwrap();
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
     }
 }
@@ -355,38 +357,25 @@ async fn operators_are_managed_through_the_api_with_clear_refusals() {
     add_operator(&cloud, "alice").await;
     let browser = sign_in(&cloud, "alice").await;
 
-    let (status, body) = cloud
-        .post(
-            "/api/v1/operators",
-            json!({ "name": "bob", "password": "short" }),
-        )
-        .await;
+    let api = cloud.api();
+    let add = async |name: &str, password: &str| {
+        let body = json!({ "name": name, "password": password });
+        api.request(reqwest::Method::POST, "/operators", Some(&body))
+            .await
+            .unwrap()
+    };
+    let (status, body) = add("bob", "short").await;
     assert_eq!(status, 400);
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
         .contains("at least 10"));
-    let (status, body) = cloud
-        .post(
-            "/api/v1/operators",
-            json!({ "name": "bad name!", "password": PASSWORD }),
-        )
-        .await;
+    let (status, body) = add("bad name!", PASSWORD).await;
     assert_eq!(status, 400, "{body}");
-    let (status, body) = cloud
-        .post(
-            "/api/v1/operators",
-            json!({ "name": "bob", "password": PASSWORD }),
-        )
-        .await;
+    let (status, body) = add("bob", PASSWORD).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["operator"]["name"], "bob");
-    let (status, body) = cloud
-        .post(
-            "/api/v1/operators",
-            json!({ "name": "bob", "password": PASSWORD }),
-        )
-        .await;
+    let (status, body) = add("bob", PASSWORD).await;
     assert_eq!(status, 409);
     assert_eq!(body["error"]["kind"], "operator_exists");
     assert_eq!(
@@ -406,9 +395,12 @@ async fn operators_are_managed_through_the_api_with_clear_refusals() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["kind"], "self_removal");
 
-    let (status, _) = cloud.delete("/api/v1/operators/bob").await;
+    let (status, _) = api
+        .request(reqwest::Method::DELETE, "/operators/bob", None)
+        .await
+        .unwrap();
     assert_eq!(status, 204);
-    let (_, list) = cloud.get("/api/v1/operators").await;
+    let list = api.get("/operators").await.unwrap();
     let names: Vec<&str> = list["operators"]
         .as_array()
         .unwrap()
@@ -492,7 +484,15 @@ async fn the_audit_log_has_decisions_rpcs_with_latency_and_device_events_filtere
     assert_eq!(failed.0, StatusCode::BAD_GATEWAY, "{}", failed.1);
     assert_eq!(offline.0, StatusCode::NOT_FOUND, "{}", offline.1);
 
-    let (status, page) = cloud.get("/api/v1/audit?source=operator&action=rpc").await;
+    let api = cloud.api();
+    let (status, page) = api
+        .request(
+            reqwest::Method::GET,
+            "/audit?source=operator&action=rpc",
+            None,
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let entries = page["entries"].as_array().unwrap();
     let seen: Vec<(&str, &str, &str)> = entries
@@ -517,13 +517,14 @@ async fn the_audit_log_has_decisions_rpcs_with_latency_and_device_events_filtere
         .iter()
         .all(|e| e["actor"] == "alice" && e["latency_ms"].is_i64()));
 
-    let (_, accepts) = cloud
-        .get("/api/v1/audit?action=device.accept&target=dev-1")
-        .await;
+    let accepts = api
+        .audit("action=device.accept&target=dev-1")
+        .await
+        .unwrap();
     assert_eq!(accepts["total"], 1);
     assert_eq!(accepts["entries"][0]["actor"], "alice");
 
-    let (_, device_events) = cloud.get("/api/v1/audit?source=device&actor=dev-1").await;
+    let device_events = api.audit("source=device&actor=dev-1").await.unwrap();
     let actions: Vec<&str> = device_events["entries"]
         .as_array()
         .unwrap()
@@ -532,27 +533,28 @@ async fn the_audit_log_has_decisions_rpcs_with_latency_and_device_events_filtere
         .collect();
     assert_eq!(actions, ["new_key"]);
 
-    let (_, failures) = cloud.get("/api/v1/audit?failures_only=true").await;
+    let failures = api.audit("failures_only=true").await.unwrap();
     assert_eq!(failures["total"], 2, "{failures}");
 
     // Pages: everything, then the same one entry at a time.
-    let (_, all) = cloud.get("/api/v1/audit?limit=500").await;
+    let all = api.audit("limit=500").await.unwrap();
     let total = all["total"].as_i64().unwrap();
     assert_eq!(total as usize, all["entries"].as_array().unwrap().len());
     assert!(total >= 6, "{all}"); // login, accept, 3 rpcs, new_key
     for offset in 0..total {
-        let (_, one) = cloud
-            .get(&format!("/api/v1/audit?limit=1&offset={offset}"))
-            .await;
+        let one = api
+            .audit(&format!("limit=1&offset={offset}"))
+            .await
+            .unwrap();
         assert_eq!(one["entries"][0], all["entries"][offset as usize]);
     }
 }
 
 /// Answers the next request the device receives.
 async fn answer_one(device: &mut FakeDevice, answer: Result<Value, protocol::RpcError>) {
-    let request = device.recv_verified("dev-1").await;
-    let protocol::Message::Request { id, .. } = request.message else {
-        panic!("expected a request, got {:?}", request.message);
+    let request = device.recv().await;
+    let protocol::Message::Request { id, .. } = request else {
+        panic!("expected a request, got {request:?}");
     };
     let reply = match answer {
         Ok(result) => protocol::Message::result(id, result),

@@ -1,7 +1,9 @@
 //! The SQLite registry on its own: never re-keyed, bounded event history,
 //! aggregated refusals, and what it forgets by itself.
 
-use cloud::store::registry::{AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT};
+use cloud::store::registry::{
+    AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT,
+};
 use serde_json::json;
 
 async fn open() -> (tempfile::TempDir, Registry) {

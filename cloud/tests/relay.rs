@@ -5,12 +5,17 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use cloud::client::ApiClient;
 use protocol::{ErrorCode, Message, RpcError};
+use reqwest::Method;
 use serde_json::{json, Value};
 use support::{wait_until, TestCloud};
 
-fn rpc_path(id: &str) -> String {
-    format!("/api/v1/devices/{id}/rpc")
+/// `POST /devices/{id}/rpc` with `body`: the status and the answer.
+async fn api_rpc(api: &ApiClient, id: &str, body: Value) -> (u16, Value) {
+    api.request(Method::POST, &format!("/devices/{id}/rpc"), Some(&body))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -18,24 +23,9 @@ async fn an_api_rpc_reaches_the_device_and_its_answer_comes_back() {
     let cloud = TestCloud::start().await;
     let mut device = cloud.accepted_device("dev-1").await;
     let call = {
-        let (http, url, token) = (
-            cloud.http.clone(),
-            cloud.url(&rpc_path("dev-1")),
-            cloud.token.clone(),
-        );
-        tokio::spawn(async move {
-            let response = http
-                .post(url)
-                .bearer_auth(token)
-                .json(&json!({"method": "containers.list", "params": {"all": true}}))
-                .send()
-                .await
-                .unwrap();
-            (
-                response.status().as_u16(),
-                response.json::<Value>().await.unwrap(),
-            )
-        })
+        let api = cloud.api();
+        let body = json!({"method": "containers.list", "params": {"all": true}});
+        tokio::spawn(async move { api_rpc(&api, "dev-1", body).await })
     };
     let Message::Request { id, method, params } = device.recv().await else {
         panic!("expected a request");
@@ -102,9 +92,7 @@ async fn the_api_maps_device_errors_to_502_with_the_rpc_error() {
             .await;
         device
     });
-    let (status, body) = cloud
-        .post(&rpc_path("dev-1"), json!({"method": "x.y"}))
-        .await;
+    let (status, body) = api_rpc(&cloud.api(), "dev-1", json!({"method": "x.y"})).await;
     assert_eq!(status, 502);
     assert_eq!(body["error"]["kind"], "device_error");
     assert_eq!(body["error"]["rpc_error"]["code"], -32601);
@@ -115,9 +103,7 @@ async fn the_api_maps_device_errors_to_502_with_the_rpc_error() {
 #[tokio::test]
 async fn unknown_device_is_404() {
     let cloud = TestCloud::start().await;
-    let (status, body) = cloud
-        .post(&rpc_path("nobody"), json!({"method": "a.b"}))
-        .await;
+    let (status, body) = api_rpc(&cloud.api(), "nobody", json!({"method": "a.b"})).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["kind"], "unknown_device");
 }
@@ -127,9 +113,7 @@ async fn pending_device_is_409() {
     let cloud = TestCloud::start().await;
     let mut device = cloud.connect("dev-1").await;
     device.authenticate().await;
-    let (status, body) = cloud
-        .post(&rpc_path("dev-1"), json!({"method": "a.b"}))
-        .await;
+    let (status, body) = api_rpc(&cloud.api(), "dev-1", json!({"method": "a.b"})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["kind"], "not_accepted");
 }
@@ -143,12 +127,14 @@ async fn offline_device_is_503() {
         !cloud.state.devices().fleet().is_online("dev-1")
     })
     .await;
-    let (status, body) = cloud
-        .post(&rpc_path("dev-1"), json!({"method": "a.b"}))
-        .await;
+    let api = cloud.api();
+    let (status, body) = api_rpc(&api, "dev-1", json!({"method": "a.b"})).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["kind"], "offline");
-    assert_eq!(cloud.device("dev-1").await["device"]["online"], false);
+    assert_eq!(
+        api.device("dev-1").await.unwrap()["device"]["online"],
+        false
+    );
 }
 
 #[tokio::test]
@@ -156,12 +142,8 @@ async fn a_device_that_never_answers_is_504_within_the_timeout() {
     let cloud = TestCloud::start().await;
     let _device = cloud.accepted_device("dev-1").await;
     let started = Instant::now();
-    let (status, body) = cloud
-        .post(
-            &rpc_path("dev-1"),
-            json!({"method": "a.b", "timeout_ms": 300}),
-        )
-        .await;
+    let body = json!({"method": "a.b", "timeout_ms": 300});
+    let (status, body) = api_rpc(&cloud.api(), "dev-1", body).await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"]["kind"], "timed_out");
     let elapsed = started.elapsed();
@@ -230,12 +212,8 @@ async fn a_disconnect_mid_call_is_502_disconnected_through_the_api() {
         };
         device.drop_connection();
     });
-    let (status, body) = cloud
-        .post(
-            &rpc_path("dev-1"),
-            json!({"method": "a.b", "timeout_ms": 20000}),
-        )
-        .await;
+    let body = json!({"method": "a.b", "timeout_ms": 20000});
+    let (status, body) = api_rpc(&cloud.api(), "dev-1", body).await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["error"]["kind"], "disconnected");
     dropper.await.unwrap();
@@ -245,6 +223,7 @@ async fn a_disconnect_mid_call_is_502_disconnected_through_the_api() {
 async fn bad_requests_are_400() {
     let cloud = TestCloud::start().await;
     let _device = cloud.accepted_device("dev-1").await;
+    let api = cloud.api();
     for body in [
         json!({"method": "rpc.>"}),
         json!({"method": "a.b", "params": 3}),
@@ -253,7 +232,7 @@ async fn bad_requests_are_400() {
         json!({"params": {}}),
         json!({"method": "a.b", "surprise": 1}),
     ] {
-        let (status, answer) = cloud.post(&rpc_path("dev-1"), body.clone()).await;
+        let (status, answer) = api_rpc(&api, "dev-1", body.clone()).await;
         assert_eq!(status, 400, "{body} → {answer}");
         assert_eq!(answer["error"]["kind"], "bad_request", "{body} → {answer}");
     }
@@ -275,11 +254,12 @@ async fn health_and_container_events_land_in_the_registry() {
         .await;
     // A response to the ping proves both notifications were handled before it.
     device.ping_cloud().await;
-    let shown = cloud.device("dev-1").await;
+    let api = cloud.api();
+    let shown = api.device("dev-1").await.unwrap();
     assert_eq!(shown["device"]["last_health"], health);
     assert!(shown["device"]["last_health_at"].is_i64());
     assert_eq!(shown["container_events"][0]["payload"]["action"], "start");
-    let (_, list) = cloud.get("/api/v1/devices").await;
+    let list = api.devices().await.unwrap();
     assert_eq!(list["devices"][0]["last_health"], health);
 }
 
@@ -287,6 +267,7 @@ async fn health_and_container_events_land_in_the_registry() {
 async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
     let cloud = TestCloud::start().await;
     let mut device = cloud.accepted_device("dev-1").await;
+    let api = cloud.api();
     let pool = cloud.state.devices().registry().pool();
     // Moves every stored sample back in time, as if that long had passed.
     let age_samples = |ms: i64| async move {
@@ -312,12 +293,18 @@ async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
             .await;
         device.ping_cloud().await;
         // The latest report is always shown, even one the chart skips.
-        assert_eq!(cloud.device("dev-1").await["device"]["last_health"], health);
+        assert_eq!(
+            api.device("dev-1").await.unwrap()["device"]["last_health"],
+            health
+        );
         if then_wait {
             age_samples(sample_period + 1).await;
         }
     }
-    let (status, body) = cloud.get("/api/v1/devices/dev-1/health").await;
+    let (status, body) = api
+        .request(Method::GET, "/devices/dev-1/health", None)
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         cpus(&body),
@@ -343,10 +330,13 @@ async fn the_last_hour_of_health_reports_is_kept_for_the_chart() {
         ))
         .await;
     device.ping_cloud().await;
-    let (_, body) = cloud.get("/api/v1/devices/dev-1/health").await;
+    let body = api.get("/devices/dev-1/health").await.unwrap();
     assert_eq!(cpus(&body), [20.0, 30.0, 40.0]);
 
-    let (status, body) = cloud.get("/api/v1/devices/nobody/health").await;
+    let (status, body) = api
+        .request(Method::GET, "/devices/nobody/health", None)
+        .await
+        .unwrap();
     assert_eq!(status, 404);
     assert_eq!(body["error"]["kind"], "unknown_device");
 }

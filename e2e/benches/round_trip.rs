@@ -3,7 +3,7 @@
 //! `cargo bench -p e2e --bench round_trip`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use e2e::stack::{RunningCloud, RunningDevice};
+use e2e::stack::{wait_for_device, RunningCloud, RunningDevice};
 use serde_json::json;
 
 fn round_trip(c: &mut Criterion) {
@@ -14,15 +14,15 @@ fn round_trip(c: &mut Criterion) {
         let cloud = RunningCloud::start_with(|config| config.replay_per_device = 1_000_000).await;
         let device = RunningDevice::start("bench-device", &cloud).await;
         let api = cloud.api();
-        api.wait_for_device("bench-device", "pending", |d| d["status"] == "pending")
-            .await;
-        api.accept("bench-device").await;
+        wait_for_device(&api, "bench-device", "pending", |d| {
+            d["status"] == "pending"
+        })
+        .await;
+        api.accept("bench-device").await.expect("accept");
         testkit::wait_until("device live", e2e::stack::SOON, || async {
-            (api.rpc("bench-device", "rpc.discover", json!({}))
+            api.rpc("bench-device", "rpc.discover", None, None)
                 .await
-                .status
-                == 200)
-                .then_some(())
+                .ok()
         })
         .await;
         (cloud, device)
@@ -31,16 +31,21 @@ fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("signed round trip via the API");
     group.bench_function("rpc.discover (no Docker)", |b| {
         b.to_async(&runtime).iter(|| async {
-            let reply = api.rpc("bench-device", "rpc.discover", json!({})).await;
-            assert_eq!(reply.status, 200);
+            api.rpc("bench-device", "rpc.discover", None, None)
+                .await
+                .expect("rpc.discover");
         })
     });
     group.bench_function("containers.list (Docker)", |b| {
         b.to_async(&runtime).iter(|| async {
-            let reply = api
-                .rpc("bench-device", "containers.list", json!({"all": true}))
-                .await;
-            assert_eq!(reply.status, 200);
+            api.rpc(
+                "bench-device",
+                "containers.list",
+                Some(json!({"all": true})),
+                None,
+            )
+            .await
+            .expect("containers.list");
         })
     });
     group.finish();

@@ -13,11 +13,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use cloud::client::ApiClient;
 use protocol::keys::{self, PublicKey};
 use tempfile::TempDir;
 use testkit::CloudEndpoint;
 
-use crate::stack::CloudApi;
+use crate::stack::admin_api;
 
 /// How long a starting cloud may take to answer `/healthz`.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,10 +108,11 @@ impl CloudProcess {
     }
 
     /// The operator API, with the admin token the cloud created.
-    pub fn api(&self) -> CloudApi {
-        let token = std::fs::read_to_string(self.dir.path().join("admin.token"))
-            .expect("the cloud's admin token");
-        CloudApi::new(self.addr, &token)
+    pub fn api(&self) -> ApiClient {
+        admin_api(
+            &format!("http://{}", self.addr),
+            &self.dir.path().join("admin.token"),
+        )
     }
 
     /// What the process has logged so far (all runs).

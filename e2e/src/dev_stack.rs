@@ -10,9 +10,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use serde_json::Value;
+use cloud::client::ApiClient;
+
+use crate::stack::admin_api;
 
 /// A running copy of both stacks, taken down on drop.
 pub struct DevStack {
@@ -75,7 +76,7 @@ impl DevStack {
             panic!("./run-dev.sh failed: {}", output.status);
         }
         let printed = String::from_utf8_lossy(&output.stdout);
-        let url = format!("http://127.0.0.1:{}/", self.port);
+        let url = format!("{}/", self.url());
         assert!(
             printed.contains(&url),
             "run-dev.sh prints the dashboard URL {url}"
@@ -116,29 +117,15 @@ impl DevStack {
         command
     }
 
-    /// The cloud's API base URL, e.g. `http://127.0.0.1:PORT/api/v1`.
-    pub fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v1", self.port)
+    /// The cloud's URL, `http://127.0.0.1:PORT`: the dashboard at `/`, the
+    /// API under `/api/v1`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// The admin token the cloud wrote into its data folder.
-    pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.clone.join("data/cloud/admin.token"))
-            .expect("the cloud wrote data/cloud/admin.token")
-            .trim()
-            .to_string()
-    }
-
-    /// A client of the cloud's API with the admin token.
-    pub fn api(&self) -> Api {
-        Api {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("HTTP client"),
-            base: self.api_url(),
-            token: self.admin_token(),
-        }
+    /// The cloud's API with the admin token it wrote into its data folder.
+    pub fn api(&self) -> ApiClient {
+        admin_api(&self.url(), &self.clone.join("data/cloud/admin.token"))
     }
 
     /// The compose project of the cloud, or of a device (`device-001`, ...).
@@ -226,73 +213,6 @@ impl Drop for DevStack {
             .map(|name| format!("{}/{name}:latest", self.prefix))
             .collect();
         let _ = Command::new("docker").arg("rmi").args(&images).output();
-    }
-}
-
-/// The cloud's REST API with a bearer token.
-pub struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
-}
-
-impl Api {
-    /// `GET path` → (status, JSON body); `Err` when the cloud cannot be reached.
-    pub async fn get(&self, path: &str) -> Result<(u16, Value), reqwest::Error> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        Ok((
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
-        ))
-    }
-
-    /// `POST path` with a JSON body → (status, JSON body).
-    pub async fn post(&self, path: &str, body: Value) -> Result<(u16, Value), reqwest::Error> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await?;
-        Ok((
-            response.status().as_u16(),
-            response.json().await.unwrap_or(Value::Null),
-        ))
-    }
-
-    /// `GET /devices/{id}` → the device object.
-    pub async fn device(&self, id: &str) -> Value {
-        let (status, body) = self
-            .get(&format!("/devices/{id}"))
-            .await
-            .expect("GET device");
-        assert_eq!(status, 200, "GET /devices/{id}: {body}");
-        body["device"].clone()
-    }
-
-    /// Accepts a device's key; panics unless the cloud says it did.
-    pub async fn accept(&self, id: &str) {
-        let (status, body) = self
-            .post(&format!("/devices/{id}/accept"), Value::Null)
-            .await
-            .expect("POST accept");
-        assert_eq!(status, 200, "accepting {id}: {body}");
-    }
-
-    /// Calls a method on a device: `Ok(result)` or `Err((status, body))`.
-    pub async fn rpc(&self, id: &str, method: &str, params: Value) -> Result<Value, (u16, Value)> {
-        let body = serde_json::json!({ "method": method, "params": params });
-        match self.post(&format!("/devices/{id}/rpc"), body).await {
-            Ok((200, body)) => Ok(body["result"].clone()),
-            Ok(failed) => Err(failed),
-            Err(error) => Err((0, Value::String(error.to_string()))),
-        }
     }
 }
 

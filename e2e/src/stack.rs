@@ -3,14 +3,16 @@
 //! nats-server, bridge and worker (backed by the real Docker engine).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bridge::{Bridge, BridgeConfig, BridgeStats};
+use cloud::client::ApiClient;
 use cloud::{AppState, CloudConfig};
 use protocol::keys::{self, PrivateKey};
 use protocol::Signer;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tempfile::TempDir;
 use testkit::nats::NatsServer;
 use testkit::{wait_until, CloudEndpoint};
@@ -114,13 +116,12 @@ impl RunningCloud {
         }
     }
 
-    pub fn api(&self) -> CloudApi {
-        let token = std::fs::read_to_string(&self.config.admin_token_file).expect("admin token");
-        CloudApi {
-            base: format!("http://{}/api/v1", self.addr),
-            token: token.trim().to_owned(),
-            http: reqwest::Client::new(),
-        }
+    /// The operator API, with the admin token.
+    pub fn api(&self) -> ApiClient {
+        admin_api(
+            &format!("http://{}", self.addr),
+            &self.config.admin_token_file,
+        )
     }
 }
 
@@ -130,124 +131,31 @@ impl Drop for RunningCloud {
     }
 }
 
-/// The operator's HTTP API, as the CLI and dashboard use it.
-#[derive(Clone)]
-pub struct CloudApi {
-    pub base: String,
-    pub token: String,
-    http: reqwest::Client,
+/// An API call that takes this long means the cloud hung: every call a
+/// scenario makes is bounded by the cloud well within it.
+const HUNG_CLOUD: Duration = Duration::from_secs(120);
+
+/// The API of the cloud at `url` (`http://host:port`), as the admin whose
+/// token the cloud wrote to `token_file`.
+pub fn admin_api(url: &str, token_file: &Path) -> ApiClient {
+    let token = std::fs::read_to_string(token_file)
+        .unwrap_or_else(|error| panic!("the admin token in {}: {error}", token_file.display()));
+    ApiClient::new(url, &token, HUNG_CLOUD)
 }
 
-/// An API answer: HTTP status and JSON body.
-#[derive(Debug)]
-pub struct ApiReply {
-    pub status: u16,
-    pub body: Value,
-}
-
-impl CloudApi {
-    /// The API of a cloud listening on `addr`, called with the bearer `token`.
-    pub fn new(addr: SocketAddr, token: &str) -> CloudApi {
-        CloudApi {
-            base: format!("http://{addr}/api/v1"),
-            token: token.trim().to_owned(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    /// As [`CloudApi::rpc_with_timeout`], but a request that gets no HTTP
-    /// answer at all (the cloud died mid-call) is returned as the error,
-    /// instead of failing the test.
-    pub async fn try_rpc(
-        &self,
-        device: &str,
-        method: &str,
-        params: Value,
-        timeout: Option<Duration>,
-    ) -> Result<ApiReply, reqwest::Error> {
-        let mut body = json!({ "method": method, "params": params });
-        if let Some(timeout) = timeout {
-            body["timeout_ms"] = json!(timeout.as_millis() as u64);
-        }
-        let response = self
-            .http
-            .post(format!("{}/devices/{device}/rpc", self.base))
-            .json(&body)
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        Ok(ApiReply { status, body })
-    }
-
-    pub async fn get(&self, path: &str) -> ApiReply {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> ApiReply {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
-            .await
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> ApiReply {
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .expect("API request");
-        let status = response.status().as_u16();
-        let body = response.json().await.unwrap_or(Value::Null);
-        ApiReply { status, body }
-    }
-
-    /// The device's registry entry, if any.
-    pub async fn device(&self, id: &str) -> Option<Value> {
-        let reply = self.get(&format!("/devices/{id}")).await;
-        (reply.status == 200).then(|| reply.body["device"].clone())
-    }
-
-    pub async fn accept(&self, id: &str) {
-        let reply = self.post(&format!("/devices/{id}/accept"), json!({})).await;
-        assert_eq!(reply.status, 200, "accept {id}: {reply:?}");
-    }
-
-    pub async fn reject(&self, id: &str) {
-        let reply = self.post(&format!("/devices/{id}/reject"), json!({})).await;
-        assert_eq!(reply.status, 200, "reject {id}: {reply:?}");
-    }
-
-    pub async fn rpc(&self, device: &str, method: &str, params: Value) -> ApiReply {
-        self.rpc_with_timeout(device, method, params, None).await
-    }
-
-    pub async fn rpc_with_timeout(
-        &self,
-        device: &str,
-        method: &str,
-        params: Value,
-        timeout: Option<Duration>,
-    ) -> ApiReply {
-        let mut body = json!({ "method": method, "params": params });
-        if let Some(timeout) = timeout {
-            body["timeout_ms"] = json!(timeout.as_millis() as u64);
-        }
-        self.post(&format!("/devices/{device}/rpc"), body).await
-    }
-
-    /// Waits until the device's registry entry satisfies `check`.
-    pub async fn wait_for_device(
-        &self,
-        id: &str,
-        what: &str,
-        check: impl Fn(&Value) -> bool,
-    ) -> Value {
-        wait_until(what, SOON, || async {
-            self.device(id).await.filter(|d| check(d))
-        })
-        .await
-    }
+/// Waits until the device's registry entry (`device` of `GET
+/// /devices/{id}`) satisfies `check`; returns it.
+pub async fn wait_for_device(
+    api: &ApiClient,
+    id: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_until(what, SOON, || async {
+        let device = api.device(id).await.ok()?["device"].clone();
+        check(&device).then_some(device)
+    })
+    .await
 }
 
 /// One device: its own nats-server, a bridge and (optionally) a worker.

@@ -242,11 +242,11 @@ async fn an_operator_accepts_a_new_device_and_reads_its_container_logs_live() {
     }
     // New entries arrive live on the first page.
     browser.wait_for("#live[data-state=on]", SHOWN).await;
-    let health = cloud
+    cloud
         .api()
-        .rpc("device-web-1", "system.health", json!({}))
-        .await;
-    assert_eq!(health.status, 200, "{health:?}");
+        .rpc("device-web-1", "system.health", None, None)
+        .await
+        .expect("system.health");
     browser
         .wait_for_text("#audit-body tr:first-child", "system.health", SHOWN)
         .await;
@@ -276,7 +276,12 @@ async fn an_operator_accepts_a_new_device_and_reads_its_container_logs_live() {
     browser
         .wait_for_text("#no-devices", "No device has connected yet", SHOWN)
         .await;
-    assert!(cloud.api().device("device-web-1").await.is_none());
+    let deleted = cloud
+        .api()
+        .device("device-web-1")
+        .await
+        .expect_err("the device is gone");
+    assert_eq!(deleted.status(), Some(404), "{deleted:?}");
 
     println!(
         "devices page: goto {devices_wall:?} wall-clock; first byte {:.0} ms, \

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use e2e::dev_stack::DevStack;
-use serde_json::{json, Value};
+use serde_json::json;
 use testkit::wait_until;
 
 /// Time for a device to answer once accepted, or to come back after the cloud
@@ -23,7 +23,7 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
 
     // The dev admin run-dev.sh printed signs in.
     let signed_in = reqwest::Client::new()
-        .post(format!("{}/login", stack.api_url()))
+        .post(format!("{}/api/v1/login", stack.url()))
         .json(&json!({"name": "admin", "password": stack.admin_password()}))
         .send()
         .await
@@ -31,14 +31,19 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
     assert_eq!(signed_in.status(), 200, "the dev admin signs in");
 
     // run-dev.sh waits for a healthy bridge, which means authenticated: pending.
-    let device = api.device("device-001").await;
+    let device = api.device("device-001").await.expect("GET device-001")["device"].clone();
     assert_eq!(device["status"], "pending", "{device}");
-    api.accept("device-001").await;
+    api.accept("device-001").await.expect("accept device-001");
 
     let listed = wait_until("containers.list on device-001", DEVICE_DEADLINE, || async {
-        api.rpc("device-001", "containers.list", json!({"all": true}))
-            .await
-            .ok()
+        api.rpc(
+            "device-001",
+            "containers.list",
+            Some(json!({"all": true})),
+            None,
+        )
+        .await
+        .ok()
     })
     .await;
     let listed_ids: Vec<&str> = listed["containers"]
@@ -62,7 +67,8 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
         .rpc(
             "device-001",
             "containers.stop",
-            json!({"container": bridge}),
+            Some(json!({"container": bridge})),
+            None,
         )
         .await;
     assert!(
@@ -78,10 +84,11 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
         .rpc(
             "device-001",
             "containers.logs",
-            json!({"container": bridge}),
+            Some(json!({"container": bridge})),
+            None,
         )
         .await
-        .unwrap_or_else(|error| panic!("containers.logs of the bridge: {error:?}"));
+        .unwrap_or_else(|error| panic!("containers.logs of the bridge: {error}"));
     let lines = logs["lines"]
         .as_array()
         .expect("containers.logs gives lines");
@@ -106,29 +113,29 @@ async fn run_dev_brings_up_a_device_that_answers_survives_a_cloud_restart_and_go
         "device-001 online again after the cloud restart",
         DEVICE_DEADLINE,
         || async {
-            match api.get("/devices/device-001").await {
-                Ok((200, body)) if body["device"]["online"] == true => Some(()),
+            match api.device("device-001").await {
+                Ok(shown) if shown["device"]["online"] == true => Some(()),
                 _ => None,
             }
         },
     )
     .await;
-    let device = api.device("device-001").await;
+    let device = api.device("device-001").await.expect("GET device-001")["device"].clone();
     assert_eq!(
         device["status"], "accepted",
         "the registry kept the decision: {device}"
     );
     let health = api
-        .rpc("device-001", "system.health", Value::Null)
+        .rpc("device-001", "system.health", None, None)
         .await
-        .unwrap_or_else(|error| panic!("system.health after the restart: {error:?}"));
+        .unwrap_or_else(|error| panic!("system.health after the restart: {error}"));
     assert!(health.is_object(), "{health}");
 
     // A second run reuses keys and data: same key, still accepted, and the
     // old token still works.
     let fingerprint = device["fingerprint"].clone();
     stack.run_up().await;
-    let device = api.device("device-001").await;
+    let device = api.device("device-001").await.expect("GET device-001")["device"].clone();
     assert_eq!(device["fingerprint"], fingerprint, "{device}");
     assert_eq!(device["status"], "accepted", "{device}");
 
@@ -197,8 +204,7 @@ async fn run_dev_with_three_devices_starts_three_pending_devices_that_each_answe
     let api = stack.api();
     let ids = ["device-001", "device-002", "device-003"];
 
-    let (status, listed) = api.get("/devices").await.expect("GET /devices");
-    assert_eq!(status, 200, "{listed}");
+    let listed = api.devices().await.expect("GET /devices");
     let devices = listed["devices"].as_array().expect("devices");
     let mut fingerprints = Vec::new();
     for id in ids {
@@ -220,13 +226,13 @@ async fn run_dev_with_three_devices_starts_three_pending_devices_that_each_answe
     assert_eq!(fingerprints.len(), 3, "each device has its own key");
 
     for id in ids {
-        api.accept(id).await;
+        api.accept(id).await.expect("accept");
     }
     for id in ids {
         let health = wait_until(
             &format!("system.health on {id}"),
             DEVICE_DEADLINE,
-            || async { api.rpc(id, "system.health", Value::Null).await.ok() },
+            || async { api.rpc(id, "system.health", None, None).await.ok() },
         )
         .await;
         assert!(health.is_object(), "{id}: {health}");

@@ -19,10 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bridge::BridgeConfig;
+use cloud::client::{ApiClient, ApiError};
 use e2e::cloud_process::CloudProcess;
 use e2e::fault_proxy::FaultProxy;
 use e2e::log_capture::{self, CapturedLogs};
-use e2e::stack::{ApiReply, CloudApi, RunningCloud, RunningDevice, SOON};
+use e2e::stack::{wait_for_device, RunningCloud, RunningDevice, SOON};
 use futures::StreamExt;
 use protocol::keys;
 use protocol::nats::{RPC_PREFIX, WORKER_QUEUE_GROUP};
@@ -67,18 +68,20 @@ async fn the_cloud_killed_mid_call_fails_the_call_and_the_bridge_reconnects_to_t
     echo(&api, id, &ledger, "before-1").await;
     echo(&api, id, &ledger, "before-2").await;
 
-    let call = spawn_try_call(&api, id, "fault.hold", "in-flight");
+    let call = spawn_call(&api, id, "fault.hold", "in-flight");
     ledger.wait_held("in-flight").await;
     cloud.kill();
     let killed = Instant::now();
 
     // The operator's request dies with the process: no HTTP answer at all,
     // which no client can take for a result.
-    let error = tokio::time::timeout(SOON, call)
+    let (reply, _) = tokio::time::timeout(SOON, call)
         .await
         .expect("the operator's call in flight does not hang")
-        .expect("call task")
-        .expect_err("a killed cloud cannot have answered the call in flight");
+        .expect("call task");
+    let Err(ApiError::Unreachable { source: error, .. }) = reply else {
+        panic!("a killed cloud cannot have answered the call in flight: {reply:?}");
+    };
     let operator_error = error_chain(&error);
     assert!(
         error.is_request()
@@ -121,7 +124,7 @@ async fn the_cloud_killed_mid_call_fails_the_call_and_the_bridge_reconnects_to_t
 
     // The accept was committed before the kill: the device is live again
     // without an operator, and calls work.
-    let entry = api.device(id).await.expect("the device survived the kill");
+    let entry = api.device(id).await.expect("the device survived the kill")["device"].clone();
     assert_eq!(entry["status"], "accepted", "{entry}");
     echo(&api, id, &ledger, "after").await;
     ledger.assert_served_exactly(&["before-1", "before-2", "after"], &["in-flight"]);
@@ -170,13 +173,11 @@ async fn nats_killed_mid_call_fails_the_call_at_the_bridge_and_bridge_and_worker
     );
     // A call while the bus is down fails the same bounded way.
     let started = Instant::now();
-    let during = api
-        .rpc_with_timeout(id, "rpc.discover", json!({}), Some(CALL_TIMEOUT))
-        .await;
+    let during = api.rpc(id, "rpc.discover", None, Some(CALL_TIMEOUT)).await;
     let during_error = bridge_error(&during);
     assert!(started.elapsed() < worker_timeout + ALLOWANCE);
     // The WebSocket to the cloud does not depend on NATS.
-    let entry = api.device(id).await.expect("device");
+    let entry = api.device(id).await.expect("device")["device"].clone();
     assert_eq!(entry["online"], true, "{entry}");
 
     device.nats.start_again().await;
@@ -193,8 +194,9 @@ async fn nats_killed_mid_call_fails_the_call_at_the_bridge_and_bridge_and_worker
     })
     .await;
     assert_eq!(pong["pong"], true);
-    let listed = api.rpc(id, "containers.list", json!({})).await;
-    assert_eq!(listed.status, 200, "{listed:?}");
+    api.rpc(id, "containers.list", None, None)
+        .await
+        .expect("containers.list");
     echo(&api, id, &ledger, "after").await;
     ledger.assert_served_exactly(&["before", "after"], &["in-flight"]);
     assert_eq!(
@@ -212,7 +214,7 @@ async fn nats_killed_mid_call_fails_the_call_at_the_bridge_and_bridge_and_worker
     // relay reports as -32005 "device message bus unavailable", not a worker
     // that did not answer (-32002), which is what a killed worker gives.
     for (when, reply) in [("in flight", &reply), ("during the outage", &during)] {
-        let rpc_error = &reply.body["error"]["rpc_error"];
+        let rpc_error = device_error(reply);
         let message = rpc_error["message"].as_str().unwrap_or("").to_lowercase();
         assert!(
             rpc_error["code"] == -32005 && (message.contains("bus") || message.contains("nats")),
@@ -248,7 +250,7 @@ async fn the_worker_killed_mid_call_fails_the_call_and_a_new_worker_serves_the_n
         tokio::spawn(async move {
             let started = Instant::now();
             let reply = api
-                .rpc_with_timeout(id, "containers.stop", params, Some(CALL_TIMEOUT))
+                .rpc(id, "containers.stop", Some(params), Some(CALL_TIMEOUT))
                 .await;
             (reply, started.elapsed())
         })
@@ -268,7 +270,8 @@ async fn the_worker_killed_mid_call_fails_the_call_and_a_new_worker_serves_the_n
         .expect("call task");
     let in_flight_error = bridge_error(&reply);
     assert_eq!(
-        reply.body["error"]["rpc_error"]["code"], -32002,
+        device_error(&reply)["code"],
+        -32002,
         "the worker never answered: {reply:?}"
     );
     assert!(
@@ -279,8 +282,11 @@ async fn the_worker_killed_mid_call_fails_the_call_and_a_new_worker_serves_the_n
     // With no worker, a call is refused at once, naming the missing worker.
     let (no_worker, refused_in) = wait_until("no responders for containers.list", SOON, || async {
         let started = Instant::now();
-        let reply = api.rpc(id, "containers.list", json!({})).await;
-        (reply.body["error"]["rpc_error"]["code"] == -32601).then(|| (reply, started.elapsed()))
+        let reply = api.rpc(id, "containers.list", None, None).await;
+        let not_found = reply
+            .as_ref()
+            .is_err_and(|error| error.rpc_error().is_some_and(|e| e["code"] == -32601));
+        not_found.then(|| (reply, started.elapsed()))
     })
     .await;
     let no_worker_error = bridge_error(&no_worker);
@@ -293,16 +299,14 @@ async fn the_worker_killed_mid_call_fails_the_call_and_a_new_worker_serves_the_n
     device.start_worker().await;
     let started = Instant::now();
     let listed = wait_until("a new worker to serve", ALLOWANCE, || async {
-        let reply = api.rpc(id, "containers.list", json!({"all": true})).await;
-        (reply.status == 200).then_some(reply)
+        api.rpc(id, "containers.list", Some(json!({"all": true})), None)
+            .await
+            .ok()
     })
     .await;
     let recovered = started.elapsed();
-    assert!(
-        listed.body.to_string().contains(&container.name),
-        "{listed:?}"
-    );
-    let entry = api.device(id).await.expect("device");
+    assert!(listed.to_string().contains(&container.name), "{listed}");
+    let entry = api.device(id).await.expect("device")["device"].clone();
     assert_eq!(entry["online"], true, "the bridge never left: {entry}");
     eprintln!(
         "fault: worker killed mid-call: cloud: {in_flight_error} (in flight), \
@@ -334,10 +338,11 @@ async fn an_unreachable_docker_engine_is_a_distinct_error_naming_the_engine_and_
 
     // The rest of the device carries on: the link, the worker's other
     // methods, and its calls to the cloud.
-    let entry = api.device(id).await.expect("device");
+    let entry = api.device(id).await.expect("device")["device"].clone();
     assert_eq!(entry["online"], true, "{entry}");
-    let discovered = api.rpc(id, "rpc.discover", json!({})).await;
-    assert_eq!(discovered.status, 200, "{discovered:?}");
+    api.rpc(id, "rpc.discover", None, None)
+        .await
+        .expect("rpc.discover");
     let pong = worker::ping_cloud(&device.nats_client().await, Duration::from_secs(5))
         .await
         .expect("cloud.ping");
@@ -377,15 +382,16 @@ async fn an_unreachable_docker_engine_is_a_distinct_error_naming_the_engine_and_
 
 /// Calls `containers.list`, which must fail at once as the engine being
 /// unavailable; returns the error.
-async fn engine_unavailable(api: &CloudApi, id: &str, worker_timeout: Duration) -> String {
+async fn engine_unavailable(api: &ApiClient, id: &str, worker_timeout: Duration) -> String {
     let started = Instant::now();
     let reply = api
-        .rpc_with_timeout(id, "containers.list", json!({}), Some(CALL_TIMEOUT))
+        .rpc(id, "containers.list", None, Some(CALL_TIMEOUT))
         .await;
     let elapsed = started.elapsed();
     let error = bridge_error(&reply);
     assert_eq!(
-        reply.body["error"]["rpc_error"]["code"], -32005,
+        device_error(&reply)["code"],
+        -32005,
         "unavailable, from the worker: {reply:?}"
     );
     assert!(
@@ -400,14 +406,13 @@ async fn engine_unavailable(api: &CloudApi, id: &str, worker_timeout: Duration) 
 }
 
 /// Waits until `containers.list` answers; returns how long it took.
-async fn engine_answers(api: &CloudApi, id: &str) -> Duration {
+async fn engine_answers(api: &ApiClient, id: &str) -> Duration {
     let started = Instant::now();
     let listed = wait_until("containers.list once the engine is up", SOON, || async {
-        let reply = api.rpc(id, "containers.list", json!({})).await;
-        (reply.status == 200).then_some(reply)
+        api.rpc(id, "containers.list", None, None).await.ok()
     })
     .await;
-    assert!(listed.body["result"]["containers"].is_array(), "{listed:?}");
+    assert!(listed["containers"].is_array(), "{listed}");
     started.elapsed()
 }
 
@@ -449,8 +454,8 @@ async fn a_silent_path_is_dropped_by_both_ends_and_the_bridge_reconnects_when_it
         .expect("call task");
     let in_flight_error = api_error(&reply);
     assert_eq!(
-        (reply.status, reply.body["error"]["kind"].as_str()),
-        (502, Some("disconnected")),
+        refusal(&reply),
+        (Some(502), Some("disconnected")),
         "{reply:?}"
     );
     assert!(elapsed < CALL_TIMEOUT, "{elapsed:?}");
@@ -464,11 +469,13 @@ async fn a_silent_path_is_dropped_by_both_ends_and_the_bridge_reconnects_when_it
         .await;
     // Later calls learn at once that the device is offline.
     let started = Instant::now();
-    let offline = api.rpc(id, "fault.echo", json!({"token": "offline"})).await;
+    let offline = api
+        .rpc(id, "fault.echo", Some(json!({"token": "offline"})), None)
+        .await;
     let offline_error = api_error(&offline);
     assert_eq!(
-        (offline.status, offline.body["error"]["kind"].as_str()),
-        (503, Some("offline")),
+        refusal(&offline),
+        (Some(503), Some("offline")),
         "{offline:?}"
     );
     assert!(started.elapsed() < ALLOWANCE);
@@ -536,96 +543,106 @@ fn small_backoff(config: &mut BridgeConfig) {
 }
 
 /// Accepts the new device and waits until a worker answers through it.
-async fn accept(api: &CloudApi, id: &str) {
-    api.wait_for_device(id, "device pending", |d| d["status"] == "pending")
-        .await;
-    api.accept(id).await;
+async fn accept(api: &ApiClient, id: &str) {
+    wait_for_device(api, id, "device pending", |d| d["status"] == "pending").await;
+    api.accept(id).await.expect("accept");
     wait_for_rpc_ok(api, id, SOON).await;
 }
 
 /// Waits up to `deadline` until `rpc.discover` answers: the device is live
 /// and a worker serves.
-async fn wait_for_rpc_ok(api: &CloudApi, id: &str, deadline: Duration) {
+async fn wait_for_rpc_ok(api: &ApiClient, id: &str, deadline: Duration) {
     wait_until("rpc.discover answered", deadline, || async {
-        let reply = api
-            .rpc_with_timeout(id, "rpc.discover", json!({}), Some(Duration::from_secs(5)))
-            .await;
-        (reply.status == 200).then_some(())
+        api.rpc(id, "rpc.discover", None, Some(Duration::from_secs(5)))
+            .await
+            .ok()
     })
     .await;
 }
 
 /// Calls `fault.echo` with `token`, which must answer OK with the token, and
 /// be in the ledger: an OK is a call served.
-async fn echo(api: &CloudApi, id: &str, ledger: &Ledger, token: &str) {
+async fn echo(api: &ApiClient, id: &str, ledger: &Ledger, token: &str) {
     let reply = api
-        .rpc_with_timeout(
+        .rpc(
             id,
             "fault.echo",
-            json!({"token": token}),
+            Some(json!({"token": token})),
             Some(CALL_TIMEOUT),
         )
         .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(reply.body["result"]["token"], token, "{reply:?}");
+    let echoed = reply.unwrap_or_else(|error| panic!("fault.echo {token}: {error}"));
+    assert_eq!(echoed["token"], token, "{echoed}");
     assert!(
         ledger.served().contains(token),
         "answered OK but not served: {token}"
     );
 }
 
+/// An operator's call: its result or why it failed.
+type Reply = Result<Value, ApiError>;
+
 /// Starts an operator call; the task returns its reply and how long it took.
 fn spawn_call(
-    api: &CloudApi,
+    api: &ApiClient,
     id: &'static str,
     method: &'static str,
     token: &'static str,
-) -> JoinHandle<(ApiReply, Duration)> {
+) -> JoinHandle<(Reply, Duration)> {
     let api = api.clone();
     tokio::spawn(async move {
         let started = Instant::now();
         let reply = api
-            .rpc_with_timeout(id, method, json!({"token": token}), Some(CALL_TIMEOUT))
+            .rpc(
+                id,
+                method,
+                Some(json!({"token": token})),
+                Some(CALL_TIMEOUT),
+            )
             .await;
         (reply, started.elapsed())
     })
 }
 
-/// As [`spawn_call`], where the cloud may die: the HTTP failure is returned.
-fn spawn_try_call(
-    api: &CloudApi,
-    id: &'static str,
-    method: &'static str,
-    token: &'static str,
-) -> JoinHandle<Result<ApiReply, reqwest::Error>> {
-    let api = api.clone();
-    tokio::spawn(async move {
-        api.try_rpc(id, method, json!({"token": token}), Some(CALL_TIMEOUT))
-            .await
-    })
+/// The status and `kind` of a call the cloud refused.
+fn refusal(reply: &Reply) -> (Option<u16>, Option<&str>) {
+    match reply {
+        Err(error) => (error.status(), error.kind()),
+        Ok(result) => panic!("the call was answered: {result}"),
+    }
 }
 
-/// `kind: message` of an API error.
-fn api_error(reply: &ApiReply) -> String {
-    let error = &reply.body["error"];
-    assert!(error.is_object(), "an API error: {reply:?}");
-    format!(
-        "{} {} {}",
-        reply.status,
-        error["kind"].as_str().unwrap_or("?"),
-        json!(error["message"])
-    )
+/// `status kind message` of an API error.
+fn api_error(reply: &Reply) -> String {
+    match reply {
+        Err(ApiError::Refused {
+            status,
+            kind,
+            message,
+            ..
+        }) => format!("{status} {kind} {}", json!(message)),
+        _ => panic!("an API error: {reply:?}"),
+    }
 }
 
 /// The device's own JSON-RPC error, passed through by the cloud (502
-/// `device_error`), as `code message`.
-fn bridge_error(reply: &ApiReply) -> String {
+/// `device_error`).
+fn device_error(reply: &Reply) -> &Value {
     assert_eq!(
-        (reply.status, reply.body["error"]["kind"].as_str()),
-        (502, Some("device_error")),
+        refusal(reply),
+        (Some(502), Some("device_error")),
         "an error from the device, not the cloud: {reply:?}"
     );
-    let rpc_error = &reply.body["error"]["rpc_error"];
+    reply
+        .as_ref()
+        .err()
+        .and_then(ApiError::rpc_error)
+        .expect("a device_error carries the device's error")
+}
+
+/// [`device_error`] as `502 device_error code message`.
+fn bridge_error(reply: &Reply) -> String {
+    let rpc_error = device_error(reply);
     format!(
         "502 device_error {} {}",
         rpc_error["code"],

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::stack::{RunningCloud, RunningDevice, SOON};
+use e2e::stack::{wait_for_device, RunningCloud, RunningDevice, SOON};
 use futures::StreamExt;
 use protocol::keys;
 use serde_json::{json, Value};
@@ -13,21 +13,19 @@ use testkit::wait_until;
 async fn accepted_device(id: &str, cloud: &RunningCloud) -> RunningDevice {
     let device = RunningDevice::start(id, cloud).await;
     let api = cloud.api();
-    api.wait_for_device(id, "device pending", |d| d["status"] == "pending")
-        .await;
-    api.accept(id).await;
-    api.wait_for_device(id, "device online", |d| d["online"] == true)
-        .await;
+    wait_for_device(&api, id, "device pending", |d| d["status"] == "pending").await;
+    api.accept(id).await.expect("accept");
+    wait_for_device(&api, id, "device online", |d| d["online"] == true).await;
     wait_for_rpc_ok(cloud, id).await;
     device
 }
 
-/// Waits until `rpc.discover` answers: the bridge is live and a worker serves.
+/// Waits until `rpc.discover` answers: the bridge is live and a worker
+/// serves. Returns its result.
 async fn wait_for_rpc_ok(cloud: &RunningCloud, id: &str) -> Value {
     let api = cloud.api();
     wait_until("rpc.discover answered", SOON, || async {
-        let reply = api.rpc(id, "rpc.discover", json!({})).await;
-        (reply.status == 200).then_some(reply.body)
+        api.rpc(id, "rpc.discover", None, None).await.ok()
     })
     .await
 }
@@ -48,24 +46,28 @@ async fn a_new_device_is_pending_until_accepted_then_lists_containers_and_reads_
     let api = cloud.api();
     let device = RunningDevice::start("device-001", &cloud).await;
 
-    let pending = api
-        .wait_for_device("device-001", "device pending", |d| d["status"] == "pending")
-        .await;
+    let pending = wait_for_device(&api, "device-001", "device pending", |d| {
+        d["status"] == "pending"
+    })
+    .await;
     assert_eq!(
         pending["fingerprint"],
         keys::fingerprint(&device.key.verifying_key())
     );
-    let refused = api.rpc("device-001", "containers.list", json!({})).await;
+    let refused = api
+        .rpc("device-001", "containers.list", None, None)
+        .await
+        .expect_err("a pending device is not called");
     assert_eq!(
-        (refused.status, refused.body["error"]["kind"].as_str()),
-        (409, Some("not_accepted"))
+        (refused.status(), refused.kind()),
+        (Some(409), Some("not_accepted"))
     );
 
     // Accepting turns the same connection live: the bridge never reconnects.
     let nats = device.nats_client().await;
     let mut status = nats.subscribe(protocol::nats::BRIDGE_STATUS).await.unwrap();
     nats.flush().await.unwrap();
-    api.accept("device-001").await;
+    api.accept("device-001").await.expect("accept");
     let next = tokio::time::timeout(SOON, status.next())
         .await
         .expect("a bridge.status")
@@ -79,15 +81,20 @@ async fn a_new_device_is_pending_until_accepted_then_lists_containers_and_reads_
     let container =
         TestContainer::start("echo line-1; echo line-2 >&2; echo line-3; sleep 600").await;
     let listed = wait_for_rpc_ok(&cloud, "device-001").await;
-    assert!(listed["result"]["methods"]
+    assert!(listed["methods"]
         .as_array()
         .unwrap()
         .contains(&json!("containers.logs")));
     let list = api
-        .rpc("device-001", "containers.list", json!({"all": true}))
-        .await;
-    assert_eq!(list.status, 200, "{list:?}");
-    let ours = list.body["result"]["containers"]
+        .rpc(
+            "device-001",
+            "containers.list",
+            Some(json!({"all": true})),
+            None,
+        )
+        .await
+        .expect("containers.list");
+    let ours = list["containers"]
         .as_array()
         .unwrap()
         .iter()
@@ -99,23 +106,20 @@ async fn a_new_device_is_pending_until_accepted_then_lists_containers_and_reads_
                 .any(|n| n.as_str().unwrap().trim_start_matches('/') == container.name)
         })
         .cloned()
-        .unwrap_or_else(|| panic!("{} not in {}", container.name, list.body));
+        .unwrap_or_else(|| panic!("{} not in {list}", container.name));
     assert_eq!(ours["image"], testkit::docker::BUSYBOX_IMAGE);
     assert_eq!(ours["state"], "running");
 
     let logs = wait_until("the container's three lines", SOON, || async {
-        let reply = api
-            .rpc(
-                "device-001",
-                "containers.logs",
-                json!({"container": container.name}),
-            )
-            .await;
-        (reply.status == 200
-            && reply.body["result"]["lines"]
-                .as_array()
-                .is_some_and(|l| l.len() == 3))
-        .then_some(reply.body["result"].clone())
+        let params = json!({"container": container.name});
+        let logs = api
+            .rpc("device-001", "containers.logs", Some(params), None)
+            .await
+            .ok()?;
+        logs["lines"]
+            .as_array()
+            .is_some_and(|l| l.len() == 3)
+            .then_some(logs)
     })
     .await;
     assert_eq!(texts(&logs, "stdout"), ["line-1", "line-3"]);
@@ -134,12 +138,10 @@ async fn a_worker_pings_the_cloud_through_the_bridge_and_health_reaches_the_regi
     assert_eq!(pong["pong"], true);
     assert_eq!(pong["cloud_id"], cloud.config.cloud_id);
 
-    let with_health = cloud
-        .api()
-        .wait_for_device("device-ping", "a health report", |d| {
-            !d["last_health"].is_null()
-        })
-        .await;
+    let with_health = wait_for_device(&cloud.api(), "device-ping", "a health report", |d| {
+        !d["last_health"].is_null()
+    })
+    .await;
     let health = &with_health["last_health"];
     assert!(
         health["memory"]["total_bytes"].as_u64().unwrap() > 0,
@@ -157,9 +159,11 @@ async fn a_rejected_device_stays_out() {
             config.rejected_backoff = Duration::from_millis(200);
         })
         .await;
-    api.wait_for_device("device-bad", "device pending", |d| d["status"] == "pending")
-        .await;
-    api.reject("device-bad").await;
+    wait_for_device(&api, "device-bad", "device pending", |d| {
+        d["status"] == "pending"
+    })
+    .await;
+    api.reject("device-bad").await.expect("reject");
 
     // The bridge keeps knocking (every 200 ms here); each time it is turned
     // away, and its attempts are counted in one row, not a row each.
@@ -180,13 +184,16 @@ async fn a_rejected_device_stays_out() {
         auth_events(&cloud, "device-bad").await.len() <= rows_before + 1,
         "a rejected device's attempts share one row"
     );
-    let entry = api.device("device-bad").await.unwrap();
+    let entry = api.device("device-bad").await.unwrap()["device"].clone();
     assert_eq!(
         (entry["status"].as_str(), entry["online"].as_bool()),
         (Some("rejected"), Some(false))
     );
-    let reply = api.rpc("device-bad", "containers.list", json!({})).await;
-    assert_eq!(reply.status, 409, "{reply:?}");
+    let refused = api
+        .rpc("device-bad", "containers.list", None, None)
+        .await
+        .expect_err("a rejected device is not called");
+    assert_eq!(refused.status(), Some(409), "{refused:?}");
     assert!(device.bridge_stats.refusals().is_empty());
 }
 
@@ -222,14 +229,11 @@ async fn a_known_id_with_another_key_is_refused_and_recorded() {
         "{mismatch}"
     );
 
-    let entry = api.device("device-twin").await.unwrap();
+    let entry = api.device("device-twin").await.unwrap()["device"].clone();
     assert_eq!(entry["fingerprint"], fingerprint, "never silently re-keyed");
     assert_eq!(entry["status"], "accepted");
-    let reply = api.rpc("device-twin", "rpc.discover", json!({})).await;
-    assert_eq!(
-        reply.status, 200,
-        "the genuine device carries on: {reply:?}"
-    );
+    let reply = api.rpc("device-twin", "rpc.discover", None, None).await;
+    assert!(reply.is_ok(), "the genuine device carries on: {reply:?}");
 }
 
 #[tokio::test]
@@ -241,8 +245,8 @@ async fn rejecting_a_live_device_cuts_it_off_at_once() {
     let mut status = nats.subscribe(protocol::nats::BRIDGE_STATUS).await.unwrap();
     nats.flush().await.unwrap();
 
-    api.reject("device-cut").await;
-    let entry = api.device("device-cut").await.unwrap();
+    api.reject("device-cut").await.expect("reject");
+    let entry = api.device("device-cut").await.unwrap()["device"].clone();
     assert_eq!(
         (entry["status"].as_str(), entry["online"].as_bool()),
         (Some("rejected"), Some(false))
@@ -257,12 +261,11 @@ async fn rejecting_a_live_device_cuts_it_off_at_once() {
     })
     .await;
     assert!(rejected.is_ok(), "the bridge learned it was rejected");
-    assert_eq!(
-        api.rpc("device-cut", "rpc.discover", json!({}))
-            .await
-            .status,
-        409
-    );
+    let refused = api
+        .rpc("device-cut", "rpc.discover", None, None)
+        .await
+        .expect_err("a rejected device is not called");
+    assert_eq!(refused.status(), Some(409), "{refused:?}");
 }
 
 #[tokio::test]
@@ -270,17 +273,22 @@ async fn a_method_no_worker_serves_is_not_found_at_once() {
     let cloud = RunningCloud::start().await;
     let _device = accepted_device("device-nf", &cloud).await;
     let started = Instant::now();
-    let reply = cloud
+    let error = cloud
         .api()
-        .rpc_with_timeout(
+        .rpc(
             "device-nf",
             "no.such.method",
-            json!({}),
+            None,
             Some(Duration::from_secs(20)),
         )
-        .await;
-    assert_eq!(reply.body["error"]["kind"], "device_error", "{reply:?}");
-    assert_eq!(reply.body["error"]["rpc_error"]["code"], -32601);
+        .await
+        .expect_err("no worker serves it");
+    assert_eq!(error.kind(), Some("device_error"), "{error:?}");
+    assert_eq!(
+        error.rpc_error().and_then(|e| e["code"].as_i64()),
+        Some(-32601),
+        "{error:?}"
+    );
     // Long before either timeout (20 s here, 25 s at the bridge).
     assert!(
         started.elapsed() < Duration::from_secs(10),
@@ -299,9 +307,8 @@ async fn a_slow_worker_gives_a_timeout_error() {
         .await;
     device.start_worker().await;
     let api = cloud.api();
-    api.wait_for_device("device-slow", "pending", |d| d["status"] == "pending")
-        .await;
-    api.accept("device-slow").await;
+    wait_for_device(&api, "device-slow", "pending", |d| d["status"] == "pending").await;
+    api.accept("device-slow").await.expect("accept");
     wait_for_rpc_ok(&cloud, "device-slow").await;
     // A worker that takes the request and never answers.
     let nats = device.nats_client().await;
@@ -311,13 +318,14 @@ async fn a_slow_worker_gives_a_timeout_error() {
         .unwrap();
     nats.flush().await.unwrap();
 
-    let at_bridge = api.rpc("device-slow", "slow.method", json!({})).await;
+    let at_bridge = api
+        .rpc("device-slow", "slow.method", None, None)
+        .await
+        .expect_err("the worker never answers");
+    assert_eq!(at_bridge.kind(), Some("device_error"), "{at_bridge:?}");
     assert_eq!(
-        at_bridge.body["error"]["kind"], "device_error",
-        "{at_bridge:?}"
-    );
-    assert_eq!(
-        at_bridge.body["error"]["rpc_error"]["code"], -32002,
+        at_bridge.rpc_error().and_then(|e| e["code"].as_i64()),
+        Some(-32002),
         "{at_bridge:?}"
     );
 }
@@ -332,19 +340,20 @@ async fn the_cloud_times_out_a_call_the_device_does_not_answer_in_time() {
         .await
         .unwrap();
     nats.flush().await.unwrap();
-    let reply = cloud
+    let error = cloud
         .api()
-        .rpc_with_timeout(
+        .rpc(
             "device-late",
             "slow.method",
-            json!({}),
+            None,
             Some(Duration::from_millis(300)),
         )
-        .await;
+        .await
+        .expect_err("the device does not answer in time");
     assert_eq!(
-        (reply.status, reply.body["error"]["kind"].as_str()),
-        (504, Some("timed_out")),
-        "{reply:?}"
+        (error.status(), error.kind()),
+        (Some(504), Some("timed_out")),
+        "{error:?}"
     );
 }
 
@@ -363,10 +372,10 @@ async fn a_device_that_disconnects_mid_call_fails_the_call_at_once() {
     let call = tokio::spawn(async move {
         let started = Instant::now();
         let reply = api
-            .rpc_with_timeout(
+            .rpc(
                 "device-drop",
                 "slow.method",
-                json!({}),
+                None,
                 Some(Duration::from_secs(60)),
             )
             .await;
@@ -380,7 +389,8 @@ async fn a_device_that_disconnects_mid_call_fails_the_call_at_once() {
         .await
         .expect("no hang")
         .unwrap();
-    assert_eq!(reply.body["error"]["kind"], "disconnected", "{reply:?}");
+    let error = reply.expect_err("the device left mid-call");
+    assert_eq!(error.kind(), Some("disconnected"), "{error:?}");
     assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
 }
 
@@ -390,7 +400,7 @@ async fn after_a_cloud_restart_the_bridge_reconnects_and_calls_work_again() {
     let _device = accepted_device("device-rc", &cloud).await;
     cloud.restart().await;
     let discovered = wait_for_rpc_ok(&cloud, "device-rc").await;
-    assert!(discovered["result"]["methods"]
+    assert!(discovered["methods"]
         .as_array()
         .unwrap()
         .contains(&json!("containers.list")));
@@ -411,10 +421,10 @@ async fn after_a_nats_restart_bridge_and_worker_reconnect() {
 }
 
 async fn auth_events(cloud: &RunningCloud, device: &str) -> Vec<Value> {
-    let reply = cloud
+    let page = cloud
         .api()
         .get(&format!("/auth-events?device_id={device}"))
-        .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    reply.body["events"].as_array().cloned().expect("events")
+        .await
+        .expect("GET /auth-events");
+    page["events"].as_array().cloned().expect("events")
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::stack::{RunningCloud, RunningDevice, SOON};
+use e2e::stack::{wait_for_device, RunningCloud, RunningDevice, SOON};
 use e2e::tls_proxy::TlsProxy;
 use protocol::keys;
 use testkit::wait_until;
@@ -19,12 +19,13 @@ async fn a_bridge_trusting_the_proxy_certificate_registers_over_wss() {
             config.tls = bridge::tls::client_config(Some(vec![certificate])).unwrap();
         })
         .await;
-    let pending = cloud
-        .api()
-        .wait_for_device("device-tls", "the device pending, over TLS", |d| {
-            d["status"] == "pending"
-        })
-        .await;
+    let pending = wait_for_device(
+        &cloud.api(),
+        "device-tls",
+        "the device pending, over TLS",
+        |d| d["status"] == "pending",
+    )
+    .await;
     assert_eq!(pending["online"], true);
     assert_eq!(proxy.failed_handshakes(), 0);
 }
@@ -44,9 +45,10 @@ async fn a_bridge_that_does_not_trust_the_certificate_never_reaches_the_cloud() 
         (proxy.failed_handshakes() >= 2).then_some(())
     })
     .await;
-    assert_eq!(
-        cloud.api().device("device-untrusting").await,
-        None,
-        "nothing reached the cloud"
-    );
+    let unknown = cloud
+        .api()
+        .device("device-untrusting")
+        .await
+        .expect_err("nothing reached the cloud");
+    assert_eq!(unknown.status(), Some(404), "{unknown:?}");
 }

@@ -57,6 +57,37 @@ fn until_position(s: &str) -> &str {
     s.rsplit_once(" at line ").map_or(s, |(head, _)| head)
 }
 
+/// Whether `number` survives every JSON implementation unchanged: within
+/// ±(2^53−1), the integers an IEEE double holds exactly.
+pub fn is_safe_number(number: &Number) -> bool {
+    if let Some(i) = number.as_i64() {
+        safe_integer(i.unsigned_abs())
+    } else if let Some(u) = number.as_u64() {
+        safe_integer(u)
+    } else {
+        number.as_f64().is_some_and(safe_float)
+    }
+}
+
+/// The first number in `value` that is not [safe](is_safe_number), if any:
+/// a sender checks what it is about to sign, since the receiver refuses it.
+pub fn find_unsafe_number(value: &Value) -> Option<&Number> {
+    match value {
+        Value::Number(n) => (!is_safe_number(n)).then_some(n),
+        Value::Array(items) => items.iter().find_map(find_unsafe_number),
+        Value::Object(map) => map.values().find_map(find_unsafe_number),
+        _ => None,
+    }
+}
+
+fn safe_integer(magnitude: u64) -> bool {
+    magnitude <= MAX_SAFE_INTEGER
+}
+
+fn safe_float(v: f64) -> bool {
+    v.is_finite() && v.abs() <= MAX_SAFE_INTEGER as f64
+}
+
 /// Deserializes a `serde_json::Value` while enforcing the strict rules.
 struct StrictValue;
 
@@ -80,14 +111,14 @@ impl<'de> Visitor<'de> for StrictValue {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
-        if v.unsigned_abs() > MAX_SAFE_INTEGER {
+        if !safe_integer(v.unsigned_abs()) {
             return Err(E::custom(format_args!("{UNSAFE}{v}")));
         }
         Ok(Value::Number(v.into()))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        if v > MAX_SAFE_INTEGER {
+        if !safe_integer(v) {
             return Err(E::custom(format_args!("{UNSAFE}{v}")));
         }
         Ok(Value::Number(v.into()))
@@ -95,7 +126,7 @@ impl<'de> Visitor<'de> for StrictValue {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         // Integers too large for u64 arrive here, as do 1e300 and 9007199254740993.0.
-        if !v.is_finite() || v.abs() > MAX_SAFE_INTEGER as f64 {
+        if !safe_float(v) {
             return Err(E::custom(format_args!("{UNSAFE}{v}")));
         }
         Number::from_f64(v)

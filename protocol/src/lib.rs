@@ -23,7 +23,7 @@ pub mod sign;
 pub use calls::CallTable;
 pub use clock::now_ms;
 pub use error::{ErrorCode, Refusal};
-pub use frame::{parse_frame, MAX_SAFE_INTEGER};
+pub use frame::{find_unsafe_number, is_safe_number, parse_frame, MAX_SAFE_INTEGER};
 pub use message::{Direction, Message, Meta, RpcError};
 pub use method::{check_method_name, is_valid_device_id};
 pub use peer::{Peer, Refused, Remote, Side, Unverified};

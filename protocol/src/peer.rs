@@ -21,9 +21,9 @@ use serde_json::{Map, Value};
 
 use crate::keys::PublicKey;
 use crate::{
-    auth, check_method_name, parse_frame, verify, Direction, Expectation, Message, Refusal,
-    ReplayGuard, RpcError, Signer, Verified, ANY_AUDIENCE, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_SKEW_MS, MAX_SAFE_INTEGER,
+    auth, check_method_name, is_safe_number, parse_frame, verify, Direction, Expectation, Message,
+    Refusal, ReplayGuard, RpcError, Signer, Verified, ANY_AUDIENCE, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_SKEW_MS,
 };
 
 /// This end of every connection (see the module docs).
@@ -320,9 +320,10 @@ fn request_id_despite(text: &str, refusal: &Refusal) -> Option<Value> {
     };
     frame.get("method")?;
     let id = frame.get("id")?;
-    let safe = id.is_string()
-        || id
-            .as_i64()
-            .is_some_and(|n| n.unsigned_abs() <= MAX_SAFE_INTEGER);
+    let safe = match id {
+        Value::String(_) => true,
+        Value::Number(n) => n.is_i64() && is_safe_number(n),
+        _ => false,
+    };
     safe.then(|| id.clone())
 }

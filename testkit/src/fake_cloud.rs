@@ -8,19 +8,22 @@
 //! as a [`DeviceLink`], so that a test can run the handshake step by step
 //! (challenge, `device.authenticate`, the status it chooses), then send any
 //! frame it likes, correctly signed or deliberately broken, and read what the
-//! bridge sends back, verified with the device's key.
+//! bridge sends back. What the fake cloud hears is checked, and what it says
+//! signed, by the protocol's [`Peer`], as the real cloud does; a
+//! [`FrameBuilder`] makes the frames a real cloud never would.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use futures::{SinkExt, StreamExt};
-use protocol::auth::{self, AuthStatus};
-use protocol::keys::{self, PrivateKey, PublicKey};
-use protocol::{Direction, Expectation, Message, Meta, ReplayGuard, RpcError};
+use protocol::auth::{AuthStatus, AuthenticateParams, Challenge, StatusReport};
+use protocol::keys::{self, PrivateKey};
+use protocol::{
+    now_ms, Direction, Message, Meta, Peer, Refused, Remote, ReplayGuard, RpcError, Side, Signer,
+    Verified, ANY_AUDIENCE,
+};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -41,13 +44,16 @@ pub const CLOUD_ID: &str = "cloud-dashboard";
 pub const DEVICE_PATH: &str = "/ws/device";
 /// How long a helper waits for a connection or a frame before failing the test.
 pub const DEADLINE: Duration = Duration::from_secs(10);
-/// Largest frame the fake cloud parses from the bridge.
-const MAX_FRAME_BYTES: usize = 4 << 20;
+/// The longest bridge version the fake cloud reads, as the real cloud's default.
+const MAX_BRIDGE_VERSION_BYTES: usize = 64;
 
 /// The listening fake cloud. Dropping it stops listening and cuts every
 /// connection it accepted.
 pub struct FakeCloud {
+    /// Kept for the frames a test forges.
     key: PrivateKey,
+    /// The cloud's end of every connection.
+    side: Side,
     addr: SocketAddr,
     /// WebSocket connections accepted so far, over restarts.
     accepted: Arc<AtomicUsize>,
@@ -66,8 +72,10 @@ impl FakeCloud {
             .expect("bind the fake cloud");
         let addr = listener.local_addr().expect("fake cloud address");
         let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
+        let key = keys::generate();
         let cloud = FakeCloud {
-            key: keys::generate(),
+            side: Side::cloud(Arc::new(Signer::new(CLOUD_ID, key.clone()))),
+            key,
             addr,
             accepted: Arc::default(),
             arrivals_tx,
@@ -147,7 +155,7 @@ impl FakeCloud {
 
     fn listen(&self, listener: TcpListener) {
         let running = self.running.clone();
-        let key = self.key.clone();
+        let (side, key) = (self.side.clone(), self.key.clone());
         let accepted = self.accepted.clone();
         let arrivals = self.arrivals_tx.clone();
         tokio::spawn(async move {
@@ -162,14 +170,15 @@ impl FakeCloud {
                         }
                     },
                 };
-                let (key, accepted, arrivals) = (key.clone(), accepted.clone(), arrivals.clone());
+                let (side, key) = (side.clone(), key.clone());
+                let (accepted, arrivals) = (accepted.clone(), arrivals.clone());
                 let kill = running.child_token();
                 tokio::spawn(async move {
                     match upgrade(stream).await {
                         Ok(_) if kill.is_cancelled() => {} // stopped meanwhile
                         Ok(socket) => {
                             accepted.fetch_add(1, Ordering::SeqCst);
-                            let _ = arrivals.send(DeviceLink::new(socket, key, kill));
+                            let _ = arrivals.send(DeviceLink::new(socket, side, key, kill));
                         }
                         Err(error) => {
                             tracing::warn!(%error, "fake cloud refused a WebSocket upgrade")
@@ -243,53 +252,25 @@ async fn pump(
     }
 }
 
-/// The device's id and key, learnt from its `device.authenticate` request.
-#[derive(Debug, Clone)]
-struct Device {
-    id: String,
-    key: PublicKey,
-}
-
 /// The `device.authenticate` request the bridge sent, verified.
 #[derive(Debug, Clone)]
 pub struct AuthRequest {
     pub id: Value,
     pub method: String,
-    pub device_id: String,
-    pub public_key_pem: String,
-    pub public_key: PublicKey,
-    pub challenge: String,
-    pub bridge_version: Option<String>,
+    pub params: AuthenticateParams,
     pub meta: Meta,
-}
-
-/// A frame from the bridge that passed every check of wire protocol v1 with
-/// the device's key.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub message: Message,
-    pub meta: Meta,
-    /// The frame as sent.
-    pub text: String,
-}
-
-impl Received {
-    /// The id and outcome of a response; fails the test for anything else.
-    pub fn into_response(self) -> (Value, Result<Value, RpcError>) {
-        match self.message {
-            Message::Response { id, result } => (id, result),
-            other => panic!("expected a response from the bridge, got {other:?}"),
-        }
-    }
 }
 
 /// One WebSocket connection from a bridge, seen from the cloud's side.
 /// Dropping it cuts the connection without a close frame.
 pub struct DeviceLink {
+    side: Side,
+    /// Signs the frames a test forges.
     cloud_key: PrivateKey,
-    device: Option<Device>,
+    /// The cloud talking to the device, once its authentication request told who it is.
+    peer: Option<Peer>,
     /// Proves the bridge never reuses a nonce.
-    guard: ReplayGuard,
+    guard: Mutex<ReplayGuard>,
     incoming: mpsc::UnboundedReceiver<Frame>,
     outgoing: mpsc::UnboundedSender<Frame>,
     kill: CancellationToken,
@@ -298,6 +279,7 @@ pub struct DeviceLink {
 impl DeviceLink {
     fn new(
         socket: WebSocketStream<TcpStream>,
+        side: Side,
         cloud_key: PrivateKey,
         kill: CancellationToken,
     ) -> Self {
@@ -305,9 +287,10 @@ impl DeviceLink {
         let (outgoing, from_test) = mpsc::unbounded_channel();
         tokio::spawn(pump(socket, to_test, from_test, kill.clone()));
         DeviceLink {
+            side,
             cloud_key,
-            device: None,
-            guard: ReplayGuard::new(protocol::DEFAULT_SKEW_MS, 100_000),
+            peer: None,
+            guard: Mutex::new(ReplayGuard::new(protocol::DEFAULT_SKEW_MS, 100_000)),
             incoming,
             outgoing,
             kill,
@@ -327,85 +310,57 @@ impl DeviceLink {
 
     /// Sends the signed `auth.challenge` (audience `*`) and returns the challenge.
     pub fn send_challenge(&self) -> String {
-        let challenge = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
-        let message = Message::notification(auth::CHALLENGE, json!({ "challenge": challenge }));
-        let frame = FrameBuilder::new(
-            message,
-            CLOUD_ID,
-            self.cloud_key.clone(),
-            protocol::ANY_AUDIENCE,
-            Direction::CloudToDevice,
+        let challenge = Challenge::random();
+        self.send_text(
+            self.side
+                .sign(&challenge.notification(), ANY_AUDIENCE, now_ms()),
         );
-        self.send(&frame.sign());
-        challenge
+        challenge.challenge
     }
 
     /// Reads the bridge's `device.authenticate` request and verifies it as the
     /// cloud does: signed by the key in its params, signer = the device id in
     /// its params, addressed to the cloud, and echoing `challenge`. From then
-    /// on this link verifies frames with that key.
+    /// on this link hears that device, as of the request's timestamp.
     pub async fn recv_authenticate(&mut self, challenge: &str) -> AuthRequest {
         let text = self.recv_text().await;
-        let frame = protocol::parse_frame(&text, MAX_FRAME_BYTES)
-            .unwrap_or_else(|refusal| panic!("authenticate frame refused: {refusal}: {text}"));
-        let param = |name: &str| {
-            frame
-                .get("params")
-                .and_then(|p| p.get(name))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let device_id = param("device_id").expect("params.device_id");
-        let public_key_pem = param("public_key").expect("params.public_key");
-        let bridge_version = param("bridge_version");
-        let public_key = keys::public_key_from_pem(&public_key_pem)
-            .unwrap_or_else(|e| panic!("params.public_key is not an SPKI PEM: {e}"));
-        let now = protocol::now_ms();
-        let verified = protocol::verify(
-            frame,
-            &Expectation {
-                signer_id: &device_id,
-                key: &public_key,
-                audience_id: CLOUD_ID,
-                direction: Direction::DeviceToCloud,
-                skew_ms: protocol::DEFAULT_SKEW_MS,
-                now_ms: now,
-            },
-        )
-        .unwrap_or_else(|refusal| panic!("authenticate request refused: {refusal}: {text}"));
-        let meta = verified.meta;
-        self.guard
-            .admit(&meta.signer_id, &meta.nonce, meta.timestamp, now)
-            .unwrap_or_else(|refusal| panic!("authenticate request refused: {refusal}"));
-        let Message::Request { id, method, params } = verified.message else {
+        let now = now_ms();
+        let frame = self
+            .side
+            .parse(&text, now)
+            .unwrap_or_else(|refused| refused_by_cloud(refused, &text));
+        // The key to verify with comes from the request itself: proof of possession.
+        let params = AuthenticateParams::read(frame.get("params"), MAX_BRIDGE_VERSION_BYTES)
+            .unwrap_or_else(|error| panic!("unreadable authenticate params: {error}: {text}"));
+        let peer = self.side.peer(Remote {
+            id: params.device_id.clone(),
+            key: params.key,
+        });
+        let verified = peer
+            .verify(frame, now, Some(&self.guard))
+            .unwrap_or_else(|refused| refused_by_cloud(refused, &text));
+        let Message::Request { id, method, .. } = verified.message else {
             panic!("expected the authenticate request, got {text}");
         };
-        let echoed = params
-            .as_ref()
-            .and_then(|p| p.get("challenge"))
-            .and_then(Value::as_str);
-        assert_eq!(echoed, Some(challenge), "the challenge must be echoed");
-        self.device = Some(Device {
-            id: device_id.clone(),
-            key: public_key,
-        });
+        assert_eq!(
+            params.challenge.as_deref(),
+            Some(challenge),
+            "the challenge must be echoed"
+        );
+        peer.authenticated(verified.meta.timestamp);
+        self.peer = Some(peer);
         AuthRequest {
             id,
             method,
-            device_id,
-            public_key_pem,
-            public_key,
-            challenge: challenge.to_owned(),
-            bridge_version,
-            meta,
+            params,
+            meta: verified.meta,
         }
     }
 
     /// Answers the authenticate request with `{"status": status}`; a rejected
     /// device is then cut off with close code 4001.
     pub fn answer_authenticate(&self, request: &AuthRequest, status: AuthStatus) {
-        let answer = Message::result(request.id.clone(), json!({ "status": status.as_str() }));
-        self.send(&self.frame(answer).sign());
+        self.send_message(&StatusReport { status }.result(request.id.clone()));
         if status == AuthStatus::Rejected {
             self.close(
                 protocol::close_code::REJECTED,
@@ -416,24 +371,24 @@ impl DeviceLink {
 
     /// Sends the signed notification `auth.status` `{"status": status}`.
     pub fn send_status(&self, status: AuthStatus) {
-        let message = Message::notification(auth::STATUS, json!({ "status": status.as_str() }));
-        self.send(&self.frame(message).sign());
+        self.send_message(&StatusReport { status }.notification());
     }
 
     /// The device id learnt in the handshake.
     pub fn device_id(&self) -> &str {
-        &self.device().id
+        &self.peer().remote().id
     }
 
-    fn device(&self) -> &Device {
-        self.device
+    fn peer(&self) -> &Peer {
+        self.peer
             .as_ref()
             .expect("the handshake has not run on this link yet")
     }
 
     // ----- building frames -------------------------------------------------
 
-    /// A correctly signed cloud → device request.
+    /// A correctly signed cloud → device request, to be sent as is, more
+    /// than once, or tampered with.
     pub fn request(&self, id: &str, method: &str, params: Value) -> SignedFrame {
         self.frame(Message::request(id, method, params)).sign()
     }
@@ -445,7 +400,7 @@ impl DeviceLink {
             message,
             CLOUD_ID,
             self.cloud_key.clone(),
-            &self.device().id,
+            self.device_id(),
             Direction::CloudToDevice,
         )
     }
@@ -454,6 +409,11 @@ impl DeviceLink {
 
     pub fn send(&self, frame: &SignedFrame) {
         self.send_text(frame.text());
+    }
+
+    /// Sends `message` signed by this cloud for the device, as the cloud would.
+    pub fn send_message(&self, message: &Message) {
+        self.send_text(self.peer().sign(message, now_ms()));
     }
 
     pub fn send_text(&self, text: impl Into<String>) {
@@ -471,7 +431,7 @@ impl DeviceLink {
 
     /// A signed response to a device → cloud call.
     pub fn respond(&self, id: Value, result: Result<Value, RpcError>) {
-        self.send(&self.frame(Message::Response { id, result }).sign());
+        self.send_message(&Message::Response { id, result });
     }
 
     /// Sends a close frame with `code`; the bridge answers and the link ends.
@@ -514,58 +474,37 @@ impl DeviceLink {
     /// The next frame from the bridge, which must pass every check of wire
     /// protocol v1 (strict parsing, signature by the device key, signer =
     /// device id, audience = this cloud, direction, timestamp, fresh nonce).
-    pub async fn recv(&mut self) -> Received {
+    pub async fn recv(&mut self) -> Verified {
         self.recv_within(DEADLINE)
             .await
             .unwrap_or_else(|| panic!("no frame from the bridge within {DEADLINE:?}"))
     }
 
     /// As [`DeviceLink::recv`], or `None` if no frame arrives within `wait`.
-    pub async fn recv_within(&mut self, wait: Duration) -> Option<Received> {
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Verified> {
         let text = match self.next_frame_within(wait).await? {
             Frame::Text(text) => text.as_str().to_owned(),
             other => panic!("expected a text frame from the bridge, got {other:?}"),
         };
-        let device = self.device().clone();
-        let now = protocol::now_ms();
-        let verified = protocol::parse_frame(&text, MAX_FRAME_BYTES)
-            .and_then(|frame| {
-                protocol::verify(
-                    frame,
-                    &Expectation {
-                        signer_id: &device.id,
-                        key: &device.key,
-                        audience_id: CLOUD_ID,
-                        direction: Direction::DeviceToCloud,
-                        skew_ms: protocol::DEFAULT_SKEW_MS,
-                        now_ms: now,
-                    },
-                )
-            })
-            .and_then(|v| {
-                self.guard
-                    .admit(&v.meta.signer_id, &v.meta.nonce, v.meta.timestamp, now)
-                    .map(|()| v)
-            })
-            .unwrap_or_else(|refusal| {
-                panic!("the bridge sent a frame the cloud refuses ({refusal}): {text}")
-            });
-        Some(Received {
-            message: verified.message,
-            meta: verified.meta,
-            text,
-        })
+        let verified = self
+            .peer()
+            .receive(&text, now_ms(), Some(&self.guard))
+            .unwrap_or_else(|refused| refused_by_cloud(refused, &text));
+        Some(verified)
     }
 
-    /// The next frame, which must be a verified response.
+    /// The next frame, which must be a verified response: its id and outcome.
     pub async fn recv_response(&mut self) -> (Value, Result<Value, RpcError>) {
-        self.recv().await.into_response()
+        match self.recv().await.message {
+            Message::Response { id, result } => (id, result),
+            other => panic!("expected a response from the bridge, got {other:?}"),
+        }
     }
 
     /// Sends a correctly signed request and returns the outcome of the
     /// response, which must be the next frame and carry the same id.
     pub async fn call(&mut self, id: &str, method: &str, params: Value) -> Result<Value, RpcError> {
-        self.send(&self.request(id, method, params));
+        self.send_message(&Message::request(id, method, params));
         let (answered, outcome) = self.recv_response().await;
         assert_eq!(
             answered,
@@ -589,4 +528,11 @@ impl DeviceLink {
             }
         }
     }
+}
+
+fn refused_by_cloud(refused: Refused, text: &str) -> ! {
+    panic!(
+        "the bridge sent a frame the cloud refuses ({}): {text}",
+        refused.refusal
+    )
 }

@@ -1,13 +1,19 @@
-//! A fake device: a raw WebSocket client that signs with the `protocol`
-//! crate, playing a device so that the cloud can be tested alone, including
-//! sending frames a real bridge never would. The real bridge is tested in its
-//! own crate and in the end-to-end scenarios.
+//! A fake device: a raw WebSocket client playing a device so that the cloud
+//! can be tested alone. What it hears is checked, and what it sends signed, by
+//! the protocol's [`Peer`], as the bridge does; a [`FrameBuilder`] makes the
+//! frames a real bridge never would. The real bridge is tested in its own
+//! crate and in the end-to-end scenarios.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use protocol::auth::{self, AuthenticateParams, Challenge};
 use protocol::keys::{self, PrivateKey};
-use protocol::{parse_frame, verify, Direction, Expectation, Message, RpcError, Verified};
+use protocol::{
+    now_ms, parse_frame, verify, Direction, Expectation, Message, Peer, Refusal, Remote, RpcError,
+    Side, Signer, ANY_AUDIENCE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_SKEW_MS,
+};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -18,9 +24,6 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::frame::{FrameBuilder, SignedFrame};
 use crate::{CloudEndpoint, PROMPTLY};
-
-/// Largest frame the fake device parses from the cloud.
-const MAX_FRAME_BYTES: usize = 4 << 20;
 
 /// How a device WebSocket upgrade was refused: the HTTP status and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +38,8 @@ pub struct FakeDevice {
     pub key: PrivateKey,
     /// The challenge the cloud sent on this connection.
     pub challenge: String,
-    cloud: CloudEndpoint,
+    /// This device talking to the cloud.
+    peer: Peer,
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
 }
@@ -80,21 +84,26 @@ impl FakeDevice {
             }
             Err(e) => panic!("device WebSocket upgrade failed: {e}"),
         };
+        let peer = Side::device(Arc::new(Signer::new(id, key.clone()))).peer(Remote {
+            id: cloud.cloud_id.clone(),
+            key: cloud.public_key,
+        });
         let mut device = FakeDevice {
             id: id.to_string(),
             key,
             challenge: String::new(),
-            cloud: cloud.clone(),
+            peer,
             ws,
             next_id: 0,
         };
-        let hello = device.recv_verified(protocol::ANY_AUDIENCE).await;
-        match hello.message {
-            Message::Notification { method, params } if method == protocol::auth::CHALLENGE => {
-                device.challenge = params.unwrap()["challenge"].as_str().unwrap().to_string();
+        device.challenge = match device.recv().await {
+            Message::Notification { method, params } if method == auth::CHALLENGE => {
+                Challenge::read(params)
+                    .unwrap_or_else(|error| panic!("unreadable auth.challenge: {error}"))
+                    .challenge
             }
             other => panic!("expected auth.challenge, got {other:?}"),
-        }
+        };
         Ok(device)
     }
 
@@ -115,12 +124,13 @@ impl FakeDevice {
             message,
             &self.id,
             self.key.clone(),
-            &self.cloud.cloud_id,
+            &self.peer.remote().id,
             Direction::DeviceToCloud,
         )
     }
 
-    /// `message` signed as this device for the cloud, as a bridge would.
+    /// `message` signed as this device for the cloud, to be tampered with or
+    /// sent more than once.
     pub fn signed(&self, message: &Message) -> SignedFrame {
         self.frame(message.clone()).sign()
     }
@@ -140,9 +150,10 @@ impl FakeDevice {
         self.ws.send(WsMessage::text(text.into())).await.unwrap();
     }
 
+    /// Sends `message` signed as this device for the cloud, as a bridge would.
     pub async fn send_message(&mut self, message: &Message) {
-        let frame = self.signed(message);
-        self.send(&frame).await;
+        let text = self.peer.sign(message, now_ms());
+        self.send_text(text).await;
     }
 
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
@@ -160,18 +171,14 @@ impl FakeDevice {
     /// result (or error) value.
     pub async fn authenticate_reporting(&mut self, bridge_version: &str) -> Value {
         let id = self.new_request_id();
-        let request = Message::request(
-            id.as_str(),
-            protocol::auth::DEFAULT_AUTHENTICATE,
-            json!({
-                "device_id": self.id,
-                "public_key": self.public_key_pem(),
-                "challenge": self.challenge,
-                "bridge_version": bridge_version,
-            }),
+        let params = AuthenticateParams::new(
+            &self.id,
+            self.key.verifying_key(),
+            &self.challenge,
+            bridge_version,
         );
+        let request = params.request(id.as_str(), auth::DEFAULT_AUTHENTICATE);
         self.send_message(&request).await;
-        // A refusal of params the cloud could not read is signed for anyone.
         match self.recv_for_me_or_anyone().await {
             Message::Response {
                 id: answered,
@@ -188,36 +195,51 @@ impl FakeDevice {
 
     /// The next cloud message, verified as a device would.
     pub async fn recv(&mut self) -> Message {
-        let id = self.id.clone();
-        self.recv_verified(&id).await.message
+        let text = self.expect_text().await;
+        self.hear(&text)
     }
 
-    /// The next cloud message, verified as signed for `audience`.
-    pub async fn recv_verified(&mut self, audience: &str) -> Verified {
-        match self.next_text().await {
-            Ok(text) => self.verify_from_cloud(&text, audience),
-            Err(code) => panic!("expected a text frame, the connection ended ({code:?})"),
-        }
-    }
-
-    /// The next cloud message, verified, signed for this device or for anyone.
+    /// The next cloud message, verified, signed for this device or for
+    /// anyone. The cloud refuses an authentication request whose params it
+    /// cannot read before it knows who connected, so it signs that refusal
+    /// for anyone (`*`); a peer accepts `*` on the challenge only, so such a
+    /// refusal is verified here with a plain [`verify`] for `*`.
     pub async fn recv_for_me_or_anyone(&mut self) -> Message {
-        let text = self.next_text().await.unwrap_or_else(|code| {
-            panic!("expected a text frame, the connection ended ({code:?})")
-        });
-        let frame: Value = serde_json::from_str(&text).unwrap();
-        let audience = match frame["meta"]["audience_id"].as_str() {
-            Some(protocol::ANY_AUDIENCE) => protocol::ANY_AUDIENCE,
-            _ => self.id.as_str(),
+        let text = self.expect_text().await;
+        let frame = parse_frame(&text, DEFAULT_MAX_FRAME_BYTES)
+            .unwrap_or_else(|refusal| refused_by_device(refusal, &text));
+        let for_anyone = frame
+            .get("meta")
+            .is_some_and(|meta| meta["audience_id"] == ANY_AUDIENCE);
+        if !for_anyone {
+            return self.hear(&text);
+        }
+        let cloud = self.peer.remote();
+        let expect = Expectation {
+            signer_id: &cloud.id,
+            key: &cloud.key,
+            audience_id: ANY_AUDIENCE,
+            direction: Direction::CloudToDevice,
+            skew_ms: DEFAULT_SKEW_MS,
+            now_ms: now_ms(),
         };
-        self.verify_from_cloud(&text, audience).message
+        verify(frame, &expect)
+            .unwrap_or_else(|refusal| refused_by_device(refusal, &text))
+            .message
     }
 
     /// The next message from the cloud, or how the connection ended: the
     /// close code, `None` if it ended without one.
     pub async fn recv_or_close(&mut self) -> Result<Message, Option<u16>> {
         let text = self.next_text().await?;
-        Ok(self.verify_from_cloud(&text, &self.id).message)
+        Ok(self.hear(&text))
+    }
+
+    /// The next text frame; fails the test if the connection ended.
+    async fn expect_text(&mut self) -> String {
+        self.next_text()
+            .await
+            .unwrap_or_else(|code| panic!("expected a text frame, the connection ended ({code:?})"))
     }
 
     /// The next text frame, skipping pings; or how the connection ended: the
@@ -237,18 +259,13 @@ impl FakeDevice {
         }
     }
 
-    /// Verifies a frame of the cloud's, signed for `audience`, as a device would.
-    fn verify_from_cloud(&self, text: &str, audience: &str) -> Verified {
-        let frame = parse_frame(text, MAX_FRAME_BYTES).unwrap();
-        let expect = Expectation {
-            signer_id: &self.cloud.cloud_id,
-            key: &self.cloud.public_key,
-            audience_id: audience,
-            direction: Direction::CloudToDevice,
-            skew_ms: protocol::DEFAULT_SKEW_MS,
-            now_ms: protocol::now_ms(),
-        };
-        verify(frame, &expect).unwrap()
+    /// A frame of the cloud's, checked as a device checks it, except for the
+    /// replay checks: a fake device acts on nothing it hears.
+    fn hear(&self, text: &str) -> Message {
+        match self.peer.receive(text, now_ms(), None) {
+            Ok(verified) => verified.message,
+            Err(refused) => refused_by_device(refused.refusal, text),
+        }
     }
 
     // ----- calls ---------------------------------------------------------
@@ -293,7 +310,7 @@ impl FakeDevice {
     pub async fn expect_status_notification(&mut self, status: &str) {
         match self.recv().await {
             Message::Notification { method, params } => {
-                assert_eq!(method, protocol::auth::STATUS);
+                assert_eq!(method, auth::STATUS);
                 assert_eq!(params, Some(json!({ "status": status })));
             }
             other => panic!("expected auth.status, got {other:?}"),
@@ -354,4 +371,8 @@ impl FakeDevice {
     pub fn drop_connection(self) {
         drop(self.ws);
     }
+}
+
+fn refused_by_device(refusal: Refusal, text: &str) -> ! {
+    panic!("the cloud sent a frame a device refuses ({refusal}): {text}")
 }

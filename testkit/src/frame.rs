@@ -1,6 +1,8 @@
 //! Signed frames for tests, whichever side signs them: valid by default, then
 //! changed before signing (signer, key, audience, direction, time) or
 //! tampered with after, so that a test sends exactly the frame it means to.
+//! What a fake sends as a real end would, its `Peer` signs; these are the
+//! frames a test holds on to, sends twice or forges.
 
 use std::time::Duration;
 

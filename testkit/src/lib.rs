@@ -1,9 +1,10 @@
 //! Test support shared by the components' own tests and the end-to-end
 //! scenarios: real parts started for a test and stopped on drop, and two
-//! stand-ins that speak wire protocol v1 with the `protocol` crate, a
-//! [`fake_cloud`] (to test the bridge alone) and a [`fake_device`] (to test
-//! the cloud alone), so that a test can send any frame, correctly signed or
-//! broken on purpose, and check what comes back.
+//! stand-ins that speak wire protocol v1 through the protocol's `Peer`, as the
+//! real ends do, a [`fake_cloud`] (to test the bridge alone) and a
+//! [`fake_device`] (to test the cloud alone), so that a test can send any
+//! frame, correctly signed or broken on purpose (see [`frame`]), and check
+//! what comes back.
 //!
 //! It depends on no component (cloud, bridge, worker), so that any crate can
 //! dev-depend on it. Helpers panic with a clear message instead of returning

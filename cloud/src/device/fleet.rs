@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use protocol::{check_method_name, Message, MAX_SAFE_INTEGER};
+use protocol::{check_method_name, find_unsafe_number, Message};
 use serde_json::Value;
 
 use super::call_error::CallError;
@@ -205,24 +205,5 @@ fn check_params(params: &Value) -> Result<(), CallError> {
             "number {n} is beyond ±(2^53−1); send large values as strings"
         ))),
         None => Ok(()),
-    }
-}
-
-fn find_unsafe_number(value: &Value) -> Option<String> {
-    match value {
-        Value::Number(n) => {
-            let safe = if let Some(i) = n.as_i64() {
-                i.unsigned_abs() <= MAX_SAFE_INTEGER
-            } else if let Some(u) = n.as_u64() {
-                u <= MAX_SAFE_INTEGER
-            } else {
-                n.as_f64()
-                    .is_some_and(|f| f.is_finite() && f.abs() <= MAX_SAFE_INTEGER as f64)
-            };
-            (!safe).then(|| n.to_string())
-        }
-        Value::Array(items) => items.iter().find_map(find_unsafe_number),
-        Value::Object(map) => map.values().find_map(find_unsafe_number),
-        _ => None,
     }
 }

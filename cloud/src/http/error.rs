@@ -88,14 +88,8 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable label to branch on: `bad_request`, `unauthorized`,
-    /// `session_expired`, `wrong_password`, `rate_limited`, `csrf`,
-    /// `cross_origin`, `unknown_device`, `not_accepted`, `offline`,
-    /// `timed_out`, `disconnected`, `device_error`, `operator_exists`,
-    /// `unknown_operator`, `self_removal`, `operator_required`,
-    /// `unknown_token`, `internal` (`ErrorKind` in the code).
-    #[schema(value_type = String, example = "offline")]
-    pub kind: &'static str,
+    /// Stable label to branch on.
+    pub kind: ErrorKind,
     /// For people; its wording may change.
     pub message: String,
     /// The device's JSON-RPC error object, with `device_error` only.
@@ -115,7 +109,7 @@ impl IntoResponse for AppError {
         } = self.0;
         let body = ErrorBody {
             error: ErrorDetail {
-                kind: kind.as_str(),
+                kind,
                 message,
                 rpc_error,
             },

@@ -5,12 +5,16 @@
 use std::time::Duration;
 
 use protocol::RpcError;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::device::{CallError, CallErrorKind};
 use crate::store::{AccountError, RegistryError};
 
-/// Why an operation failed: stable labels, as the API reports them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why an operation failed: stable labels, as the API reports them (the
+/// OpenAPI document lists them as the `kind` enum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     BadRequest,
     Unauthorized,
@@ -182,5 +186,17 @@ impl From<CallError> for OpError {
             op_error.rpc_error = Some(rpc_error);
         }
         op_error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_serializes_as_its_label() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }

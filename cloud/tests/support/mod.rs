@@ -1,6 +1,6 @@
 //! Test support: a real cloud on `127.0.0.1:0` with a SQLite file in a
-//! tempdir, devices played by `testkit::fake_device::FakeDevice`, and the
-//! browser's cookies and forms.
+//! tempdir and its API as the admin, devices played by
+//! `testkit::fake_device::FakeDevice`, and the browser's cookies and forms.
 #![allow(dead_code)]
 
 pub mod python;
@@ -9,9 +9,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cloud::client::ApiClient;
 use cloud::{AppState, CloudConfig, Registry};
 use protocol::keys::{self, PrivateKey, PublicKey};
-use serde_json::{json, Value};
+use serde_json::json;
 use tempfile::TempDir;
 use testkit::fake_device::{FakeDevice, RefusedUpgrade};
 use testkit::{CloudEndpoint, PROMPTLY};
@@ -130,56 +131,15 @@ impl TestCloud {
         format!("http://{}{path}", self.addr)
     }
 
-    async fn json(response: reqwest::Response) -> (u16, Value) {
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        (status, body)
+    /// The API as the admin.
+    pub fn api(&self) -> ApiClient {
+        self.api_as(&self.token)
     }
 
-    pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        Self::json(response).await
-    }
-
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.url(path))
-            .bearer_auth(&self.token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        Self::json(response).await
-    }
-
-    pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .delete(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        Self::json(response).await
-    }
-
-    /// The device as `GET /api/v1/devices/{id}` shows it.
-    pub async fn device(&self, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/api/v1/devices/{id}")).await;
-        assert_eq!(status, 200, "{body}");
-        body
+    /// The API with the bearer `token`, over `http`: its calls share that
+    /// client's connections, as a test may configure them.
+    pub fn api_as(&self, token: &str) -> ApiClient {
+        ApiClient::with_http(self.http.clone(), &self.url(""), token)
     }
 
     /// Opens a connection for `id` with a fresh key and reads the challenge.
@@ -198,10 +158,10 @@ impl TestCloud {
     pub async fn accepted_device(&self, id: &str) -> FakeDevice {
         let mut device = self.connect(id).await;
         assert_eq!(device.authenticate().await, json!({"status": "pending"}));
-        let (status, body) = self
-            .post(&format!("/api/v1/devices/{id}/accept"), json!({}))
-            .await;
-        assert_eq!(status, 200, "{body}");
+        self.api()
+            .accept(id)
+            .await
+            .unwrap_or_else(|error| panic!("accepting {id}: {error}"));
         device.expect_status_notification("accepted").await;
         device
     }
@@ -255,7 +215,11 @@ impl TestCloud {
             .trim()
             .to_string();
         assert_eq!(token, self.token, "the admin token survives a restart");
-        assert_eq!(state.devices().public_key(), self.cloud_key, "the key survives");
+        assert_eq!(
+            state.devices().public_key(),
+            self.cloud_key,
+            "the key survives"
+        );
         let listener = match tokio::net::TcpListener::bind(self.addr).await {
             Ok(listener) => listener,
             Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
