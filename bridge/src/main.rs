@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, env = "AUTH_RPC_METHOD", default_value = protocol::auth::DEFAULT_AUTHENTICATE)]
     auth_rpc_method: String,
     /// Allowed clock skew between cloud and device, in seconds.
-    #[arg(long, env = "CLOCK_SKEW_SECS", default_value_t = 60)]
+    #[arg(long, env = "CLOCK_SKEW_SECS", default_value_t = protocol::DEFAULT_SKEW_MS / 1000)]
     clock_skew_secs: u64,
     /// Time a worker has to answer a cloud request, in milliseconds.
     #[arg(long, env = "WORKER_TIMEOUT_MS", default_value_t = 25_000)]
@@ -73,7 +73,7 @@ struct Args {
     #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 20)]
     ping_interval_secs: u64,
     /// Largest frame accepted from the cloud, in bytes.
-    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 4 << 20)]
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = protocol::DEFAULT_MAX_FRAME_BYTES)]
     max_frame_bytes: usize,
     /// Longest wait between reconnect attempts, in seconds.
     #[arg(long, env = "RECONNECT_MAX_SECS", default_value_t = 30)]

@@ -125,8 +125,8 @@ impl Default for CloudConfig {
             private_key_path: "keys/cloud/cloud_private.pem".into(),
             database_url: "sqlite://data/cloud.db".into(),
             admin_token_file: "data/admin.token".into(),
-            skew: Duration::from_secs(60),
-            max_frame_bytes: 4 * 1024 * 1024,
+            skew: Duration::from_millis(protocol::DEFAULT_SKEW_MS),
+            max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
             rpc_timeout: Duration::from_secs(30),
             auth_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(20),
@@ -177,10 +177,10 @@ pub struct ServeArgs {
     )]
     pub admin_token_file: PathBuf,
     /// Allowed clock skew between devices and the cloud, in seconds.
-    #[arg(long, env = "CLOCK_SKEW_SECS", default_value_t = 60)]
+    #[arg(long, env = "CLOCK_SKEW_SECS", default_value_t = protocol::DEFAULT_SKEW_MS / 1000)]
     pub skew_secs: u64,
     /// Largest accepted frame in bytes; larger frames are refused with an error.
-    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024)]
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = protocol::DEFAULT_MAX_FRAME_BYTES)]
     pub max_frame_bytes: usize,
     /// Default timeout of a cloud → device RPC, in milliseconds.
     #[arg(long, env = "RPC_TIMEOUT_MS", default_value_t = 30_000)]
