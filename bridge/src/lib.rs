@@ -11,53 +11,28 @@
 mod config;
 mod relay;
 mod session;
+mod stats;
 mod status;
 pub mod tls;
 mod uplink;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use protocol::nats::LinkState;
 use protocol::ReplayGuard;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
+pub use stats::BridgeStats;
 pub use status::read_state_file;
 
-use session::{run_session, Outbound, SessionEnd};
+use session::{run_session, LiveLink, SessionEnd};
 
 /// Most nonces the replay guard holds; one cloud's message rate over the skew
 /// window stays far below this.
 const REPLAY_CAPACITY: usize = 100_000;
-
-/// The live session's uplink queue, when there is a live session.
-type LiveLink = Arc<Mutex<Option<mpsc::Sender<Outbound>>>>;
-
-/// Counters an operator (and a test) can read while the bridge runs.
-#[derive(Debug, Default)]
-pub struct BridgeStats {
-    refusals: Mutex<BTreeMap<&'static str, u64>>,
-}
-
-impl BridgeStats {
-    fn count_refusal(&self, reason: &'static str) {
-        *self
-            .refusals
-            .lock()
-            .expect("stats lock")
-            .entry(reason)
-            .or_default() += 1;
-    }
-
-    /// Frames refused from the cloud, by reason.
-    pub fn refusals(&self) -> BTreeMap<&'static str, u64> {
-        self.refusals.lock().expect("stats lock").clone()
-    }
-}
 
 pub struct Bridge {
     config: BridgeConfig,

@@ -22,9 +22,10 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::config::BridgeConfig;
 use crate::relay::call_worker;
+use crate::stats::BridgeStats;
 use crate::status::announce;
-use crate::{BridgeConfig, BridgeStats, LiveLink};
 
 /// Prefix of the authentication request's id, the only request sent before
 /// going live. The rest is random, so that only the cloud's answer to this
@@ -39,6 +40,9 @@ pub const UPLINK_QUEUE: usize = 256;
 
 /// Where a device → cloud call waits for the cloud's answer.
 type CallReply = oneshot::Sender<Result<Value, RpcError>>;
+
+/// The live session's uplink queue, when there is a live session.
+pub(crate) type LiveLink = Arc<Mutex<Option<mpsc::Sender<Outbound>>>>;
 
 /// A device-side call or notification for the cloud, from the NATS uplink.
 pub enum Outbound {

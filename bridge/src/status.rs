@@ -5,7 +5,7 @@ use std::path::Path;
 
 use protocol::nats::{BridgeStatus, LinkState, BRIDGE_STATUS};
 
-use crate::BridgeConfig;
+use crate::config::BridgeConfig;
 
 pub async fn announce(nats: &async_nats::Client, config: &BridgeConfig, state: LinkState) {
     let status = BridgeStatus {

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::keys::{self, PublicKey};
+use crate::message::Message;
 use crate::method::{is_valid_device_id, MAX_DEVICE_ID_LEN};
-use crate::Message;
 
 /// Cloud → device notification opening the handshake.
 pub const CHALLENGE: &str = "auth.challenge";

@@ -10,7 +10,10 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
-use crate::Refusal;
+use crate::error::Refusal;
+
+/// Default largest text frame a receiver parses.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;
 
 /// Largest integer an IEEE double represents exactly: 2^53 − 1.
 pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;

@@ -23,22 +23,17 @@ pub mod sign;
 pub use calls::CallTable;
 pub use clock::now_ms;
 pub use error::{ErrorCode, Refusal};
-pub use frame::{find_unsafe_number, is_safe_number, parse_frame, MAX_SAFE_INTEGER};
-pub use message::{Direction, Message, Meta, RpcError};
+pub use frame::{
+    find_unsafe_number, is_safe_number, parse_frame, DEFAULT_MAX_FRAME_BYTES, MAX_SAFE_INTEGER,
+};
+pub use message::{Direction, Message, Meta, RpcError, ANY_AUDIENCE};
 pub use method::{check_method_name, is_valid_device_id};
 pub use peer::{Peer, Refused, Remote, Side, Unverified};
 pub use replay::ReplayGuard;
-pub use sign::{canonical_signing_bytes, sign, verify, Expectation, Signer, Verified};
+pub use sign::{
+    canonical_signing_bytes, sign, verify, Expectation, Signer, Verified, ALGORITHM,
+    DEFAULT_SKEW_MS, SIGNING_TAG,
+};
 
 /// WebSocket subprotocol both sides must agree on.
 pub const SUBPROTOCOL: &str = "signed-jsonrpc.v1";
-/// Domain-separation tag prepended to the canonical bytes before signing.
-pub const SIGNING_TAG: &[u8] = b"signed-jsonrpc.v1\n";
-/// The only signature algorithm of v1.
-pub const ALGORITHM: &str = "ed25519";
-/// Audience of the one message sent before the cloud knows who connected.
-pub const ANY_AUDIENCE: &str = "*";
-/// Default allowed clock skew between signer and receiver.
-pub const DEFAULT_SKEW_MS: u64 = 60_000;
-/// Default largest text frame a receiver parses.
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 4 << 20;

@@ -3,7 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{ErrorCode, Refusal};
+use crate::error::{ErrorCode, Refusal};
+
+/// Audience of the one message sent before the cloud knows who connected.
+pub const ANY_AUDIENCE: &str = "*";
 
 /// Which way a message flows; a receiver accepts only the one toward itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

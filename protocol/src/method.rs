@@ -1,7 +1,7 @@
 //! Names that travel on the wire and end up in subjects, URLs and logs:
 //! method names and device ids.
 
-use crate::Refusal;
+use crate::error::Refusal;
 
 /// Longest method name accepted, in bytes. A name becomes the NATS subject
 /// `rpc.<name>` and is logged and audited, so it stays short.

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{check_method_name, Message, Refusal};
+use crate::error::Refusal;
+use crate::message::Message;
+use crate::method::check_method_name;
 
 /// Prefix of a verified cloud request, relayed to workers: `rpc.<method>`.
 pub const RPC_PREFIX: &str = "rpc.";

@@ -19,12 +19,14 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use serde_json::{Map, Value};
 
+use crate::auth;
+use crate::error::Refusal;
+use crate::frame::{is_safe_number, parse_frame, DEFAULT_MAX_FRAME_BYTES};
 use crate::keys::PublicKey;
-use crate::{
-    auth, check_method_name, is_safe_number, parse_frame, verify, Direction, Expectation, Message,
-    Refusal, ReplayGuard, RpcError, Signer, Verified, ANY_AUDIENCE, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_SKEW_MS,
-};
+use crate::message::{Direction, Message, RpcError, ANY_AUDIENCE};
+use crate::method::check_method_name;
+use crate::replay::ReplayGuard;
+use crate::sign::{verify, Expectation, Signer, Verified, DEFAULT_SKEW_MS};
 
 /// This end of every connection (see the module docs).
 #[derive(Clone)]

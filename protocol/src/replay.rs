@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
-use crate::Refusal;
+use crate::error::Refusal;
 
 type Key = (String, String);
 

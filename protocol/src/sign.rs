@@ -8,7 +8,15 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use rand::RngCore;
 use serde_json::{Map, Value};
 
-use crate::{Direction, Message, Meta, Refusal, ALGORITHM, SIGNING_TAG};
+use crate::error::Refusal;
+use crate::message::{Direction, Message, Meta};
+
+/// Domain-separation tag prepended to the canonical bytes before signing.
+pub const SIGNING_TAG: &[u8] = b"signed-jsonrpc.v1\n";
+/// The only signature algorithm of v1.
+pub const ALGORITHM: &str = "ed25519";
+/// Default allowed clock skew between signer and receiver.
+pub const DEFAULT_SKEW_MS: u64 = 60_000;
 
 /// The bytes a signature covers: the tag, then the JCS form of `unsigned`
 /// (a whole message whose `meta` has no `signature`).

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use protocol::SUBPROTOCOL;
 
-use super::session;
+use super::connection;
 use super::Devices;
 use crate::client_address::ClientAddress;
 
@@ -61,6 +61,6 @@ pub(crate) async fn upgrade(
         .max_frame_size(transport_cap)
         .on_failed_upgrade(|error| tracing::info!(%error, "device WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
-            tracker.track_future(session::run_connection(state, socket, address, slot))
+            tracker.track_future(connection::run_connection(state, socket, address, slot))
         })
 }

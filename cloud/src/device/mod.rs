@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod call_error;
+mod connection;
 pub mod endpoint;
 pub mod fleet;
 mod handshake;

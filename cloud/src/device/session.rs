@@ -1,35 +1,22 @@
-//! One device connection: the handshake, then a reader loop that checks every
-//! frame (through its [`Peer`]) and acts on the verified message, a writer
-//! task (see [`super::link`]), pings, and the table of cloud → device calls
-//! awaiting their answer.
+//! An authenticated device connection as the fleet and the operations see
+//! it: the device's [`Peer`], its status, its outbound link, and the table
+//! of cloud → device calls awaiting their answer. The connection's task
+//! (`super::connection`) feeds it what the device sends.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket};
-use futures::stream::SplitStream;
-use futures::StreamExt;
 use governor::DefaultDirectRateLimiter;
 use protocol::auth::StatusReport;
 use protocol::calls::CallTable;
 use protocol::close_code;
 use protocol::peer::Peer;
-use protocol::{now_ms, ErrorCode, Message, RpcError};
-use serde_json::{json, Value};
+use protocol::{now_ms, Message, RpcError};
+use serde_json::Value;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, MissedTickBehavior};
 
-use super::admission::UnauthenticatedSlot;
-use super::link::{self, Link, LinkClosed};
-use super::Devices;
-use super::{handshake, served};
+use super::link::{Link, LinkClosed};
 use crate::store::registry::DeviceStatus;
 
-/// last_seen is written at most this often per device, to spare the database.
-const LAST_SEEN_PERIOD: Duration = Duration::from_secs(30);
-/// Time the writer gets to flush and send its close frame once a connection ends.
-const WRITER_GRACE: Duration = Duration::from_secs(3);
 /// Prefix of the ids of cloud → device calls.
 const CALL_ID_PREFIX: &str = "c-";
 
@@ -42,18 +29,35 @@ pub(crate) struct DeviceSession {
     pub(crate) connection_id: u64,
     /// The device as this connection hears it: its id, its registered key,
     /// and when it authenticated.
-    peer: Peer,
+    pub(super) peer: Peer,
     /// Messages a pending device may still send: it may only wait.
-    pending_allowance: DefaultDirectRateLimiter,
+    pub(super) pending_allowance: DefaultDirectRateLimiter,
     /// Pending sessions carry nothing but auth traffic until accepted.
     status: Mutex<DeviceStatus>,
-    link: Arc<Link>,
+    pub(super) link: Arc<Link>,
     /// Calls awaiting the device's answer; closed once the connection is
     /// gone, so that no call can start waiting on a dead one.
     calls: Mutex<CallTable<oneshot::Sender<CallReply>>>,
 }
 
 impl DeviceSession {
+    pub(super) fn new(
+        connection_id: u64,
+        peer: Peer,
+        status: DeviceStatus,
+        pending_allowance: DefaultDirectRateLimiter,
+        link: Arc<Link>,
+    ) -> Self {
+        DeviceSession {
+            connection_id,
+            peer,
+            pending_allowance,
+            status: Mutex::new(status),
+            link,
+            calls: Mutex::new(CallTable::new(CALL_ID_PREFIX)),
+        }
+    }
+
     pub(crate) fn device_id(&self) -> &str {
         &self.peer.remote().id
     }
@@ -124,7 +128,8 @@ impl DeviceSession {
         self.calls().forget(id);
     }
 
-    fn complete_call(&self, id: &Value, reply: CallReply) {
+    /// Hands the device's answer to the call awaiting it.
+    pub(super) fn complete_call(&self, id: &Value, reply: CallReply) {
         match self.calls().answer(id) {
             Some(waiter) => {
                 let _ = waiter.send(reply);
@@ -137,7 +142,7 @@ impl DeviceSession {
     }
 
     /// Fails every call in flight at once: their waiters see the sender drop.
-    fn fail_in_flight(&self) {
+    pub(super) fn fail_in_flight(&self) {
         let waiting = self.calls().close();
         if !waiting.is_empty() {
             tracing::info!(device_id = %self.device_id(), calls = waiting.len(), "connection closed with calls in flight");
@@ -146,178 +151,5 @@ impl DeviceSession {
 
     fn calls(&self) -> MutexGuard<'_, CallTable<oneshot::Sender<CallReply>>> {
         self.calls.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// Drives one upgraded `/ws/device` connection from handshake to close. The
-/// connection holds `slot` among the unauthenticated ones until its handshake ends.
-pub(crate) async fn run_connection(
-    state: Devices,
-    socket: WebSocket,
-    address: IpAddr,
-    slot: UnauthenticatedSlot,
-) {
-    let (sink, mut stream) = socket.split();
-    // A device that leaves its outbox full for two ping periods is not reading.
-    let send_timeout = 2 * state.config().ping_interval.max(Duration::from_millis(10));
-    let (link, outbox) = Link::new(state.stopping(), send_timeout);
-    let link = Arc::new(link);
-    let mut writer = tokio::spawn(link::write_loop(sink, outbox, link.clone()));
-
-    let authenticated = handshake::authenticate(&state, &link, &mut stream, address).await;
-    drop(slot);
-    if let Some(device) = authenticated {
-        let session = Arc::new(DeviceSession {
-            connection_id: state.fleet().next_connection_id(),
-            peer: device.peer,
-            pending_allowance: state.admission().pending_allowance(),
-            status: Mutex::new(device.status),
-            link: link.clone(),
-            calls: Mutex::new(CallTable::new(CALL_ID_PREFIX)),
-        });
-        state.fleet().register(session.clone());
-        reconcile_with_registry(&state, &session).await;
-        read_loop(&state, &session, &mut stream).await;
-        state.fleet().unregister(&session);
-        session.fail_in_flight();
-        if let Err(e) = state
-            .registry()
-            .touch(session.device_id(), now_ms() as i64)
-            .await
-        {
-            tracing::warn!(device_id = %session.device_id(), error = %e, "cannot record last_seen");
-        }
-        tracing::info!(device_id = %session.device_id(), "device disconnected");
-    }
-
-    link.stop().cancel();
-    if tokio::time::timeout(WRITER_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
-}
-
-/// An operator may have decided between the handshake reading the registry and
-/// the session joining the fleet (where decisions are delivered); catch up.
-async fn reconcile_with_registry(state: &Devices, session: &DeviceSession) {
-    match state.registry().device(session.device_id()).await {
-        Ok(None) => session.close(close_code::DELETED, "device deleted"),
-        Ok(Some(record)) if record.status != session.status() => {
-            session.apply_status(record.status).await
-        }
-        Ok(Some(_)) => {}
-        Err(e) => {
-            tracing::warn!(device_id = %session.device_id(), error = %e, "cannot re-read device status")
-        }
-    }
-}
-
-async fn read_loop(state: &Devices, session: &DeviceSession, stream: &mut SplitStream<WebSocket>) {
-    // Guarded: a zero period would make the ticker panic.
-    let ping_interval = state.config().ping_interval.max(Duration::from_millis(10));
-    let mut pings = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut last_heard = Instant::now();
-    // The handshake has just written last_seen.
-    let mut last_seen_written = Instant::now();
-    loop {
-        let received = tokio::select! {
-            _ = session.link.stop().cancelled() => break,
-            _ = pings.tick() => {
-                if last_heard.elapsed() > 2 * ping_interval {
-                    tracing::warn!(device_id = %session.device_id(), "device stopped answering pings; dropping it");
-                    session.close(close_code::UNRESPONSIVE, "ping timeout");
-                    break;
-                }
-                session.link.ping();
-                continue;
-            }
-            received = stream.next() => received,
-        };
-        let message = match received {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::info!(device_id = %session.device_id(), error = %e, "device socket error");
-                break;
-            }
-            None => break,
-        };
-        last_heard = Instant::now();
-        let counted = matches!(message, WsMessage::Text(_) | WsMessage::Binary(_));
-        if counted
-            && session.status() == DeviceStatus::Pending
-            && session.pending_allowance.check().is_err()
-        {
-            tracing::warn!(device_id = %session.device_id(), "pending device sent too many messages; closing");
-            state.refusal_counters().increment("pending_flood");
-            session.close(
-                close_code::TRY_AGAIN_LATER,
-                "too many messages while pending; wait for an operator",
-            );
-            break;
-        }
-        match message {
-            WsMessage::Text(text) => handle_text(state, session, text.as_str()).await,
-            WsMessage::Binary(_) => {
-                let refused = session.peer.refuse_binary(now_ms());
-                state
-                    .refuse(&session.link, session.device_id(), refused)
-                    .await
-            }
-            WsMessage::Close(_) => break,
-            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
-        }
-        if last_seen_written.elapsed() >= LAST_SEEN_PERIOD {
-            last_seen_written = Instant::now();
-            if let Err(e) = state
-                .registry()
-                .touch(session.device_id(), now_ms() as i64)
-                .await
-            {
-                tracing::warn!(device_id = %session.device_id(), error = %e, "cannot record last_seen");
-            }
-        }
-    }
-}
-
-async fn handle_text(state: &Devices, session: &DeviceSession, text: &str) {
-    let config = state.config();
-    // A pending device's frames are never acted on, so they need no replay
-    // check, and they take no room in the cloud-wide guard.
-    let guard = (session.status() == DeviceStatus::Accepted).then(|| state.replay_guard());
-    let message = match session.peer.receive(text, now_ms(), guard) {
-        Ok(verified) => verified.message,
-        Err(refused) => {
-            return state
-                .refuse(&session.link, session.device_id(), refused)
-                .await
-        }
-    };
-    match message {
-        Message::Request { id, method, params } => {
-            let result = if method == config.auth_rpc_method {
-                // Re-authenticating on a live connection just learns the status.
-                let status = session.status().into();
-                Ok(json!(StatusReport { status }))
-            } else if session.status() != DeviceStatus::Accepted {
-                Err(RpcError::new(
-                    ErrorCode::NotAccepted,
-                    "device is pending approval",
-                ))
-            } else {
-                served::answer(state, session.device_id(), &method, params).await
-            };
-            let _ = session.send(&Message::Response { id, result }).await;
-        }
-        Message::Notification { method, params } => {
-            if session.status() == DeviceStatus::Accepted {
-                served::notify(state, session.device_id(), &method, params).await;
-            } else {
-                tracing::debug!(device_id = %session.device_id(), %method, "notification from a pending device ignored");
-            }
-        }
-        Message::Response { id, result } => session.complete_call(&id, result),
     }
 }

@@ -6,9 +6,11 @@
 //! translate to and from it.
 
 pub mod admin_token;
+mod auditor;
 pub mod caller;
 pub mod devices;
 mod error;
+mod login_limiter;
 pub mod sign_in;
 pub mod team;
 
@@ -16,65 +18,13 @@ use std::sync::Arc;
 
 use crate::config::CloudConfig;
 use crate::device::Devices;
-use crate::events::EventHub;
-use crate::store::{Action, AuditEntry, AuditLog, Store};
-use sign_in::LoginLimiter;
+use crate::store::Store;
+use login_limiter::LoginLimiter;
 use team::Team;
 
+pub use auditor::Auditor;
 pub use caller::{Caller, Credential, ADMIN_TOKEN_ACTOR};
 pub use error::{ErrorKind, OpError};
-
-/// Writes operator actions to the audit log and publishes them live.
-#[derive(Clone)]
-pub struct Auditor {
-    log: AuditLog,
-    events: EventHub,
-}
-
-impl Auditor {
-    pub fn new(log: AuditLog, events: EventHub) -> Self {
-        Auditor { log, events }
-    }
-
-    /// Stores an action and publishes it. A failure to store is logged: the
-    /// action itself has happened.
-    pub async fn record(&self, action: &Action<'_>) {
-        let stored = self.log.record(action, protocol::now_ms() as i64).await;
-        self.publish(action, stored);
-    }
-
-    /// Stores a refused action in aggregate (see [`AuditLog::record_refusal`]).
-    pub async fn record_refusal(&self, action: &Action<'_>) {
-        let stored = self
-            .log
-            .record_refusal(action, protocol::now_ms() as i64)
-            .await;
-        self.publish(action, stored);
-    }
-
-    /// The common case: an action with no detail and no latency.
-    pub async fn record_simple(&self, actor: &str, action: &str, outcome: &str, target: &str) {
-        self.record(&Action {
-            actor,
-            action,
-            target,
-            outcome,
-            detail: "",
-            latency_ms: None,
-        })
-        .await;
-    }
-
-    fn publish(&self, action: &Action<'_>, stored: Result<AuditEntry, sqlx::Error>) {
-        match stored {
-            Ok(entry) => self.events.audit(&entry),
-            Err(e) => tracing::error!(
-                error = %e, actor = action.actor, action = action.action,
-                "cannot write the audit log"
-            ),
-        }
-    }
-}
 
 /// The operations, with what they act on; a cheap, cloneable handle.
 #[derive(Clone)]

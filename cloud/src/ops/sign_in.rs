@@ -1,25 +1,17 @@
-//! Signing in and out. Failed sign-ins are limited per operator name and
-//! client address and per client address; every attempt is audited (refusals
-//! in aggregate: a row an hour per operator and outcome, and names that are
-//! no operator's under [`UNKNOWN_OPERATOR`]).
+//! Signing in and out, and who a bearer token or a session names. Failed
+//! sign-ins are limited per operator name and client address and per client
+//! address; every attempt is audited (refusals in aggregate: a row an hour
+//! per operator and outcome, and names that are no operator's under
+//! [`UNKNOWN_OPERATOR`]).
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
-use crate::config::Limits;
-use crate::store::accounts::{is_valid_name, NewSession};
+use crate::store::accounts::{is_valid_name, same_secret, NewSession};
 use crate::store::{Action, Operator};
 use protocol::now_ms;
 
-use super::{Caller, ErrorKind, OpError, Operations};
+use super::{Caller, Credential, ErrorKind, OpError, Operations, ADMIN_TOKEN_ACTOR};
 
-/// Failed sign-ins are counted within windows this long.
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Sources whose failures are counted at once, at most.
-const FAILURE_KEYS_KEPT: usize = 100_000;
 /// How the audit log names the actor of a sign-in with a name that is no
 /// operator's: the names strangers try are not worth a row each.
 pub const UNKNOWN_OPERATOR: &str = "(unknown)";
@@ -113,98 +105,66 @@ impl Operations {
     }
 }
 
-/// Failed sign-ins, counted per (name, client address) and per client
-/// address in one-minute windows. Only failures count, and never across
-/// addresses for a name: someone else's failures do not lock out a correct
-/// password typed elsewhere.
-pub(super) struct LoginLimiter {
-    per_name: FailureCounter<(String, IpAddr)>,
-    per_address: FailureCounter<IpAddr>,
-}
-
-impl LoginLimiter {
-    pub fn new(limits: &Limits) -> Self {
-        LoginLimiter {
-            per_name: FailureCounter::new(limits.sign_in_failures_per_name_per_minute),
-            per_address: FailureCounter::new(limits.sign_in_failures_per_address_per_minute),
+impl Operations {
+    /// The caller a bearer token names: the admin token, or an operator's
+    /// live API token.
+    pub async fn caller_from_token(&self, token: &str) -> Result<Caller, OpError> {
+        if same_secret(token.as_bytes(), self.inner.admin_token.as_bytes()) {
+            return Ok(Caller {
+                name: ADMIN_TOKEN_ACTOR.into(),
+                operator: None,
+                credential: Credential::AdminToken,
+            });
         }
+        let (operator, api_token) = self
+            .store()
+            .accounts
+            .token_owner(token, now_ms() as i64)
+            .await
+            .map_err(OpError::internal)?
+            .ok_or_else(OpError::unauthorized)?;
+        Ok(Caller {
+            name: operator.name.clone(),
+            operator: Some(operator),
+            credential: Credential::ApiToken {
+                token_id: api_token.id,
+            },
+        })
     }
 
-    /// `Err(wait)` if this name or address has used up its failures.
-    pub fn check(&self, name: &str, address: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let waits = [
-            self.per_address.wait(&address, now),
-            self.per_name.wait(&(name.to_owned(), address), now),
-        ];
-        match waits.into_iter().flatten().max() {
-            Some(wait) => Err(wait),
-            None => Ok(()),
-        }
-    }
-
-    /// Counts a failed sign-in.
-    pub fn failed(&self, name: &str, address: IpAddr) {
-        let now = Instant::now();
-        self.per_address.fail(address, now);
-        self.per_name.fail((name.to_owned(), address), now);
-    }
-}
-
-/// Failures per key within fixed windows of [`FAILURE_WINDOW`].
-struct FailureCounter<K> {
-    limit: u32,
-    windows: Mutex<HashMap<K, FailureWindow>>,
-}
-
-#[derive(Clone, Copy)]
-struct FailureWindow {
-    started: Instant,
-    failures: u32,
-}
-
-impl<K: Hash + Eq> FailureCounter<K> {
-    fn new(limit: u32) -> Self {
-        FailureCounter {
-            limit: limit.max(1),
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// How long `key` must wait, if it has used up its failures. When the
-    /// table is full of live windows a new key waits too: failing closed
-    /// keeps a spread-out guesser from outrunning the count.
-    fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
-        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        match windows.get(key) {
-            Some(window) => {
-                let elapsed = now.duration_since(window.started);
-                (elapsed < FAILURE_WINDOW && window.failures >= self.limit)
-                    .then(|| FAILURE_WINDOW - elapsed)
-            }
-            None => (windows.len() >= FAILURE_KEYS_KEPT).then_some(FAILURE_WINDOW),
-        }
-    }
-
-    fn fail(&self, key: K, now: Instant) {
-        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        if windows.len() >= FAILURE_KEYS_KEPT {
-            windows.retain(|_, window| now.duration_since(window.started) < FAILURE_WINDOW);
-            if windows.len() >= FAILURE_KEYS_KEPT {
-                tracing::warn!("sign-in failure table is full; new sources wait a minute");
-                return;
+    /// The caller a live session names. `presented_csrf`: for a request that
+    /// changes state, the CSRF token it carries, which must be the session's.
+    pub async fn caller_from_session(
+        &self,
+        secret: &str,
+        presented_csrf: Option<&str>,
+    ) -> Result<Caller, OpError> {
+        let session = self
+            .store()
+            .accounts
+            .session(secret, now_ms() as i64)
+            .await
+            .map_err(OpError::internal)?
+            .ok_or_else(|| {
+                OpError::new(
+                    ErrorKind::SessionExpired,
+                    "your session has ended; sign in again",
+                )
+            })?;
+        if let Some(presented) = presented_csrf {
+            if !same_secret(presented.as_bytes(), session.csrf_token.as_bytes()) {
+                return Err(OpError::new(
+                    ErrorKind::Csrf,
+                    "missing or wrong X-CSRF-Token for this session; reload the page",
+                ));
             }
         }
-        let window = windows.entry(key).or_insert(FailureWindow {
-            started: now,
-            failures: 0,
-        });
-        if now.duration_since(window.started) >= FAILURE_WINDOW {
-            *window = FailureWindow {
-                started: now,
-                failures: 0,
-            };
-        }
-        window.failures += 1;
+        Ok(Caller {
+            name: session.operator.name.clone(),
+            operator: Some(session.operator),
+            credential: Credential::Session {
+                csrf_token: session.csrf_token,
+            },
+        })
     }
 }

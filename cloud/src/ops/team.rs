@@ -5,7 +5,9 @@
 use crate::store::{Accounts, ApiToken, Operator};
 use protocol::now_ms;
 
-use super::{Auditor, Caller, ErrorKind, OpError};
+use super::auditor::Auditor;
+use super::caller::Caller;
+use super::error::{ErrorKind, OpError};
 
 /// Longest API token name, in characters.
 pub const MAX_TOKEN_NAME_CHARS: usize = 100;

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::engine::Engine;
 use crate::error::rpc_error;
-use crate::WorkerConfig;
+use crate::config::WorkerConfig;
 
 pub use containers::PROTECTED_SERVICES;
 pub use logs::{LogCollector, LogLine, LogStream, Logs, MAX_TAIL};
