@@ -350,14 +350,7 @@ fn assert_rate_limited(response: &reqwest::Response, what: &str) {
 }
 
 async fn add_operator(cloud: &TestCloud, name: &str) {
-    cloud
-        .state
-        .ops()
-        .store()
-        .accounts
-        .add_operator(name, PASSWORD, now_ms() as i64)
-        .await
-        .unwrap();
+    cloud.add_operator(name, PASSWORD).await;
 }
 
 /// Posts the dashboard's sign-in form (fetching a fresh form first).

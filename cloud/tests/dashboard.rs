@@ -16,14 +16,7 @@ const PASSWORD: &str = "a long enough password";
 
 async fn cloud_with_operator() -> TestCloud {
     let cloud = TestCloud::start().await;
-    cloud
-        .state
-        .ops()
-        .store()
-        .accounts
-        .add_operator(NAME, PASSWORD, protocol::now_ms() as i64)
-        .await
-        .unwrap();
+    cloud.add_operator(NAME, PASSWORD).await;
     cloud
 }
 

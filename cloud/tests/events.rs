@@ -184,14 +184,7 @@ async fn subscribing_needs_credentials_a_known_topic_and_the_same_origin() {
 #[tokio::test]
 async fn a_browser_session_subscribes_with_its_cookie() {
     let cloud = TestCloud::start().await;
-    cloud
-        .state
-        .ops()
-        .store()
-        .accounts
-        .add_operator("alice", "correct horse battery", 0)
-        .await
-        .unwrap();
+    cloud.add_operator("alice", "correct horse battery").await;
     let response = cloud
         .http
         .post(cloud.url("/api/v1/login"))

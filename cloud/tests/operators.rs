@@ -19,14 +19,7 @@ struct Browser {
 }
 
 async fn add_operator(cloud: &TestCloud, name: &str) {
-    cloud
-        .state
-        .ops()
-        .store()
-        .accounts
-        .add_operator(name, PASSWORD, 0)
-        .await
-        .unwrap();
+    cloud.add_operator(name, PASSWORD).await;
 }
 
 async fn login(cloud: &TestCloud, name: &str, password: &str) -> reqwest::Response {

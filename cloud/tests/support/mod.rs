@@ -201,6 +201,18 @@ impl TestCloud {
             .sum()
     }
 
+    /// Adds an operator account straight to the store (as `cloud operators
+    /// add` would, without its audit entry).
+    pub async fn add_operator(&self, name: &str, password: &str) {
+        self.state
+            .ops()
+            .store()
+            .accounts
+            .add_operator(name, password, protocol::now_ms() as i64)
+            .await
+            .unwrap();
+    }
+
     /// Shuts the cloud down as SIGTERM would and starts it again on the same
     /// data directory, key and admin token (on the same address if it can be
     /// bound again). Devices must reconnect.

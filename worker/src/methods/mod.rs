@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::config::WorkerConfig;
 use crate::engine::Engine;
 use crate::error::rpc_error;
-use crate::config::WorkerConfig;
 
 pub use containers::PROTECTED_SERVICES;
 pub use logs::{LogCollector, LogLine, LogStream, Logs, MAX_TAIL};
