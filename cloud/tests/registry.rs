@@ -217,3 +217,23 @@ async fn the_audit_log_keeps_its_retention_and_its_most_rows() {
         .collect();
     assert_eq!(kept, expected);
 }
+
+#[tokio::test]
+async fn a_checkpoint_empties_the_write_ahead_log() {
+    let (dir, registry) = open().await;
+    let wal = dir.path().join("a/b/cloud.db-wal");
+    for n in 0..200 {
+        registry
+            .register_new_key(&format!("dev-{n}"), "PEM", "SHA256:x", None, 1_000, n)
+            .await
+            .unwrap();
+    }
+    let before = std::fs::metadata(&wal).unwrap().len();
+    assert!(before > 0, "writes go to the log first");
+    registry.checkpoint().await.unwrap();
+    assert_eq!(
+        std::fs::metadata(&wal).unwrap().len(),
+        0,
+        "the log is emptied (it held {before} bytes)"
+    );
+}

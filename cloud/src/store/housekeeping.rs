@@ -1,7 +1,7 @@
 //! What the cloud forgets by itself, so that what it holds stays bounded:
-//! audit log entries beyond `AUDIT_RETENTION_DAYS` or `AUDIT_MAX_ROWS`, and
+//! audit log entries beyond `AUDIT_RETENTION_DAYS` or `AUDIT_MAX_ROWS`,
 //! pending devices not seen for `PENDING_EXPIRY_DAYS` (which frees their
-//! places under `MAX_PENDING_DEVICES`).
+//! places under `MAX_PENDING_DEVICES`), and the database's write-ahead log.
 
 use std::time::Duration;
 
@@ -12,15 +12,25 @@ use crate::store::Store;
 
 /// How often the cloud forgets what is past its time.
 const PERIOD: Duration = Duration::from_secs(600);
+/// How often the write-ahead log is emptied: at a few thousand calls a
+/// second, each audited, it grows by tens of megabytes a second.
+const CHECKPOINT_PERIOD: Duration = Duration::from_secs(5);
 
 /// Prunes the audit log to its retention, and forgets pending devices not
-/// seen for `PENDING_EXPIRY_DAYS`, at start and every [`PERIOD`] until
-/// `shutdown`.
+/// seen for `PENDING_EXPIRY_DAYS`, at start and every [`PERIOD`]; empties the
+/// write-ahead log every [`CHECKPOINT_PERIOD`]; until `shutdown`.
 pub(crate) async fn run(store: Store, limits: Limits, shutdown: CancellationToken) {
     let mut ticks = tokio::time::interval(PERIOD);
+    let mut checkpoints = tokio::time::interval(CHECKPOINT_PERIOD);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = checkpoints.tick() => {
+                if let Err(e) = store.registry.checkpoint().await {
+                    tracing::warn!(error = %e, "cannot checkpoint the database's write-ahead log");
+                }
+                continue;
+            }
             _ = ticks.tick() => {}
         }
         let now = protocol::now_ms() as i64;

@@ -257,6 +257,26 @@ impl Registry {
         Ok(())
     }
 
+    /// Copies the write-ahead log into the database and empties it. SQLite's
+    /// own checkpoints never get to empty the log while some connection
+    /// always holds a read snapshot, which concurrent writers do under load:
+    /// the log then grows with every write until the disk is full. This one
+    /// waits (up to the busy timeout) for the readers of older snapshots.
+    /// Returns the log's size in pages before it was emptied.
+    pub async fn checkpoint(&self) -> Result<i64, RegistryError> {
+        let (busy, log_pages, _checkpointed): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+        if busy != 0 {
+            tracing::warn!(
+                log_pages,
+                "the write-ahead log could not be emptied: readers kept it busy"
+            );
+        }
+        Ok(log_pages)
+    }
+
     /// Closes the database; every later query fails.
     pub async fn close(&self) {
         self.pool.close().await;

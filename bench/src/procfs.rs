@@ -1,0 +1,159 @@
+//! CPU time and memory of a process, read from `/proc/<pid>/stat` and
+//! `/proc/<pid>/status` (Linux), and its resident memory over time.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Clock ticks per second of `utime` and `stime`: `USER_HZ`, which Linux
+/// fixes at 100 for user space on every architecture it runs this on.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// What a process has used so far.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// User and system CPU time of all its threads since it started.
+    pub cpu_secs: f64,
+    /// Resident memory now.
+    pub rss_kib: u64,
+    /// The most resident memory it has had.
+    pub peak_rss_kib: u64,
+}
+
+/// What process `pid` has used so far.
+pub fn usage(pid: u32) -> anyhow::Result<Usage> {
+    let stat = stat_fields(pid)?;
+    // Fields 14 and 15 of stat(5), counted from the state (field 3).
+    let ticks = |field: usize| -> anyhow::Result<f64> {
+        let text = stat.get(field - 3).context("short /proc stat")?;
+        Ok(text.parse::<u64>()? as f64)
+    };
+    let cpu_secs = (ticks(14)? + ticks(15)?) / TICKS_PER_SEC;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    let kib = |key: &str| -> anyhow::Result<u64> {
+        let line = status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
+        let value = line.split_whitespace().next().unwrap_or_default();
+        Ok(value.parse()?)
+    };
+    Ok(Usage {
+        cpu_secs,
+        rss_kib: kib("VmRSS:")?,
+        peak_rss_kib: kib("VmHWM:")?,
+    })
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub fn is_running(pid: u32) -> bool {
+    stat_fields(pid).is_ok_and(|fields| {
+        fields
+            .first()
+            .is_some_and(|state| !matches!(state.as_str(), "Z" | "X"))
+    })
+}
+
+/// The child of this process running the executable `name` with the
+/// argument `argument`, for a child started by code that does not say its
+/// pid.
+pub fn child(name: &str, argument: &str) -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let parent = stat_fields(pid).ok()?.get(1)?.clone();
+        let found = comm.trim_end() == name
+            && parent == me
+            && command_line
+                .split(|&byte| byte == 0)
+                .any(|arg| arg == argument.as_bytes());
+        found.then_some(pid)
+    })
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold
+/// spaces and parentheses), from the state on.
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    let (_, after_name) = stat.rsplit_once(')').context("unreadable /proc stat")?;
+    Ok(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The resident memory of one process over time, as the plots read it from
+/// `target/bench/<bench>_rss.json`: `{"process", "points": [[seconds, KiB], ...]}`.
+#[derive(Debug, Serialize)]
+pub struct RssSeries {
+    pub process: String,
+    pub points: Vec<(f64, u64)>,
+}
+
+impl RssSeries {
+    pub fn first_kib(&self) -> Option<u64> {
+        self.points.first().map(|&(_, kib)| kib)
+    }
+
+    pub fn last_kib(&self) -> Option<u64> {
+        self.points.last().map(|&(_, kib)| kib)
+    }
+
+    /// Writes `target/bench/<bench>_rss.json`.
+    pub fn write(&self, bench: &str) -> anyhow::Result<PathBuf> {
+        let dir = crate::report::dir();
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{bench}_rss.json"));
+        std::fs::write(&path, serde_json::to_string(self)? + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+}
+
+/// Samples a process's resident memory at a fixed period, from when it is
+/// started until [`RssRecorder::finish`].
+pub struct RssRecorder {
+    stop: CancellationToken,
+    task: JoinHandle<RssSeries>,
+}
+
+impl RssRecorder {
+    /// Starts sampling `pid` (called `process` in the series) every `period`.
+    pub fn start(process: &str, pid: u32, period: Duration) -> RssRecorder {
+        let stop = CancellationToken::new();
+        let mut series = RssSeries {
+            process: process.to_owned(),
+            points: Vec::new(),
+        };
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let started = Instant::now();
+                let mut ticks = tokio::time::interval(period);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = ticks.tick() => {}
+                    }
+                    let Ok(now) = usage(pid) else { break };
+                    series
+                        .points
+                        .push((started.elapsed().as_secs_f64(), now.rss_kib));
+                }
+                series
+            }
+        });
+        RssRecorder { stop, task }
+    }
+
+    /// Stops sampling and hands back what was sampled.
+    pub async fn finish(self) -> RssSeries {
+        self.stop.cancel();
+        self.task.await.expect("the sampling task never panics")
+    }
+}
