@@ -182,13 +182,9 @@ ensure_admin() {
 
 up() {
   docker info >/dev/null 2>&1 || die "Docker is not running (or this user may not use it)"
-  command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || {
-    echo "installing nats-server (its binary goes into the nats image)"
-    local sudo_cmd=()
-    [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-    ${sudo_cmd[@]+"${sudo_cmd[@]}"} apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive ${sudo_cmd[@]+"${sudo_cmd[@]}"} apt-get install -y -qq nats-server >/dev/null
-  }
+  # Its binary goes into the nats image.
+  command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] ||
+    scripts/apt-install.sh nats-server
 
   scripts/ensure-cloud-keys.sh
   for n in $(seq 1 "$devices"); do
