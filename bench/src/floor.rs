@@ -290,7 +290,9 @@ async fn nats_round_trips(call: &RealCall, times: u32) -> anyhow::Result<Latenci
     let replier = server.client().await;
     let requester = server.client().await;
     let mut requests = replier.subscribe(call.relayed.subject.clone()).await?;
-    requester.flush().await?;
+    // The subscription exists at the server only once the replier's PING has
+    // been answered; a request sent before that finds no responders.
+    replier.flush().await?;
     let answer = call.worker_answer.clone();
     let replying = tokio::spawn(async move {
         while let Some(request) = requests.next().await {
