@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the standard benchmarks and draws their plots: builds the release
-# `cloud` and `bench` once, runs `target/release/bench all` (arguments are
+# `cloud`, `bridge` and `bench` once, runs `target/release/bench all` (arguments are
 # passed on: `scripts/bench.sh --smoke` for a short run), and writes
 # target/bench/report.json and the PNG plots beside it. On a fresh machine it
 # first installs nats-server and python3-venv from Debian, and matplotlib from
@@ -25,7 +25,7 @@ if [ "$(cat "$venv/.installed" 2>/dev/null)" != "$plotting" ]; then
   echo "$plotting" >"$venv/.installed"
 fi
 
-cargo build --release -p cloud -p bench
+cargo build --release -p cloud -p bridge -p bench
 # One socket per idle device in the bench and in the cloud: as many files as
 # the hard limit allows (the bench raises its own limit too).
 ulimit -n "$(ulimit -Hn)"

@@ -5,7 +5,8 @@
 - <name>_latency.png from each <name>_latency.json (rpc): how the calls'
   latencies are distributed, with the reported percentiles marked;
 - <name>_rss.png from each <name>_rss.json (idle, soak): a process's
-  resident memory over time.
+  resident memory over time, with a gauge the run read beside it (soak: the
+  nonces the replay guard remembers).
 
 Data a run did not write (one bench run alone) is not drawn.
 scripts/bench.sh runs this with matplotlib from target/bench-venv.
@@ -55,7 +56,9 @@ def latency_plot(source: Path, target: Path) -> None:
 
 
 def rss_plot(source: Path, target: Path) -> None:
-    """{"process", "points": [[seconds, KiB], ...]}."""
+    """{"process", "points": [[seconds, KiB], ...]}, and where the run read
+    one beside it, "gauge": {"name", "points": [[seconds, value], ...]},
+    drawn on a second axis."""
     data = json.loads(source.read_text())
     name = source.stem.removesuffix("_rss")
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -63,12 +66,27 @@ def rss_plot(source: Path, target: Path) -> None:
         [secs for secs, _ in data["points"]],
         [kib / 1024 for _, kib in data["points"]],
         marker=".",
+        label="RSS",
     )
     ax.set_title(f"{name}: {data['process']} resident memory")
     ax.set_xlabel("seconds")
     ax.set_ylabel("RSS (MiB)")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
+    gauge = data.get("gauge")
+    if gauge and gauge["points"]:
+        other = ax.twinx()
+        other.plot(
+            [secs for secs, _ in gauge["points"]],
+            [value for _, value in gauge["points"]],
+            color="tab:orange",
+            label=gauge["name"],
+        )
+        other.set_ylabel(gauge["name"])
+        other.set_ylim(bottom=0)
+        other.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        lines = ax.get_lines() + other.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="lower right")
     save(fig, target)
 
 

@@ -37,10 +37,10 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   scripts/fuzz.sh "$fuzz_seconds"
 fi
 
-# The benchmarks with tiny sizes (debug build, beside the cloud binary it
-# runs): fails when a call is lost or answered wrongly or a process dies,
+# The benchmarks with tiny sizes (debug build, beside the cloud and bridge
+# binaries it runs): fails when a call is lost or answered wrongly or a process dies,
 # never on speed.
-cargo build -p cloud --bin cloud && cargo run -p bench -- all --smoke
+cargo build -p cloud --bin cloud -p bridge --bin bridge && cargo run -p bench -- all --smoke
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -18,6 +18,8 @@ use testkit::CloudEndpoint;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// An API call that takes this long means the cloud hung.
 const HUNG: Duration = Duration::from_secs(120);
+/// A scrape of `/metrics` that takes this long is a sample missed.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The cloud's signer id (its default).
 const CLOUD_ID: &str = "cloud-dashboard";
 
@@ -66,7 +68,7 @@ impl CloudChild {
     /// serve`, e.g. `("MAX_UNAUTHENTICATED", "50000")`) and waits until its
     /// API answers.
     pub async fn start(settings: &[(&str, String)]) -> anyhow::Result<CloudChild> {
-        let binary = binary()?;
+        let binary = sibling_binary("cloud")?;
         let dir = tempfile::tempdir().context("temp dir for the cloud")?;
         let key = keys::generate();
         keys::write_private_key(&dir.path().join("cloud_private.pem"), &key)?;
@@ -105,6 +107,15 @@ impl CloudChild {
         };
         cloud.wait_until_serving().await?;
         Ok(cloud)
+    }
+
+    /// One gauge of the cloud's `/metrics`, for reading over a run.
+    pub fn gauge(&self, name: &'static str) -> Gauge {
+        Gauge {
+            name,
+            url: format!("http://{}/metrics", self.addr),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -178,13 +189,44 @@ impl Drop for CloudChild {
     }
 }
 
-/// `cloud` beside this executable: both are built by the same `cargo build`.
-fn binary() -> anyhow::Result<PathBuf> {
+/// A gauge of a cloud's Prometheus exposition (`/metrics`).
+pub struct Gauge {
+    name: &'static str,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Gauge {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The gauge's value now; `None` if the cloud does not answer or does
+    /// not show it.
+    pub async fn read(&self) -> Option<u64> {
+        let response = self
+            .http
+            .get(&self.url)
+            .timeout(SCRAPE_TIMEOUT)
+            .send()
+            .await
+            .ok()?;
+        let text = response.error_for_status().ok()?.text().await.ok()?;
+        text.lines().find_map(|line| {
+            let value = line.strip_prefix(self.name)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+    }
+}
+
+/// The executable `name` beside this one: the bench and the binaries it
+/// starts are built by the same `cargo build`.
+pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot find the bench's own executable")?;
-    let binary = exe.parent().unwrap_or(Path::new(".")).join("cloud");
+    let binary = exe.parent().unwrap_or(Path::new(".")).join(name);
     if !binary.is_file() {
         bail!(
-            "{} is missing: build it with the bench (cargo build [--release] -p cloud -p bench)",
+            "{} is missing: build it with the bench (cargo build [--release] -p cloud -p bridge -p bench)",
             binary.display()
         );
     }

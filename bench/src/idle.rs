@@ -1,6 +1,7 @@
 //! `idle`: N devices connect at once (a connect storm), are accepted through
 //! the API and stay. Measures how long until all are live, the cloud's CPU
-//! time over the storm, and its resident memory per live device.
+//! time over the storm, and its resident memory per live device; and the
+//! resident memory of one real `bridge` process, live and idle meanwhile.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
+use crate::bridge_child::BridgeChild;
 use crate::cloud_child::{self, CloudChild};
 use crate::latency::round;
 use crate::procfs::{self, RssRecorder};
@@ -58,6 +60,8 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
     );
     let mut cloud = CloudChild::start(&limits).await?;
     let api = cloud.api()?;
+    // One real bridge, live and idle through the storm, for a device's side.
+    let bridge = BridgeChild::start_live(&cloud.endpoint(), &api, "idle-bridge").await?;
     tokio::time::sleep(SETTLE).await;
     let cloud_before = procfs::usage(cloud.pid())?;
     let bench_before = procfs::usage(std::process::id())?;
@@ -117,6 +121,8 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
     cloud.check_running()?;
     let cloud_after = procfs::usage(cloud.pid())?;
     let bench_after = procfs::usage(std::process::id())?;
+    let bridge_after = procfs::usage(bridge.pid())
+        .with_context(|| format!("the real bridge {} died", bridge.id))?;
     rss.finish().await.write("idle")?;
     fleet.stop().await;
     while let Some(accepted) = accepts.join_next().await {
@@ -151,6 +157,8 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
                 1
             )),
         ),
+        ("bridge_idle_rss_kib", json!(bridge_after.rss_kib)),
+        ("bridge_peak_rss_kib", json!(bridge_after.peak_rss_kib)),
         (
             "idle_bench_kib_per_device",
             json!(round(

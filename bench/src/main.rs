@@ -1,6 +1,7 @@
 //! `bench`: the whole stack measured beside the floor of what its parts
 //! allow, each run's figures merged into `target/bench/report.json`.
 
+mod bridge_child;
 mod cloud_child;
 mod floor;
 mod idle;
@@ -66,13 +67,14 @@ enum Bench {
 const MUST_BE_ZERO: [&str; 4] = ["rpc_lost", "rpc_mismatched", "soak_lost", "soak_mismatched"];
 
 /// The goals the figures are held to, shown beside them.
-const GOALS: [(&str, &str); 6] = [
+const GOALS: [(&str, &str); 7] = [
     ("e2e_over_floor_p50", "≤ 1.3"),
     ("e2e_p99_over_p50", "≤ 3"),
     ("loaded_p99_over_p50", "≤ 3"),
     ("calls_per_s", "≥ 6000"),
     ("idle_kib_per_device", "≤ 16"),
     ("storm_secs", "≤ 60"),
+    ("bridge_idle_rss_kib", "≤ 10240"),
 ];
 
 #[tokio::main]

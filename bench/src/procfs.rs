@@ -9,6 +9,8 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cloud_child::Gauge;
+
 /// Clock ticks per second of `utime` and `stime`: `USER_HZ`, which Linux
 /// fixes at 100 for user space on every architecture it runs this on.
 const TICKS_PER_SEC: f64 = 100.0;
@@ -88,10 +90,21 @@ fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
 }
 
 /// The resident memory of one process over time, as the plots read it from
-/// `target/bench/<bench>_rss.json`: `{"process", "points": [[seconds, KiB], ...]}`.
+/// `target/bench/<bench>_rss.json`: `{"process", "points": [[seconds, KiB],
+/// ...]}`, and a gauge of the process's own sampled beside it, if one was
+/// asked for: `"gauge": {"name", "points": [[seconds, value], ...]}`.
 #[derive(Debug, Serialize)]
 pub struct RssSeries {
     pub process: String,
+    pub points: Vec<(f64, u64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gauge: Option<GaugeSeries>,
+}
+
+/// A gauge's values over time.
+#[derive(Debug, Serialize)]
+pub struct GaugeSeries {
+    pub name: String,
     pub points: Vec<(f64, u64)>,
 }
 
@@ -125,10 +138,25 @@ pub struct RssRecorder {
 impl RssRecorder {
     /// Starts sampling `pid` (called `process` in the series) every `period`.
     pub fn start(process: &str, pid: u32, period: Duration) -> RssRecorder {
+        Self::start_with_gauge(process, pid, period, None)
+    }
+
+    /// The same, reading `gauge` at each sample too: what the memory may be
+    /// following.
+    pub fn start_with_gauge(
+        process: &str,
+        pid: u32,
+        period: Duration,
+        gauge: Option<Gauge>,
+    ) -> RssRecorder {
         let stop = CancellationToken::new();
         let mut series = RssSeries {
             process: process.to_owned(),
             points: Vec::new(),
+            gauge: gauge.as_ref().map(|gauge| GaugeSeries {
+                name: gauge.name().to_owned(),
+                points: Vec::new(),
+            }),
         };
         let task = tokio::spawn({
             let stop = stop.clone();
@@ -141,9 +169,13 @@ impl RssRecorder {
                         _ = ticks.tick() => {}
                     }
                     let Ok(now) = usage(pid) else { break };
-                    series
-                        .points
-                        .push((started.elapsed().as_secs_f64(), now.rss_kib));
+                    let at = started.elapsed().as_secs_f64();
+                    series.points.push((at, now.rss_kib));
+                    if let (Some(gauge), Some(values)) = (&gauge, &mut series.gauge) {
+                        if let Some(value) = gauge.read().await {
+                            values.points.push((at, value));
+                        }
+                    }
                 }
                 series
             }

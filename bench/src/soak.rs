@@ -26,6 +26,8 @@ const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// The share of the soak after which memory should stay flat: caches,
 /// pools and the allocator have grown to what the load needs.
 const WARM_UP_SHARE: f64 = 0.1;
+/// The cloud's gauge of the nonces its replay guard remembers.
+const REMEMBERED_NONCES: &str = "devbridge_replay_guard_nonces";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SoakArgs {
@@ -86,7 +88,14 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Map<String, Value>> {
             }
         }
     };
-    let rss = RssRecorder::start("cloud", stack.cloud.pid(), SAMPLE_PERIOD);
+    // Each accepted answer leaves its nonce in the replay guard until its
+    // timestamp leaves the skew window: memory that follows the call rate.
+    let rss = RssRecorder::start_with_gauge(
+        "cloud",
+        stack.cloud.pid(),
+        SAMPLE_PERIOD,
+        Some(stack.cloud.gauge(REMEMBERED_NONCES)),
+    );
     let outcome = load::closed_loop(args.in_flight, Duration::from_secs(args.secs), call).await;
     let series = rss.finish().await;
     outcome.print_failures("soak");
@@ -118,5 +127,18 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Map<String, Value>> {
     figures.insert("soak_rss_warm_kib".into(), json!(kib_at(warm_from)));
     figures.insert("soak_rss_end_kib".into(), json!(series.last_kib()));
     figures.insert("soak_rss_peak_kib".into(), json!(peak));
+    let nonces = series.gauge.as_ref().and_then(|gauge| gauge.points.last());
+    if let (Some(&(_, nonces)), Some(start), Some(end)) =
+        (nonces, series.first_kib(), series.last_kib())
+    {
+        figures.insert("soak_remembered_nonces_end".into(), json!(nonces));
+        if nonces > 0 {
+            let growth_bytes = end.saturating_sub(start) as f64 * 1024.0;
+            figures.insert(
+                "soak_rss_growth_bytes_per_nonce".into(),
+                json!(round(growth_bytes / nonces as f64, 0)),
+            );
+        }
+    }
     Ok(figures)
 }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod liveness;
 mod relay;
 mod session;
 mod stats;
@@ -25,6 +26,7 @@ use protocol::ReplayGuard;
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
+pub use liveness::{Due, Liveness};
 pub use stats::BridgeStats;
 pub use status::read_state_file;
 

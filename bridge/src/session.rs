@@ -13,7 +13,7 @@ use protocol::{
 };
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{interval, Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::BridgeConfig;
+use crate::liveness::{Due, Liveness};
 use crate::relay::call_worker;
 use crate::stats::BridgeStats;
 use crate::status::announce;
@@ -171,21 +172,20 @@ pub async fn run_session(
         auth_request_id: format!("{AUTH_REQUEST_PREFIX}{:016x}", rand::random::<u64>()),
     };
 
-    let handshake_deadline = Instant::now() + config.connect_timeout;
-    let mut last_heard = Instant::now();
-    let mut pings = interval(config.ping_interval);
-    pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    pings.tick().await;
+    let mut liveness = Liveness::start(config.ping_interval, config.connect_timeout);
 
     let end = loop {
         let authenticated = matches!(session.stage, Stage::Pending | Stage::Live);
+        if authenticated {
+            liveness.authenticated();
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {
                 session.close(CloseCode::Away, "bridge shutting down").await;
                 break SessionEnd::Shutdown;
             }
             frame = stream.next() => {
-                last_heard = Instant::now();
+                liveness.heard();
                 match frame {
                     Some(Ok(Frame::Text(text))) => {
                         if let Some(end) = session.on_text(text.as_str()).await {
@@ -209,16 +209,16 @@ pub async fn run_session(
                 }
             }
             Some(outbound) = uplink_rx.recv() => session.send_outbound(outbound).await,
-            _ = pings.tick() => {
-                if last_heard.elapsed() > config.ping_interval * 2 {
-                    break SessionEnd::Closed { authenticated, reason: "cloud stopped answering pings".into() };
+            due = liveness.due() => match due {
+                Due::Ping => {
+                    let _ = session.writer.send(Frame::Ping(Default::default())).await;
                 }
-                let _ = session.writer.send(Frame::Ping(Default::default())).await;
-            }
-            _ = tokio::time::sleep_until(handshake_deadline), if !authenticated => {
-                session.close(CloseCode::Policy, "authentication timed out").await;
-                break SessionEnd::Closed { authenticated, reason: "authentication handshake timed out".into() };
-            }
+                Due::HandshakeTimedOut => {
+                    session.close(CloseCode::Policy, "authentication timed out").await;
+                    break SessionEnd::Closed { authenticated, reason: due.reason().into() };
+                }
+                Due::CloudSilent => break SessionEnd::Closed { authenticated, reason: due.reason().into() },
+            },
         }
     };
     session.end();

@@ -124,3 +124,37 @@ async fn close_code_4001_while_live_backs_off_long() {
     link.closed().await;
     assert_backs_off_for_rejection(&mut s, rejected_at).await;
 }
+
+#[tokio::test]
+async fn a_cloud_that_stops_answering_is_given_up_and_connected_to_again() {
+    let interval = Duration::from_millis(200);
+    let (mut s, link) = live(|c| c.ping_interval = interval).await;
+    let silent_at = Instant::now();
+    link.go_silent();
+    let mut next = s.cloud.accept().await;
+    let waited = silent_at.elapsed();
+    assert!(
+        waited >= 2 * interval,
+        "gave the link up {waited:?} after the cloud went silent: sooner than 2 × {interval:?}"
+    );
+    next.handshake(AuthStatus::Accepted).await;
+    let outcome = next.call("after", "containers.list", json!({})).await;
+    assert_eq!(outcome, served("containers.list"));
+}
+
+#[tokio::test]
+async fn a_cloud_that_never_challenges_is_given_up_and_connected_to_again() {
+    let timeout = Duration::from_millis(300);
+    let mut s = scenario(|c| c.connect_timeout = timeout).await;
+    let _mute = s.cloud.accept().await;
+    let connected_at = Instant::now();
+    let mut next = s.cloud.accept().await;
+    assert!(
+        connected_at.elapsed() >= timeout - Duration::from_millis(50),
+        "connected again {:?} after a cloud that never challenged; connect_timeout is {timeout:?}",
+        connected_at.elapsed()
+    );
+    next.handshake(AuthStatus::Accepted).await;
+    let outcome = next.call("after", "containers.list", json!({})).await;
+    assert_eq!(outcome, served("containers.list"));
+}

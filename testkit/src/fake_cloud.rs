@@ -230,16 +230,22 @@ async fn upgrade(
 
 /// Moves frames between the socket and the test, so that pings are answered
 /// while the test is busy elsewhere; returning drops the socket without a
-/// close frame.
+/// close frame. Once `silence` is cancelled it neither reads nor writes, and
+/// holds the connection open until killed: a cloud that hangs.
 async fn pump(
     mut socket: WebSocketStream<TcpStream>,
     to_test: mpsc::UnboundedSender<Frame>,
     mut from_test: mpsc::UnboundedReceiver<Frame>,
+    silence: CancellationToken,
     kill: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = kill.cancelled() => return,
+            _ = silence.cancelled() => {
+                kill.cancelled().await;
+                return;
+            }
             frame = socket.next() => match frame {
                 Some(Ok(frame)) => { let _ = to_test.send(frame); }
                 Some(Err(_)) | None => return,
@@ -273,6 +279,7 @@ pub struct DeviceLink {
     guard: Mutex<ReplayGuard>,
     incoming: mpsc::UnboundedReceiver<Frame>,
     outgoing: mpsc::UnboundedSender<Frame>,
+    silence: CancellationToken,
     kill: CancellationToken,
 }
 
@@ -285,7 +292,14 @@ impl DeviceLink {
     ) -> Self {
         let (to_test, incoming) = mpsc::unbounded_channel();
         let (outgoing, from_test) = mpsc::unbounded_channel();
-        tokio::spawn(pump(socket, to_test, from_test, kill.clone()));
+        let silence = CancellationToken::new();
+        tokio::spawn(pump(
+            socket,
+            to_test,
+            from_test,
+            silence.clone(),
+            kill.clone(),
+        ));
         DeviceLink {
             side,
             cloud_key,
@@ -293,6 +307,7 @@ impl DeviceLink {
             guard: Mutex::new(ReplayGuard::new(protocol::DEFAULT_SKEW_MS, 100_000)),
             incoming,
             outgoing,
+            silence,
             kill,
         }
     }
@@ -440,6 +455,12 @@ impl DeviceLink {
             code: CloseCode::from(code),
             reason: reason.to_owned().into(),
         })));
+    }
+
+    /// Stops reading and writing, pongs included, and keeps the TCP
+    /// connection open: a cloud that hangs, or a route that black-holes.
+    pub fn go_silent(&self) {
+        self.silence.cancel();
     }
 
     /// Cuts the TCP connection without a close frame, as a crash would.
