@@ -23,9 +23,11 @@ use crate::stack::{in_turn, Stack, ECHO_METHOD};
 
 /// How often the cloud's memory is sampled.
 const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
-/// The share of the soak after which memory should stay flat: caches,
-/// pools and the allocator have grown to what the load needs.
-const WARM_UP_SHARE: f64 = 0.1;
+/// When memory should stay flat: once the replay guard forgets as many
+/// nonces as it learns (a message's nonce is kept until its timestamp leaves
+/// the skew window), and caches, pools and the allocator have grown to what
+/// the load needs. A run too short for that takes its middle.
+const WARM_UP: Duration = Duration::from_millis(protocol::DEFAULT_SKEW_MS + 10_000);
 /// The cloud's gauge of the nonces its replay guard remembers.
 const REMEMBERED_NONCES: &str = "devbridge_replay_guard_nonces";
 
@@ -103,7 +105,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Map<String, Value>> {
     let path = series.write("soak")?;
     println!("soak: the cloud's memory over time in {}", path.display());
 
-    let warm_from = args.secs as f64 * WARM_UP_SHARE;
+    let warm_from = WARM_UP.as_secs_f64().min(args.secs as f64 / 2.0);
     let kib_at = |secs: f64| {
         series
             .points
@@ -124,6 +126,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Map<String, Value>> {
     );
     figures.extend(outcome.latencies.figures("soak", &PERCENTILES));
     figures.insert("soak_rss_start_kib".into(), json!(series.first_kib()));
+    figures.insert("soak_warm_up_secs".into(), json!(warm_from));
     figures.insert("soak_rss_warm_kib".into(), json!(kib_at(warm_from)));
     figures.insert("soak_rss_end_kib".into(), json!(series.last_kib()));
     figures.insert("soak_rss_peak_kib".into(), json!(peak));
