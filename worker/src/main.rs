@@ -42,8 +42,9 @@ struct Args {
     #[arg(long, env = "LOG_MAX_BYTES", default_value_t = 512 * 1024)]
     log_max_bytes: usize,
 
-    /// How long a call from this device to the cloud may take, in milliseconds.
-    #[arg(long, env = "CLOUD_CALL_TIMEOUT_MS", default_value_t = 10_000)]
+    /// How long a call from this device to the cloud may take, in
+    /// milliseconds: longer than the bridge's own CLOUD_CALL_TIMEOUT_MS.
+    #[arg(long, env = "CLOUD_CALL_TIMEOUT_MS", default_value_t = 20_000)]
     cloud_call_timeout_ms: u64,
 
     /// Compose project of this device stack: containers.stop refuses its
