@@ -100,6 +100,13 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Map<String, Value>> {
     );
     let outcome = load::closed_loop(args.in_flight, Duration::from_secs(args.secs), call).await;
     let series = rss.finish().await;
+    if series
+        .gauge
+        .as_ref()
+        .is_none_or(|gauge| gauge.points.is_empty())
+    {
+        anyhow::bail!("the cloud's /metrics never showed {REMEMBERED_NONCES}");
+    }
     outcome.print_failures("soak");
     stack.stop().await?;
     let path = series.write("soak")?;
