@@ -7,6 +7,12 @@ use cloud::cli::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+// glibc's allocator spent a fifth of the cloud's CPU under load, mostly
+// consolidating and unlinking free chunks; mimalloc a tenth (BENCHMARKS.md).
+// The bridge keeps glibc's: mimalloc doubled its idle memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

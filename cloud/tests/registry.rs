@@ -237,3 +237,44 @@ async fn a_checkpoint_empties_the_write_ahead_log() {
         "the log is emptied (it held {before} bytes)"
     );
 }
+
+#[tokio::test]
+async fn actions_recorded_at_once_are_each_stored_and_told_their_own_entry() {
+    use cloud::store::audit::{Action, AuditFilter, AuditLog};
+
+    let (_dir, registry) = open().await;
+    let audit = AuditLog::new(registry.pool().clone());
+    // Far more than one group, all waiting at once.
+    let recorders = (0..600).map(|n| {
+        let audit = audit.clone();
+        tokio::spawn(async move {
+            let target = format!("dev-{n}");
+            let action = Action {
+                actor: "alice",
+                action: "rpc",
+                target: &target,
+                outcome: "ok",
+                detail: "containers.list",
+                latency_ms: Some(n),
+            };
+            audit.record(&action, 1_000 + n).await.unwrap()
+        })
+    });
+    let told: Vec<_> = futures::future::join_all(recorders)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    let mut ids: Vec<i64> = told.iter().map(|entry| entry.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 600, "every action has an id of its own");
+    let page = audit.page(&AuditFilter::default(), 0, 500).await.unwrap();
+    assert_eq!(page.total, 600);
+    for stored in &page.entries {
+        let recorded = told.iter().find(|entry| entry.id == stored.id).unwrap();
+        assert_eq!(recorded, stored, "the recorder was told the row as stored");
+        assert_eq!(stored.target, format!("dev-{}", stored.at - 1_000));
+    }
+}

@@ -4,6 +4,7 @@
 use protocol::now_ms;
 
 use crate::events::EventHub;
+use crate::store::audit::RecordError;
 use crate::store::{Action, AuditEntry, AuditLog};
 
 /// Writes operator actions to the audit log and publishes them live.
@@ -28,7 +29,7 @@ impl Auditor {
     /// Stores a refused action in aggregate (see [`AuditLog::record_refusal`]).
     pub async fn record_refusal(&self, action: &Action<'_>) {
         let stored = self.log.record_refusal(action, now_ms() as i64).await;
-        self.publish(action, stored);
+        self.publish(action, stored.map_err(RecordError::from));
     }
 
     /// The common case: an action with no detail and no latency.
@@ -44,7 +45,7 @@ impl Auditor {
         .await;
     }
 
-    fn publish(&self, action: &Action<'_>, stored: Result<AuditEntry, sqlx::Error>) {
+    fn publish(&self, action: &Action<'_>, stored: Result<AuditEntry, RecordError>) {
         match stored {
             Ok(entry) => self.events.audit(&entry),
             Err(e) => tracing::error!(

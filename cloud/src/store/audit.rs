@@ -3,10 +3,12 @@
 //! together with the devices' own auth events (new key, authenticated,
 //! refused and why).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::registry::{aggregation_bucket, AuthEvent};
 
@@ -17,6 +19,11 @@ const DEVICE_EVENTS: [&str; 4] = ["new_key", "authenticated", "key_mismatch", "a
 const REFUSED_DEVICE_EVENTS: [&str; 2] = ["key_mismatch", "auth_failed"];
 /// Most entries one page may hold.
 pub const MAX_PAGE: i64 = 500;
+/// Most actions one group commit writes (7 bound values each, well within
+/// SQLite's limit of 32,766).
+const MAX_GROUP: usize = 256;
+/// Actions waiting for the writer before recorders wait for room.
+const WRITER_QUEUE: usize = 4 * MAX_GROUP;
 
 /// What an operator did, to be recorded.
 #[derive(Debug, Clone)]
@@ -49,6 +56,23 @@ impl Action<'_> {
             latency_ms: self.latency_ms,
             count,
         }
+    }
+}
+
+/// Why an action could not be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RecordError {
+    /// The group it was written with failed: every action of the group sees
+    /// the same error.
+    #[error("cannot write the audit log: {0}")]
+    Database(Arc<sqlx::Error>),
+    #[error("the audit log's writer has stopped")]
+    WriterStopped,
+}
+
+impl From<sqlx::Error> for RecordError {
+    fn from(e: sqlx::Error) -> Self {
+        RecordError::Database(Arc::new(e))
     }
 }
 
@@ -120,16 +144,42 @@ pub struct AuditPage {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     pool: SqlitePool,
+    /// The group writer's queue (see [`AuditLog::record`]).
+    writer: mpsc::Sender<Pending>,
+}
+
+/// An action waiting for the group writer, with whom to tell once it is stored.
+struct Pending {
+    entry: AuditEntry,
+    stored: oneshot::Sender<Result<AuditEntry, RecordError>>,
 }
 
 impl AuditLog {
+    /// The log in `pool`'s database, with its group writer (a task of the
+    /// current tokio runtime, ending when the last clone of the log is dropped).
     pub fn new(pool: SqlitePool) -> Self {
-        AuditLog { pool }
+        let (writer, queue) = mpsc::channel(WRITER_QUEUE);
+        tokio::spawn(write_groups(pool.clone(), queue));
+        AuditLog { pool, writer }
     }
 
-    /// Stores an action; returns it as the log will show it.
-    pub async fn record(&self, action: &Action<'_>, now: i64) -> Result<AuditEntry, sqlx::Error> {
-        self.insert(action, now, None).await
+    /// Stores an action; returns it as the log shows it, once it is committed.
+    ///
+    /// Actions recorded at the same moment are committed together, in one
+    /// statement and one transaction: under load one commit serves every
+    /// call that finished meanwhile, instead of each call waiting for a
+    /// commit of its own; alone, an action is written at once.
+    pub async fn record(&self, action: &Action<'_>, now: i64) -> Result<AuditEntry, RecordError> {
+        let (stored, written) = oneshot::channel();
+        let pending = Pending {
+            entry: action.entry(0, now, 1),
+            stored,
+        };
+        self.writer
+            .send(pending)
+            .await
+            .map_err(|_| RecordError::WriterStopped)?;
+        written.await.map_err(|_| RecordError::WriterStopped)?
     }
 
     /// Stores a refused action in aggregate: the entry with the same actor,
@@ -140,18 +190,6 @@ impl AuditLog {
         &self,
         action: &Action<'_>,
         now: i64,
-    ) -> Result<AuditEntry, sqlx::Error> {
-        self.insert(action, now, Some(aggregation_bucket(now)))
-            .await
-    }
-
-    /// One upsert for both: without a bucket the row is never a conflict
-    /// (the unique index lets NULLs repeat), so it is a row of its own.
-    async fn insert(
-        &self,
-        action: &Action<'_>,
-        now: i64,
-        bucket: Option<i64>,
     ) -> Result<AuditEntry, sqlx::Error> {
         let (id, count): (i64, i64) = sqlx::query_as(
             "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms, bucket) \
@@ -167,7 +205,7 @@ impl AuditLog {
         .bind(action.outcome)
         .bind(action.detail)
         .bind(action.latency_ms)
-        .bind(bucket)
+        .bind(aggregation_bucket(now))
         .fetch_one(&self.pool)
         .await?;
         Ok(action.entry(id, now, count))
@@ -257,4 +295,60 @@ impl AuditLog {
             limit,
         })
     }
+}
+
+/// The group writer: takes every action waiting (up to [`MAX_GROUP`]), writes
+/// them in one statement, and tells each recorder its entry.
+async fn write_groups(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        match insert_group(&pool, &group).await {
+            Ok(ids) => {
+                for (pending, id) in group.drain(..).zip(ids) {
+                    let entry = AuditEntry {
+                        id,
+                        ..pending.entry
+                    };
+                    let _ = pending.stored.send(Ok(entry));
+                }
+            }
+            Err(e) => {
+                let e = RecordError::from(e);
+                for pending in group.drain(..) {
+                    let _ = pending.stored.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Inserts `group` (rows of their own: no bucket, so never an aggregate) and
+/// returns their ids in the group's order.
+async fn insert_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<i64>, sqlx::Error> {
+    let mut insert = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms) ",
+    );
+    insert.push_values(group, |mut row, pending| {
+        let entry = &pending.entry;
+        row.push_bind(entry.at)
+            .push_bind(&entry.actor)
+            .push_bind(&entry.action)
+            .push_bind(&entry.target)
+            .push_bind(&entry.outcome)
+            .push_bind(&entry.detail)
+            .push_bind(entry.latency_ms);
+    });
+    insert.push(" RETURNING id");
+    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(pool).await?;
+    // One statement inserts its rows in order, each taking the next id, but
+    // RETURNING may list them in any order.
+    ids.sort_unstable();
+    if ids.len() != group.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "inserted {} audit entries, got {} ids back",
+            group.len(),
+            ids.len()
+        )));
+    }
+    Ok(ids)
 }
