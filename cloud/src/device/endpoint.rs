@@ -13,7 +13,10 @@ use super::Devices;
 use crate::client_address::ClientAddress;
 
 /// Socket read chunk; a message larger than this is assembled as it arrives.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Every connection keeps one, idle or not: 2 KiB holds a call's answer
+/// (about 500 bytes for `rpc.discover`) and costs an idle device 2 KiB less
+/// than 4 did (BENCHMARKS.md).
+const READ_BUFFER_BYTES: usize = 2 * 1024;
 /// The transport's hard cap is this many times the protocol's frame limit, so
 /// that a frame just over the limit is refused with an error, not a cut socket.
 const TRANSPORT_CAP_FACTOR: usize = 4;
