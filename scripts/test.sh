@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
 # the tests need: nats-server (a real broker, also the nats image's payload),
-# busybox-static (the payload of the tiny test images), openssl (key scripts,
+# busybox-static (the payload of the tiny test images), postgresql (each
+# store test runs on SQLite and on a real PostgreSQL server), openssl (key scripts,
 # interop check), chromium with chromium-driver (the dashboard's browser
 # tests), python3 with venv, git and Docker Compose (the dev stack tests), from
 # Debian; then the Python checkers the cloud's tests run (the OpenAPI
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || missing+=(postgresql)
 command -v openssl >/dev/null || missing+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # The dashboard's browser tests drive a real headless Chromium.

@@ -1,21 +1,50 @@
-//! The SQLite registry on its own: never re-keyed, bounded event history,
-//! aggregated refusals, and what it forgets by itself.
+//! The store on its own: never re-keyed, bounded event history, aggregated
+//! refusals, the audit log's groups, and what it forgets by itself. Each
+//! test runs twice, on a fresh SQLite file and on a real PostgreSQL server
+//! (`store_tests!` below); the last ones are SQLite's own.
 
 use cloud::store::registry::{
     AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT,
 };
 use serde_json::json;
+use testkit::TestDatabase;
 
-async fn open() -> (tempfile::TempDir, Registry) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("a/b/cloud.db").display());
-    let registry = Registry::open(&url).await.unwrap();
-    (dir, registry)
+/// Runs each named test (an `async fn(TestDatabase)`) once on SQLite, as
+/// `on_sqlite::NAME`, and once on PostgreSQL, as `on_postgres::NAME`.
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(testkit::TestDatabase::sqlite().await).await
+            })*
+        }
+        mod on_postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(testkit::TestDatabase::postgres().await).await
+            })*
+        }
+    };
 }
 
-#[tokio::test]
-async fn a_registered_id_keeps_its_first_key() {
-    let (_dir, registry) = open().await;
+store_tests!(
+    a_registered_id_keeps_its_first_key,
+    only_the_latest_container_events_are_kept,
+    new_ids_stop_at_the_pending_cap_and_known_ones_are_not_counted_again,
+    registrations_at_once_from_two_instances_stop_at_the_cap,
+    refused_attempts_on_a_device_share_one_row_an_hour,
+    pending_devices_not_seen_for_long_are_forgotten_and_the_others_kept,
+    the_audit_log_keeps_its_retention_and_its_most_rows,
+    actions_recorded_at_once_are_each_stored_and_told_their_own_entry,
+);
+
+async fn open(db: &TestDatabase) -> Registry {
+    Registry::open(&db.url()).await.unwrap()
+}
+
+async fn a_registered_id_keeps_its_first_key(db: TestDatabase) {
+    let registry = open(&db).await;
     let Registration::Registered(new_key) = registry
         .register_new_key("dev-1", "PEM-1", "SHA256:one", Some("1.0"), 10, 1)
         .await
@@ -44,9 +73,8 @@ async fn a_registered_id_keeps_its_first_key() {
     assert_eq!(events[0].event, "new_key");
 }
 
-#[tokio::test]
-async fn only_the_latest_container_events_are_kept() {
-    let (_dir, registry) = open().await;
+async fn only_the_latest_container_events_are_kept(db: TestDatabase) {
+    let registry = open(&db).await;
     registry
         .register_new_key("dev-1", "PEM", "SHA256:x", None, 10, 0)
         .await
@@ -86,9 +114,8 @@ async fn the_database_file_is_private_to_its_owner() {
     }
 }
 
-#[tokio::test]
-async fn new_ids_stop_at_the_pending_cap_and_known_ones_are_not_counted_again() {
-    let (_dir, registry) = open().await;
+async fn new_ids_stop_at_the_pending_cap_and_known_ones_are_not_counted_again(db: TestDatabase) {
+    let registry = open(&db).await;
     for n in 0..3 {
         let registered = registry
             .register_new_key(&format!("dev-{n}"), "PEM", "SHA256:x", None, 3, n)
@@ -114,9 +141,34 @@ async fn new_ids_stop_at_the_pending_cap_and_known_ones_are_not_counted_again() 
     assert!(matches!(registered, Registration::Registered(_)));
 }
 
-#[tokio::test]
-async fn refused_attempts_on_a_device_share_one_row_an_hour() {
-    let (_dir, registry) = open().await;
+async fn registrations_at_once_from_two_instances_stop_at_the_cap(db: TestDatabase) {
+    // Two handles on one database, as two cloud instances have.
+    let (first, second) = (open(&db).await, open(&db).await);
+    let attempts = (0..24).map(|n| {
+        let registry = if n % 2 == 0 {
+            first.clone()
+        } else {
+            second.clone()
+        };
+        tokio::spawn(async move {
+            registry
+                .register_new_key(&format!("dev-{n}"), "PEM", "SHA256:x", None, 5, n)
+                .await
+                .unwrap()
+        })
+    });
+    let registered = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|outcome| matches!(outcome.as_ref().unwrap(), Registration::Registered(_)))
+        .count();
+    assert_eq!(registered, 5);
+    let pending = first.count_by_status().await.unwrap();
+    assert_eq!(pending, [(DeviceStatus::Pending, 5)]);
+}
+
+async fn refused_attempts_on_a_device_share_one_row_an_hour(db: TestDatabase) {
+    let registry = open(&db).await;
     registry
         .register_new_key("dev-1", "PEM", "SHA256:x", None, 10, 0)
         .await
@@ -152,9 +204,8 @@ async fn refused_attempts_on_a_device_share_one_row_an_hour() {
     assert_ne!(later.id, mismatches[0].id);
 }
 
-#[tokio::test]
-async fn pending_devices_not_seen_for_long_are_forgotten_and_the_others_kept() {
-    let (_dir, registry) = open().await;
+async fn pending_devices_not_seen_for_long_are_forgotten_and_the_others_kept(db: TestDatabase) {
+    let registry = open(&db).await;
     for (id, seen) in [("stale", 10), ("fresh", 1_000), ("accepted-stale", 10)] {
         registry
             .register_new_key(id, "PEM", "SHA256:x", None, 10, seen)
@@ -177,12 +228,11 @@ async fn pending_devices_not_seen_for_long_are_forgotten_and_the_others_kept() {
     );
 }
 
-#[tokio::test]
-async fn the_audit_log_keeps_its_retention_and_its_most_rows() {
+async fn the_audit_log_keeps_its_retention_and_its_most_rows(db: TestDatabase) {
     use cloud::store::audit::{Action, AuditLog};
     use std::time::Duration;
 
-    let (_dir, registry) = open().await;
+    let registry = open(&db).await;
     let audit = AuditLog::new(registry.pool().clone());
     let action = Action {
         actor: "alice",
@@ -220,7 +270,9 @@ async fn the_audit_log_keeps_its_retention_and_its_most_rows() {
 
 #[tokio::test]
 async fn a_checkpoint_empties_the_write_ahead_log() {
-    let (dir, registry) = open().await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("a/b/cloud.db").display());
+    let registry = Registry::open(&url).await.unwrap();
     let wal = dir.path().join("a/b/cloud.db-wal");
     for n in 0..200 {
         registry
@@ -238,11 +290,10 @@ async fn a_checkpoint_empties_the_write_ahead_log() {
     );
 }
 
-#[tokio::test]
-async fn actions_recorded_at_once_are_each_stored_and_told_their_own_entry() {
+async fn actions_recorded_at_once_are_each_stored_and_told_their_own_entry(db: TestDatabase) {
     use cloud::store::audit::{Action, AuditFilter, AuditLog};
 
-    let (_dir, registry) = open().await;
+    let registry = open(&db).await;
     let audit = AuditLog::new(registry.pool().clone());
     // Far more than one group, all waiting at once.
     let recorders = (0..600).map(|n| {

@@ -15,8 +15,12 @@ pub mod fake_cloud;
 pub mod fake_device;
 pub mod frame;
 pub mod nats;
+pub mod postgres;
+pub use postgres::{PostgresServer, TestDatabase};
+
 mod wait;
 
+use std::net::{Ipv4Addr, TcpListener};
 use std::time::Duration;
 
 use protocol::keys::PublicKey;
@@ -33,4 +37,13 @@ pub struct CloudEndpoint {
     pub url: String,
     pub cloud_id: String,
     pub public_key: PublicKey,
+}
+
+/// A port that was free a moment ago: bound to port 0 and released, so a
+/// server (and its restarts) can use a fixed port.
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("binding 127.0.0.1:0 to find a free port")
 }

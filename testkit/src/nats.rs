@@ -1,7 +1,9 @@
 //! A real `nats-server` for a test, on a free loopback port, killed on drop.
 //! It can be restarted on the same port, so clients' reconnects can be tested.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
+
+use crate::free_port;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,15 +147,6 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A port that was free a moment ago: bound to port 0 and released, so the
-/// server (and its restarts) can use a fixed port.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("binding 127.0.0.1:0 to find a free port")
 }
 
 /// `nats-server` from PATH, else Debian's location.

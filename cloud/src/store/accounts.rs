@@ -12,8 +12,9 @@ use base64::Engine;
 use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 use tokio::sync::Semaphore;
+
+use crate::store::database::Pool;
 
 /// A session ends this long after its last use.
 pub const SESSION_IDLE: Duration = Duration::from_secs(12 * 3600);
@@ -83,12 +84,12 @@ const PASSWORD_CHECKS_AT_ONCE: usize = 2;
 /// Operator accounts in the registry database.
 #[derive(Debug, Clone)]
 pub struct Accounts {
-    pool: SqlitePool,
+    pool: Pool,
     password_checks: Arc<Semaphore>,
 }
 
 impl Accounts {
-    pub fn new(pool: SqlitePool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         Accounts {
             pool,
             password_checks: Arc::new(Semaphore::new(PASSWORD_CHECKS_AT_ONCE)),
@@ -104,7 +105,7 @@ impl Accounts {
         check_name(name)?;
         let hash = hash_password(password).await?;
         let inserted = sqlx::query_as(
-            "INSERT INTO operators (name, password_hash, created_at) VALUES (?, ?, ?) \
+            "INSERT INTO operators (name, password_hash, created_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO NOTHING RETURNING id, name, created_at",
         )
         .bind(name)
@@ -125,7 +126,7 @@ impl Accounts {
 
     /// Removes an operator with their sessions and tokens.
     pub async fn remove_operator(&self, name: &str) -> Result<(), AccountError> {
-        let removed = sqlx::query("DELETE FROM operators WHERE name = ?")
+        let removed = sqlx::query("DELETE FROM operators WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await?
@@ -141,14 +142,14 @@ impl Accounts {
         let hash = hash_password(password).await?;
         let mut tx = self.pool.begin().await?;
         let id: Option<i64> = sqlx::query_scalar(
-            "UPDATE operators SET password_hash = ? WHERE name = ? RETURNING id",
+            "UPDATE operators SET password_hash = $1 WHERE name = $2 RETURNING id",
         )
         .bind(hash)
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
         let id = id.ok_or_else(|| AccountError::UnknownOperator(name.to_owned()))?;
-        sqlx::query("DELETE FROM operator_sessions WHERE operator_id = ?")
+        sqlx::query("DELETE FROM operator_sessions WHERE operator_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -161,7 +162,7 @@ impl Accounts {
     /// The operator of this name, if there is one.
     pub async fn operator(&self, name: &str) -> Result<Option<Operator>, AccountError> {
         let row: Option<(i64, String, i64)> =
-            sqlx::query_as("SELECT id, name, created_at FROM operators WHERE name = ?")
+            sqlx::query_as("SELECT id, name, created_at FROM operators WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -178,7 +179,7 @@ impl Accounts {
         password: &str,
     ) -> Result<Option<Operator>, AccountError> {
         let row: Option<(i64, String, i64, String)> = sqlx::query_as(
-            "SELECT id, name, created_at, password_hash FROM operators WHERE name = ?",
+            "SELECT id, name, created_at, password_hash FROM operators WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -222,7 +223,7 @@ impl Accounts {
         let csrf_token = random_secret();
         sqlx::query(
             "INSERT INTO operator_sessions (token_hash, operator_id, csrf_token, created_at, last_used_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(digest(&secret))
         .bind(operator.id)
@@ -233,7 +234,7 @@ impl Accounts {
         .execute(&self.pool)
         .await?;
         // Expired sessions go when new ones come, so the table stays small.
-        sqlx::query("DELETE FROM operator_sessions WHERE expires_at < ?")
+        sqlx::query("DELETE FROM operator_sessions WHERE expires_at < $1")
             .bind(now)
             .execute(&self.pool)
             .await?;
@@ -246,7 +247,7 @@ impl Accounts {
         let row: Option<(i64, String, i64, String, i64)> = sqlx::query_as(
             "SELECT o.id, o.name, o.created_at, s.csrf_token, s.last_used_at \
              FROM operator_sessions s JOIN operators o ON o.id = s.operator_id \
-             WHERE s.token_hash = ? AND s.expires_at >= ?",
+             WHERE s.token_hash = $1 AND s.expires_at >= $2",
         )
         .bind(&hash)
         .bind(now)
@@ -257,7 +258,7 @@ impl Accounts {
         };
         if now - last_used_at >= TOUCH_EVERY_MS {
             sqlx::query(
-                "UPDATE operator_sessions SET last_used_at = ?, expires_at = ? WHERE token_hash = ?",
+                "UPDATE operator_sessions SET last_used_at = $1, expires_at = $2 WHERE token_hash = $3",
             )
             .bind(now)
             .bind(now + SESSION_IDLE.as_millis() as i64)
@@ -276,7 +277,7 @@ impl Accounts {
     }
 
     pub async fn end_session(&self, secret: &str) -> Result<(), AccountError> {
-        sqlx::query("DELETE FROM operator_sessions WHERE token_hash = ?")
+        sqlx::query("DELETE FROM operator_sessions WHERE token_hash = $1")
             .bind(digest(secret))
             .execute(&self.pool)
             .await?;
@@ -292,7 +293,7 @@ impl Accounts {
     ) -> Result<(ApiToken, String), AccountError> {
         let secret = format!("{TOKEN_PREFIX}{}", random_secret());
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_tokens (operator_id, name, token_hash, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            "INSERT INTO api_tokens (operator_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(operator.id)
         .bind(name)
@@ -323,14 +324,14 @@ impl Accounts {
 
     /// Revokes a token at once; revoking twice is harmless.
     pub async fn revoke_token(&self, id: i64, now: i64) -> Result<ApiToken, AccountError> {
-        sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+        sqlx::query("UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
             .bind(now)
             .bind(id)
             .execute(&self.pool)
             .await?;
         let token = sqlx::query_as(
             "SELECT t.id, o.name AS operator, t.name, t.created_at, t.last_used_at, t.revoked_at \
-             FROM api_tokens t JOIN operators o ON o.id = t.operator_id WHERE t.id = ?",
+             FROM api_tokens t JOIN operators o ON o.id = t.operator_id WHERE t.id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -351,7 +352,7 @@ impl Accounts {
             "SELECT o.id AS op_id, o.name AS op_name, o.created_at AS op_created, \
                     t.id, t.name, t.created_at, t.last_used_at \
              FROM api_tokens t JOIN operators o ON o.id = t.operator_id \
-             WHERE t.token_hash = ? AND t.revoked_at IS NULL",
+             WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
         )
         .bind(digest(secret))
         .fetch_optional(&self.pool)
@@ -369,7 +370,7 @@ impl Accounts {
             return Ok(None);
         };
         if last_used_at.is_none_or(|at| now - at >= TOUCH_EVERY_MS) {
-            sqlx::query("UPDATE api_tokens SET last_used_at = ? WHERE id = ?")
+            sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(id)
                 .execute(&self.pool)

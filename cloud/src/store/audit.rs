@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+
 use tokio::sync::{mpsc, oneshot};
 
+use crate::store::database::Pool;
 use crate::store::registry::{aggregation_bucket, AuthEvent};
 
 /// Device auth events the audit log shows. Accept, reject and delete are
@@ -143,7 +144,7 @@ pub struct AuditPage {
 
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    pool: SqlitePool,
+    pool: Pool,
     /// The group writer's queue (see [`AuditLog::record`]).
     writer: mpsc::Sender<Pending>,
 }
@@ -157,7 +158,7 @@ struct Pending {
 impl AuditLog {
     /// The log in `pool`'s database, with its group writer (a task of the
     /// current tokio runtime, ending when the last clone of the log is dropped).
-    pub fn new(pool: SqlitePool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         let (writer, queue) = mpsc::channel(WRITER_QUEUE);
         tokio::spawn(write_groups(pool.clone(), queue));
         AuditLog { pool, writer }
@@ -193,9 +194,9 @@ impl AuditLog {
     ) -> Result<AuditEntry, sqlx::Error> {
         let (id, count): (i64, i64) = sqlx::query_as(
             "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms, bucket) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (actor, action, target, outcome, bucket) DO UPDATE \
-             SET count = count + 1, at = excluded.at, detail = excluded.detail \
+             SET count = audit_log.count + 1, at = excluded.at, detail = excluded.detail \
              RETURNING id, count",
         )
         .bind(now)
@@ -224,8 +225,8 @@ impl AuditLog {
         let mut pruned = 0;
         for table in ["audit_log", "auth_events"] {
             pruned += sqlx::query(&format!(
-                "DELETE FROM {table} WHERE at < ?1 OR id <= \
-                 (SELECT id FROM {table} ORDER BY id DESC LIMIT 1 OFFSET ?2)"
+                "DELETE FROM {table} WHERE at < $1 OR id <= \
+                 (SELECT id FROM {table} ORDER BY id DESC LIMIT 1 OFFSET $2)"
             ))
             .bind(oldest_kept)
             .bind(max_rows)
@@ -261,12 +262,12 @@ impl AuditLog {
                     detail, NULL, count \
              FROM auth_events WHERE event IN ({shown})"
         );
-        let conditions = "(?1 IS NULL OR source = ?1) AND (?2 IS NULL OR actor = ?2) \
-             AND (?3 IS NULL OR action = ?3) AND (?4 IS NULL OR target = ?4) \
-             AND (?5 = 0 OR outcome <> 'ok')";
+        let conditions = "($1 IS NULL OR source = $1) AND ($2 IS NULL OR actor = $2) \
+             AND ($3 IS NULL OR action = $3) AND ($4 IS NULL OR target = $4) \
+             AND (NOT $5 OR outcome <> 'ok')";
         let failures_only = filter.failures_only.unwrap_or(false);
         let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM ({union}) WHERE {conditions}"
+            "SELECT COUNT(*) FROM ({union}) AS entries WHERE {conditions}"
         ))
         .bind(&filter.source)
         .bind(&filter.actor)
@@ -276,8 +277,8 @@ impl AuditLog {
         .fetch_one(&self.pool)
         .await?;
         let entries = sqlx::query_as(&format!(
-            "SELECT * FROM ({union}) WHERE {conditions} \
-             ORDER BY at DESC, source, id DESC LIMIT ?6 OFFSET ?7"
+            "SELECT * FROM ({union}) AS entries WHERE {conditions} \
+             ORDER BY at DESC, source, id DESC LIMIT $6 OFFSET $7"
         ))
         .bind(&filter.source)
         .bind(&filter.actor)
@@ -299,7 +300,7 @@ impl AuditLog {
 
 /// The group writer: takes every action waiting (up to [`MAX_GROUP`]), writes
 /// them in one statement, and tells each recorder its entry.
-async fn write_groups(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
+async fn write_groups(pool: Pool, mut queue: mpsc::Receiver<Pending>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         match insert_group(&pool, &group).await {
@@ -324,22 +325,34 @@ async fn write_groups(pool: SqlitePool, mut queue: mpsc::Receiver<Pending>) {
 
 /// Inserts `group` (rows of their own: no bucket, so never an aggregate) and
 /// returns their ids in the group's order.
-async fn insert_group(pool: &SqlitePool, group: &[Pending]) -> Result<Vec<i64>, sqlx::Error> {
-    let mut insert = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms) ",
+async fn insert_group(pool: &Pool, group: &[Pending]) -> Result<Vec<i64>, sqlx::Error> {
+    // Written out, not with sqlx's QueryBuilder: through the `Any` driver it
+    // numbers no placeholders, which PostgreSQL needs.
+    const COLUMNS: usize = 7;
+    let rows = (0..group.len())
+        .map(|row| {
+            let first = row * COLUMNS;
+            let values: Vec<String> = (1..=COLUMNS).map(|c| format!("${}", first + c)).collect();
+            format!("({})", values.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO audit_log (at, actor, action, target, outcome, detail, latency_ms) \
+         VALUES {rows} RETURNING id"
     );
-    insert.push_values(group, |mut row, pending| {
-        let entry = &pending.entry;
-        row.push_bind(entry.at)
-            .push_bind(&entry.actor)
-            .push_bind(&entry.action)
-            .push_bind(&entry.target)
-            .push_bind(&entry.outcome)
-            .push_bind(&entry.detail)
-            .push_bind(entry.latency_ms);
-    });
-    insert.push(" RETURNING id");
-    let mut ids: Vec<i64> = insert.build_query_scalar().fetch_all(pool).await?;
+    let mut insert = sqlx::query_scalar(&sql);
+    for Pending { entry, .. } in group {
+        insert = insert
+            .bind(entry.at)
+            .bind(&entry.actor)
+            .bind(&entry.action)
+            .bind(&entry.target)
+            .bind(&entry.outcome)
+            .bind(&entry.detail)
+            .bind(entry.latency_ms);
+    }
+    let mut ids: Vec<i64> = insert.fetch_all(pool).await?;
     // One statement inserts its rows in order, each taking the next id, but
     // RETURNING may list them in any order.
     ids.sort_unstable();

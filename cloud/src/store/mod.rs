@@ -1,9 +1,10 @@
 //! What the cloud keeps: the device registry, operator accounts and the audit
-//! log, in one SQLite database. Row types live here, apart from the API's
+//! log, in one database (SQLite or PostgreSQL, see `database.rs`). Row types live here, apart from the API's
 //! views of them; nothing in this layer knows of HTTP, sessions or the fleet.
 
 pub mod accounts;
 pub mod audit;
+pub mod database;
 pub mod housekeeping;
 pub mod registry;
 

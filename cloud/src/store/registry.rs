@@ -1,18 +1,17 @@
-//! The device registry in SQLite: devices and their keys, the auth audit log,
+//! The device registry: devices and their keys, the auth audit log,
 //! and the container events devices report.
 //!
 //! Every write that belongs with an audit event happens in one transaction with
 //! it. Timestamps are milliseconds since the Unix epoch.
 
 use protocol::auth::AuthStatus;
-use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+
+use super::database::{self, Backend, Connection, Pool};
 use utoipa::ToSchema;
 
 /// Refusals alike within one window of this length (a clock hour) share one
@@ -44,6 +43,8 @@ pub enum RegistryError {
         path: String,
         source: std::io::Error,
     },
+    #[error("unsupported database URL scheme {0:?}: use sqlite:PATH or postgres://…")]
+    UnsupportedUrl(String),
     #[error("corrupt registry row: {0}")]
     Corrupt(String),
 }
@@ -218,37 +219,36 @@ pub enum Registration {
     PendingFull,
 }
 
+/// The PostgreSQL advisory lock new registrations take turns on: any
+/// number, the same in every instance.
+const PENDING_REGISTRATION_LOCK: i64 = 0x6465_7662_7064_6e67;
+
 /// A cheap, cloneable handle on the registry database.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    pool: SqlitePool,
+    pool: Pool,
+    backend: Backend,
 }
 
 const DEVICE_COLUMNS: &str = "id, public_key, fingerprint, status, first_seen, last_seen, \
                               bridge_version, last_health, last_health_at";
 
 impl Registry {
-    /// Opens (creating the file and its directory if missing) and migrates the
-    /// database at `url`, e.g. `sqlite://data/cloud.db`.
+    /// Opens and migrates the database at `url`: `sqlite://data/cloud.db`
+    /// (the file and its directory are created if missing) or
+    /// `postgres://user:password@host/database`.
     pub async fn open(url: &str) -> Result<Self, RegistryError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        create_parent_dir(options.get_filename())?;
-        create_private_file(options.get_filename())?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Registry { pool })
+        let (pool, backend) = database::open(url).await?;
+        Ok(Registry { pool, backend })
     }
 
     /// The database, shared with operator accounts and the audit log.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Answers if the database does (for `/readyz`).
@@ -262,8 +262,12 @@ impl Registry {
     /// always holds a read snapshot, which concurrent writers do under load:
     /// the log then grows with every write until the disk is full. This one
     /// waits (up to the busy timeout) for the readers of older snapshots.
-    /// Returns the log's size in pages before it was emptied.
+    /// Returns the log's size in pages before it was emptied. PostgreSQL
+    /// keeps its own log: there, nothing is done.
     pub async fn checkpoint(&self) -> Result<i64, RegistryError> {
+        if self.backend != Backend::Sqlite {
+            return Ok(0);
+        }
         let (busy, log_pages, _checkpointed): (i64, i64, i64) =
             sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&self.pool)
@@ -296,7 +300,7 @@ impl Registry {
 
     pub async fn device(&self, id: &str) -> Result<Option<DeviceRecord>, RegistryError> {
         let row: Option<DeviceRow> = sqlx::query_as(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -333,10 +337,19 @@ impl Registry {
         // checks the id and the cap, so concurrent registrations cannot
         // overshoot it.
         let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // PostgreSQL runs writers side by side, each counting what was
+            // committed before it began: registrations take turns, or
+            // instances registering at once could each slip under the cap.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(PENDING_REGISTRATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let inserted = sqlx::query(
             "INSERT INTO devices (id, public_key, fingerprint, status, first_seen, last_seen, bridge_version) \
-             SELECT ?, ?, ?, 'pending', ?, ?, ? \
-             WHERE (SELECT COUNT(*) FROM devices WHERE status = 'pending') < ? \
+             SELECT $1, $2, $3, 'pending', $4, $5, $6 \
+             WHERE (SELECT COUNT(*) FROM devices WHERE status = 'pending') < $7 \
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
@@ -376,7 +389,7 @@ impl Registry {
         let detail = status.as_str();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE devices SET last_seen = ?, bridge_version = COALESCE(?, bridge_version) WHERE id = ?",
+            "UPDATE devices SET last_seen = $1, bridge_version = COALESCE($2, bridge_version) WHERE id = $3",
         )
         .bind(now)
         .bind(bridge_version)
@@ -415,7 +428,7 @@ impl Registry {
             }
         };
         let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query("UPDATE devices SET status = ? WHERE id = ?")
+        let updated = sqlx::query("UPDATE devices SET status = $1 WHERE id = $2")
             .bind(status.as_str())
             .bind(id)
             .execute(&mut *tx)
@@ -426,7 +439,7 @@ impl Registry {
         }
         insert_auth_event(&mut tx, id, event, detail, now).await?;
         let row: DeviceRow = sqlx::query_as(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = ?"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
@@ -439,7 +452,7 @@ impl Registry {
     /// `deleted` line. Returns false if the id was unknown.
     pub async fn delete(&self, id: &str, detail: &str, now: i64) -> Result<bool, RegistryError> {
         let mut tx = self.pool.begin().await?;
-        let deleted = sqlx::query("DELETE FROM devices WHERE id = ?")
+        let deleted = sqlx::query("DELETE FROM devices WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?
@@ -447,7 +460,7 @@ impl Registry {
             == 1;
         if deleted {
             for table in ["device_events", "device_health"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE device_id = ?"))
+                sqlx::query(&format!("DELETE FROM {table} WHERE device_id = $1"))
                     .bind(id)
                     .execute(&mut *tx)
                     .await?;
@@ -468,7 +481,7 @@ impl Registry {
     ) -> Result<Vec<String>, RegistryError> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<String> = sqlx::query_scalar(
-            "DELETE FROM devices WHERE status = 'pending' AND last_seen < ? RETURNING id",
+            "DELETE FROM devices WHERE status = 'pending' AND last_seen < $1 RETURNING id",
         )
         .bind(seen_before)
         .fetch_all(&mut *tx)
@@ -481,7 +494,7 @@ impl Registry {
     }
 
     pub async fn touch(&self, id: &str, now: i64) -> Result<(), RegistryError> {
-        sqlx::query("UPDATE devices SET last_seen = MAX(last_seen, ?) WHERE id = ?")
+        sqlx::query("UPDATE devices SET last_seen = CASE WHEN last_seen < $1 THEN $1 ELSE last_seen END WHERE id = $2")
             .bind(now)
             .bind(id)
             .execute(&self.pool)
@@ -499,7 +512,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let text = health.to_string();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE devices SET last_health = ?, last_health_at = ?, last_seen = MAX(last_seen, ?) WHERE id = ?")
+        sqlx::query("UPDATE devices SET last_health = $1, last_health_at = $2, last_seen = CASE WHEN last_seen < $3 THEN $3 ELSE last_seen END WHERE id = $4")
             .bind(&text)
             .bind(now)
             .bind(now)
@@ -507,8 +520,8 @@ impl Registry {
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "INSERT INTO device_health (device_id, at, health) SELECT ?1, ?2, ?3 \
-             WHERE NOT EXISTS (SELECT 1 FROM device_health WHERE device_id = ?1 AND at > ?4)",
+            "INSERT INTO device_health (device_id, at, health) SELECT $1, $2, $3 \
+             WHERE NOT EXISTS (SELECT 1 FROM device_health WHERE device_id = $1 AND at > $4)",
         )
         .bind(id)
         .bind(now)
@@ -516,7 +529,7 @@ impl Registry {
         .bind(now - HEALTH_SAMPLE_PERIOD.as_millis() as i64)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM device_health WHERE device_id = ? AND at < ?")
+        sqlx::query("DELETE FROM device_health WHERE device_id = $1 AND at < $2")
             .bind(id)
             .bind(now - HEALTH_HISTORY.as_millis() as i64)
             .execute(&mut *tx)
@@ -528,7 +541,7 @@ impl Registry {
     /// A device's health reports of the last hour, oldest first.
     pub async fn health_history(&self, id: &str) -> Result<Vec<HealthSample>, RegistryError> {
         let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT at, health FROM device_health WHERE device_id = ? ORDER BY at")
+            sqlx::query_as("SELECT at, health FROM device_health WHERE device_id = $1 ORDER BY at")
                 .bind(id)
                 .fetch_all(&self.pool)
                 .await?;
@@ -552,7 +565,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO device_events (device_id, at, topic, payload) VALUES (?, ?, ?, ?)",
+            "INSERT INTO device_events (device_id, at, topic, payload) VALUES ($1, $2, $3, $4)",
         )
         .bind(device_id)
         .bind(now)
@@ -561,8 +574,8 @@ impl Registry {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "DELETE FROM device_events WHERE device_id = ?1 AND id <= \
-             (SELECT id FROM device_events WHERE device_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            "DELETE FROM device_events WHERE device_id = $1 AND id <= \
+             (SELECT id FROM device_events WHERE device_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
         )
         .bind(device_id)
         .bind(DEVICE_EVENTS_KEPT)
@@ -580,7 +593,7 @@ impl Registry {
     ) -> Result<Vec<DeviceEvent>, RegistryError> {
         let rows: Vec<(i64, String, i64, String, String)> = sqlx::query_as(
             "SELECT id, device_id, at, topic, payload FROM device_events \
-             WHERE device_id = ? ORDER BY id DESC LIMIT ?",
+             WHERE device_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(device_id)
         .bind(limit)
@@ -635,7 +648,7 @@ impl Registry {
     ) -> Result<Vec<AuthEvent>, RegistryError> {
         let events = sqlx::query_as(
             "SELECT id, device_id, at, event, detail, count FROM auth_events \
-             WHERE ?1 IS NULL OR device_id = ?1 ORDER BY id DESC LIMIT ?2",
+             WHERE $1 IS NULL OR device_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(device_id)
         .bind(limit)
@@ -646,7 +659,7 @@ impl Registry {
 }
 
 async fn insert_auth_event(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut Connection,
     device_id: &str,
     event: AuthEventKind,
     detail: &str,
@@ -660,7 +673,7 @@ async fn insert_auth_event(
 /// statement (so simultaneous attempts share it). Without a bucket the row
 /// is never a conflict: the unique index lets NULLs repeat.
 async fn upsert_auth_event(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut Connection,
     device_id: &str,
     event: AuthEventKind,
     detail: &str,
@@ -668,9 +681,9 @@ async fn upsert_auth_event(
     bucket: Option<i64>,
 ) -> Result<AuthEvent, RegistryError> {
     Ok(sqlx::query_as(
-        "INSERT INTO auth_events (device_id, at, event, detail, bucket) VALUES (?, ?, ?, ?, ?) \
+        "INSERT INTO auth_events (device_id, at, event, detail, bucket) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (device_id, event, bucket) DO UPDATE \
-         SET count = count + 1, at = excluded.at, detail = excluded.detail \
+         SET count = auth_events.count + 1, at = excluded.at, detail = excluded.detail \
          RETURNING id, device_id, at, event, detail, count",
     )
     .bind(device_id)
@@ -680,41 +693,4 @@ async fn upsert_auth_event(
     .bind(bucket)
     .fetch_one(conn)
     .await?)
-}
-
-/// Creates the database file readable by its owner only, since it holds
-/// password hashes; SQLite gives its journal files the same mode. An
-/// existing file is left as it is.
-fn create_private_file(file: &Path) -> Result<(), RegistryError> {
-    if file.as_os_str() == ":memory:" || file.as_os_str().is_empty() {
-        return Ok(());
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(file) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(RegistryError::Create {
-            path: file.display().to_string(),
-            source,
-        }),
-    }
-}
-
-fn create_parent_dir(file: &Path) -> Result<(), RegistryError> {
-    let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
-        return Ok(());
-    };
-    if file.as_os_str() == ":memory:" {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir).map_err(|source| RegistryError::Create {
-        path: dir.display().to_string(),
-        source,
-    })
 }
