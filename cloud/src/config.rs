@@ -18,8 +18,15 @@ pub struct CloudConfig {
     pub cloud_id: String,
     /// PKCS#8 PEM Ed25519 key signing everything the cloud sends (mode 0600).
     pub private_key_path: PathBuf,
-    /// SQLite URL of the registry, e.g. `sqlite://data/cloud.db`.
+    /// The registry's database: `sqlite://data/cloud.db` (one instance) or
+    /// `postgres://user:password@host/database` (shared by several).
     pub database_url: String,
+    /// This instance's name among those sharing the fleet: shown beside each
+    /// device it holds, and how the others address it.
+    pub instance: String,
+    /// The NATS the instances share the fleet through (comma-separated
+    /// servers of one cluster); none for a cloud of one instance.
+    pub cloud_nats_url: Option<String>,
     /// File holding the admin bearer token; created with a random one if missing.
     pub admin_token_file: PathBuf,
     /// Allowed clock skew between a device and the cloud.
@@ -124,6 +131,8 @@ impl Default for CloudConfig {
             cloud_id: "cloud-dashboard".into(),
             private_key_path: "keys/cloud/cloud_private.pem".into(),
             database_url: "sqlite://data/cloud.db".into(),
+            instance: "cloud".into(),
+            cloud_nats_url: None,
             admin_token_file: "data/admin.token".into(),
             skew: Duration::from_millis(protocol::DEFAULT_SKEW_MS),
             max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
@@ -162,13 +171,21 @@ pub struct ServeArgs {
         default_value = "keys/cloud/cloud_private.pem"
     )]
     pub private_key_path: PathBuf,
-    /// Registry database URL; the file and its directory are created if missing.
+    /// Registry database URL: `sqlite://PATH` (the file and its directory are
+    /// created if missing) or `postgres://USER:PASSWORD@HOST/DATABASE`.
     #[arg(
         long = "database",
         env = "DATABASE_URL",
         default_value = "sqlite://data/cloud.db"
     )]
     pub database_url: String,
+    /// This instance's name among those sharing the fleet (default: the host name).
+    #[arg(long, env = "CLOUD_INSTANCE")]
+    pub instance: Option<String>,
+    /// NATS servers the instances share the fleet through, comma-separated
+    /// (one cluster); unset for a single instance.
+    #[arg(long, env = "CLOUD_NATS_URL")]
+    pub cloud_nats_url: Option<String>,
     /// File holding the admin bearer token; created (0600) with a random token if missing.
     #[arg(
         long,
@@ -308,6 +325,8 @@ impl ServeArgs {
             cloud_id: self.cloud_id,
             private_key_path: self.private_key_path,
             database_url: self.database_url,
+            instance: self.instance.unwrap_or_else(host_name),
+            cloud_nats_url: self.cloud_nats_url,
             admin_token_file: self.admin_token_file,
             skew: Duration::from_secs(self.skew_secs),
             max_frame_bytes: self.max_frame_bytes,
@@ -320,4 +339,15 @@ impl ServeArgs {
             limits: self.limits.into_limits(),
         }
     }
+}
+
+/// The machine's name (a container's is its id or its compose name), for
+/// an instance given none.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "cloud".into())
 }

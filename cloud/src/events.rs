@@ -6,6 +6,10 @@
 //! falls further behind skips ahead and is told how many it missed
 //! (`{"type":"lagged","missed":n}`), so a slow browser never slows the
 //! publisher or the other subscribers.
+//!
+//! When instances share the fleet, each event is also handed to the relay
+//! (`device::cluster`), which publishes it to the other instances; what they
+//! relay back is delivered here as if published here.
 
 use std::sync::Arc;
 
@@ -14,12 +18,28 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use protocol::now_ms;
 
 /// Events that may wait for one subscriber before it is told it lagged.
 pub const QUEUE_PER_CLIENT: usize = 256;
+
+/// Events waiting to be relayed to the other instances; beyond it they are
+/// dropped (and counted) rather than held.
+pub const RELAY_QUEUE: usize = 4096;
+
+/// Every kind of event, so that one relayed from another instance is known.
+pub const KINDS: [&str; 8] = [
+    "device.new_key",
+    "device.status",
+    "device.online",
+    "device.offline",
+    "device.deleted",
+    "device.health",
+    "device.container_event",
+    "audit.entry",
+];
 
 /// What an event is about; subscribers choose by topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,12 +91,15 @@ pub struct LiveEvent {
 #[derive(Debug, Clone)]
 pub struct EventHub {
     sender: broadcast::Sender<Arc<(LiveEvent, Utf8Bytes)>>,
+    /// The other instances' share of each event published here, if any.
+    relay: Option<mpsc::Sender<Utf8Bytes>>,
 }
 
 impl Default for EventHub {
     fn default() -> Self {
         EventHub {
             sender: broadcast::channel(QUEUE_PER_CLIENT).0,
+            relay: None,
         }
     }
 }
@@ -102,13 +125,73 @@ impl EventHub {
         });
     }
 
+    /// A hub that also hands each event it publishes to `relay`, for the
+    /// other instances; and the queue the relay reads.
+    pub fn relayed() -> (Self, mpsc::Receiver<Utf8Bytes>) {
+        let (relay, queue) = mpsc::channel(RELAY_QUEUE);
+        let hub = EventHub {
+            relay: Some(relay),
+            ..EventHub::default()
+        };
+        (hub, queue)
+    }
+
     fn publish(&self, event: LiveEvent) {
-        let text = serde_json::to_string(&event).unwrap_or_default();
+        let text: Utf8Bytes = serde_json::to_string(&event).unwrap_or_default().into();
+        if let Some(relay) = &self.relay {
+            if relay.try_send(text.clone()).is_err() {
+                tracing::warn!(
+                    kind = event.kind,
+                    "the relay to other instances is behind; event not relayed"
+                );
+            }
+        }
         // No subscriber is not an error: nobody is looking.
-        let _ = self.sender.send(Arc::new((event, text.into())));
+        let _ = self.sender.send(Arc::new((event, text)));
+    }
+
+    /// An event another instance published, delivered to the subscribers
+    /// here (never relayed again); a text that is no event is dropped.
+    pub fn deliver_relayed(&self, text: &str) {
+        let event = serde_json::from_str::<RelayedEvent>(text)
+            .map_err(|e| e.to_string())
+            .and_then(LiveEvent::try_from);
+        match event {
+            Ok(event) => {
+                let _ = self.sender.send(Arc::new((event, text.into())));
+            }
+            Err(e) => tracing::warn!(error = %e, "dropped a relayed event that is not one"),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<(LiveEvent, Utf8Bytes)>> {
         self.sender.subscribe()
+    }
+}
+
+/// A [`LiveEvent`] as another instance relays it.
+#[derive(serde::Deserialize)]
+struct RelayedEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    device_id: Option<String>,
+    at: u64,
+    data: Value,
+}
+
+impl TryFrom<RelayedEvent> for LiveEvent {
+    type Error = String;
+
+    fn try_from(relayed: RelayedEvent) -> Result<Self, String> {
+        let kind = KINDS
+            .into_iter()
+            .find(|known| *known == relayed.kind)
+            .ok_or_else(|| format!("unknown event type {:?}", relayed.kind))?;
+        Ok(LiveEvent {
+            kind,
+            device_id: relayed.device_id,
+            at: relayed.at,
+            data: relayed.data,
+        })
     }
 }

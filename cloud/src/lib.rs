@@ -45,14 +45,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let registry = Registry::open(&config.database_url)
         .await
-        .with_context(|| format!("cannot open the registry at {}", config.database_url))?;
-    let state = assemble(config, registry)?;
+        .with_context(|| {
+            format!(
+                "cannot open the registry at {}",
+                redacted(&config.database_url)
+            )
+        })?;
+    let state = assemble(config, registry).await?;
     serve(listener, state, shutdown).await
 }
 
 /// Builds the layers over `registry`: loads the cloud's private key and the
-/// admin token (creating the token file if missing) named in `config`.
-pub fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result<AppState> {
+/// admin token (creating the token file if missing) named in `config`, and
+/// joins the other instances on `config.cloud_nats_url`, if set.
+pub async fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result<AppState> {
+    anyhow::ensure!(
+        protocol::is_valid_device_id(&config.instance),
+        "the instance name {:?} is not 1 to 128 of A-Z a-z 0-9 . _ -",
+        config.instance
+    );
     let key = protocol::keys::read_private_key(&config.private_key_path)
         .context("cannot load the cloud's private key")?;
     let admin_token = ops::admin_token::load_or_create(&config.admin_token_file)?;
@@ -63,11 +74,25 @@ pub fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result<AppSt
     let config = Arc::new(config);
     let store = Store::over(registry);
     let signer = Signer::new(config.cloud_id.clone(), key);
+    let (events, cluster) = match &config.cloud_nats_url {
+        None => (events::EventHub::default(), None),
+        Some(url) => {
+            let (events, relay) = events::EventHub::relayed();
+            let cluster = device::Cluster::connect(url, &config.instance, events.clone(), relay)
+                .await
+                .with_context(|| {
+                    format!("cannot join the other instances through NATS at {url}")
+                })?;
+            tracing::info!(instance = %config.instance, %url, "sharing the fleet with the other instances");
+            (events, Some(cluster))
+        }
+    };
     let devices = Devices::new(
         config.clone(),
         signer,
         store.registry.clone(),
-        events::EventHub::default(),
+        events,
+        cluster,
     );
     let ops = Operations::new(config, store, devices.clone(), admin_token);
     Ok(AppState::new(ops, devices))
@@ -101,6 +126,11 @@ pub async fn serve(
         limits,
         shutdown.clone(),
     ));
+    let presence = {
+        let devices = state.devices().clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { devices.fleet().keep_presence(stop).await })
+    };
     tokio::select! {
         ended = &mut server => {
             ended.context("server task failed")?;
@@ -109,6 +139,7 @@ pub async fn serve(
         _ = shutdown.cancelled() => {}
     }
     pruning.abort();
+    presence.abort();
     tracing::info!("shutting down");
     let devices = state.devices();
     devices.close_all();
@@ -127,4 +158,20 @@ pub async fn serve(
         tracing::warn!("device connections still open after the grace period; dropping them");
     }
     Ok(())
+}
+
+/// A database URL fit for a log line: without its password.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _password)) => {
+                    format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }

@@ -16,6 +16,8 @@ pub struct NatsServer {
     port: u16,
     /// A configuration file (users, permissions) the server reads, if any.
     config: Option<PathBuf>,
+    /// Further command-line arguments (a cluster node's routes).
+    args: Vec<String>,
     child: Option<Child>,
     /// Holds the server's log file, shown when it fails to start.
     log_dir: tempfile::TempDir,
@@ -35,16 +37,19 @@ impl NatsServer {
     }
 
     async fn start_with(config: Option<PathBuf>) -> NatsServer {
-        let port = free_port();
-        let log_dir = tempfile::tempdir().expect("temporary directory for the nats-server log");
-        let mut server = NatsServer {
-            port,
-            config,
-            child: None,
-            log_dir,
-        };
+        let mut server = NatsServer::new(config, Vec::new());
         server.spawn().await;
         server
+    }
+
+    fn new(config: Option<PathBuf>, args: Vec<String>) -> NatsServer {
+        NatsServer {
+            port: free_port(),
+            config,
+            args,
+            child: None,
+            log_dir: tempfile::tempdir().expect("temporary directory for the nats-server log"),
+        }
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -103,6 +108,7 @@ impl NatsServer {
         }
         let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.args)
             .arg("-l")
             .arg(self.log_path())
             .stdin(Stdio::null())
@@ -157,4 +163,88 @@ fn nats_server_binary() -> PathBuf {
             .find(|candidate| candidate.is_file())
     });
     on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+}
+
+/// A cluster of real `nats-server`s on loopback, each routed to every other,
+/// as the cloud instances share in production; killed on drop.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `size` nodes and waits until each has a route to every other.
+    pub async fn start(size: usize) -> NatsCluster {
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut nodes = Vec::new();
+        for (n, route_port) in route_ports.iter().enumerate() {
+            let args = vec![
+                "--name".into(),
+                format!("node-{n}"),
+                "--cluster_name".into(),
+                "devbridge-test".into(),
+                "--cluster".into(),
+                format!("nats://127.0.0.1:{route_port}"),
+                "--routes".into(),
+                routes.clone(),
+            ];
+            let mut node = NatsServer::new(None, args);
+            node.spawn().await;
+            nodes.push(node);
+        }
+        let cluster = NatsCluster { nodes };
+        cluster.wait_until_routed().await;
+        cluster
+    }
+
+    /// Every node's client URL, comma-separated: what a client of the whole
+    /// cluster is given.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A message published on each node reaches a subscriber on every
+    /// other: then every route is up.
+    async fn wait_until_routed(&self) {
+        let give_up = Instant::now() + START_TIMEOUT;
+        for (n, publisher) in self.nodes.iter().enumerate() {
+            let publisher = publisher.client().await;
+            for (m, node) in self.nodes.iter().enumerate() {
+                if m == n {
+                    continue;
+                }
+                let subscriber_client = node.client().await;
+                let subject = format!("routed.{n}.{m}");
+                let mut subscriber = subscriber_client.subscribe(subject.clone()).await.unwrap();
+                subscriber_client.flush().await.unwrap();
+                loop {
+                    publisher
+                        .publish(subject.clone(), "?".into())
+                        .await
+                        .unwrap();
+                    publisher.flush().await.unwrap();
+                    let heard = tokio::time::timeout(
+                        Duration::from_millis(100),
+                        futures::StreamExt::next(&mut subscriber),
+                    )
+                    .await;
+                    if let Ok(Some(_)) = heard {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < give_up,
+                        "nats node {n} has no route to node {m}"
+                    );
+                }
+            }
+        }
+    }
 }

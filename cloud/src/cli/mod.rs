@@ -452,14 +452,7 @@ fn device_details(answer: &Value, now_ms: i64) -> String {
     let mut line = |label: &str, value: String| out.push_str(&format!("{label:<14}{value}\n"));
     line("id", text("id"));
     line("status", text("status"));
-    line(
-        "online",
-        if device["online"].as_bool() == Some(true) {
-            "yes".into()
-        } else {
-            "no".into()
-        },
-    );
+    line("online", online(device));
     line("fingerprint", text("fingerprint"));
     line("bridge", text("bridge_version"));
     line(
@@ -512,19 +505,25 @@ pub async fn rpc(args: RpcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A readable table: id, status, online, fingerprint, last seen, bridge version.
+/// `no`, or the instance holding the device's connection (`yes` from a
+/// cloud too old to say).
+fn online(device: &Value) -> String {
+    match (device["online"].as_bool(), device["instance"].as_str()) {
+        (Some(true), Some(instance)) => instance.to_owned(),
+        (Some(true), None) => "yes".into(),
+        _ => "no".into(),
+    }
+}
+
+/// A readable table: id, status, online (on which instance), fingerprint,
+/// last seen, bridge version.
 fn device_table(devices: &[Value], now_ms: i64) -> String {
     let rows = devices.iter().map(|device| {
         let text = |field: &str| device[field].as_str().unwrap_or("-").to_string();
         vec![
             text("id"),
             text("status"),
-            if device["online"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            }
-            .into(),
+            online(device),
             text("fingerprint"),
             device["last_seen"]
                 .as_i64()
@@ -601,17 +600,20 @@ mod tests {
         let devices = [
             json!({"id": "dev-1", "status": "pending", "online": true,
                    "fingerprint": "SHA256:abc", "last_seen": 95_000, "bridge_version": "0.1.0"}),
+            json!({"id": "device-0003", "status": "accepted", "online": true,
+                   "instance": "cloud-2", "fingerprint": "SHA256:h", "last_seen": 99_000}),
             json!({"id": "device-0002", "status": "accepted", "online": false,
                    "fingerprint": "SHA256:defg", "last_seen": 100_000 - 7_200_000,
                    "bridge_version": null}),
         ];
         let table = device_table(&devices, 100_000);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert!(lines[0].starts_with("ID           STATUS    ONLINE"));
         assert!(lines[1].contains("dev-1        pending   yes"));
         assert!(lines[1].contains("5s ago"));
-        assert!(lines[2].contains("2h ago"));
-        assert!(lines[2].ends_with('-'));
+        assert!(lines[2].contains("device-0003  accepted  cloud-2"));
+        assert!(lines[3].contains("2h ago"));
+        assert!(lines[3].ends_with('-'));
     }
 }

@@ -27,6 +27,8 @@ pub enum CallError {
     BadParams(String),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("cannot reach the other cloud instances: {0}")]
+    Cluster(String),
 }
 
 /// The kinds of [`CallError`], as the API names them.
@@ -68,7 +70,7 @@ impl CallError {
             CallError::Disconnected => CallErrorKind::Disconnected,
             CallError::Device(_) => CallErrorKind::DeviceError,
             CallError::BadMethod(_) | CallError::BadParams(_) => CallErrorKind::BadRequest,
-            CallError::Registry(_) => CallErrorKind::Internal,
+            CallError::Registry(_) | CallError::Cluster(_) => CallErrorKind::Internal,
         }
     }
 }

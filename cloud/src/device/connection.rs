@@ -51,18 +51,11 @@ pub(crate) async fn run_connection(
             state.admission().pending_allowance(),
             link.clone(),
         ));
-        state.fleet().register(session.clone());
+        state.fleet().register(session.clone()).await;
         reconcile_with_registry(&state, &session).await;
         read_loop(&state, &session, &mut stream).await;
-        state.fleet().unregister(&session);
         session.fail_in_flight();
-        if let Err(e) = state
-            .registry()
-            .touch(session.device_id(), now_ms() as i64)
-            .await
-        {
-            tracing::warn!(device_id = %session.device_id(), error = %e, "cannot record last_seen");
-        }
+        state.fleet().unregister(&session).await;
         tracing::info!(device_id = %session.device_id(), "device disconnected");
     }
 

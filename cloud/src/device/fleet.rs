@@ -1,24 +1,36 @@
 //! The live device connections by device id, and calls from the cloud to a
-//! device through them.
+//! device through them: directly when this instance holds its socket,
+//! through the [`Cluster`] when another does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use protocol::{check_method_name, find_unsafe_number, Message};
+use protocol::{check_method_name, find_unsafe_number};
 use serde_json::Value;
 
 use super::call_error::CallError;
+use super::cluster::Cluster;
 use super::metrics::RpcMetrics;
 use super::session::DeviceSession;
 use crate::events::EventHub;
 use crate::store::registry::{DeviceStatus, Registry};
 use protocol::close_code;
 
+/// How often an instance records that it is alive.
+pub const PRESENCE_PERIOD: Duration = Duration::from_secs(10);
+/// A device held by an instance not alive for this long counts as offline
+/// (the instance is gone, and its devices are reconnecting elsewhere).
+pub const PRESENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Live device sessions (pending or accepted), one per device.
 pub struct Fleet {
     sessions: Mutex<HashMap<String, Arc<DeviceSession>>>,
+    /// This instance's name, recorded beside each device it holds.
+    instance: String,
+    /// The other instances sharing the fleet, if any.
+    cluster: Option<Cluster>,
     next_connection_id: AtomicU64,
     /// Tells unknown, undecided and offline devices apart when a call fails.
     registry: Registry,
@@ -29,9 +41,17 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub(crate) fn new(registry: Registry, events: EventHub, metrics: RpcMetrics) -> Self {
+    pub(crate) fn new(
+        instance: String,
+        cluster: Option<Cluster>,
+        registry: Registry,
+        events: EventHub,
+        metrics: RpcMetrics,
+    ) -> Self {
         Fleet {
             sessions: Mutex::new(HashMap::new()),
+            instance,
+            cluster,
             next_connection_id: AtomicU64::new(1),
             registry,
             events,
@@ -68,34 +88,21 @@ impl Fleet {
         if let Some(params) = &params {
             check_params(params)?;
         }
-        let session = self.live_session(device_id).await?;
-        let (call_id, answer) = session.start_call().ok_or(CallError::Disconnected)?;
-        let request = Message::Request {
-            id: Value::String(call_id.clone()),
-            method: method.to_owned(),
-            params,
-        };
-        let outcome = tokio::time::timeout(timeout, async {
-            session
-                .send(&request)
-                .await
-                .map_err(|_| CallError::Disconnected)?;
-            // The sender is dropped, failing this, when the connection closes.
-            answer.await.map_err(|_| CallError::Disconnected)
-        })
-        .await;
-        match outcome {
-            Ok(Ok(Ok(result))) => Ok(result),
-            Ok(Ok(Err(error))) => Err(CallError::Device(error)),
-            Ok(Err(e)) => {
-                session.forget_call(&call_id);
-                Err(e)
+        match self.session(device_id) {
+            Some(session) if session.status() == DeviceStatus::Accepted => {
+                return session.call(method, params, timeout).await
             }
-            Err(_elapsed) => {
-                session.forget_call(&call_id);
-                Err(CallError::TimedOut(timeout))
+            Some(_) => {}
+            None => {
+                if let Some(cluster) = &self.cluster {
+                    match cluster.call(device_id, method, params, timeout).await {
+                        Err(CallError::Offline) => {}
+                        outcome => return outcome,
+                    }
+                }
             }
         }
+        Err(self.why_not_live(device_id).await)
     }
 
     /// Whether the device has an authenticated connection (pending or accepted).
@@ -116,22 +123,74 @@ impl Fleet {
         self.lock().keys().cloned().collect()
     }
 
-    /// An accepted, connected device's session, or why there is none.
-    async fn live_session(&self, device_id: &str) -> Result<Arc<DeviceSession>, CallError> {
-        let session = self.session(device_id);
-        if let Some(session) = session.as_ref() {
-            if session.status() == DeviceStatus::Accepted {
-                return Ok(session.clone());
+    /// Why a call cannot reach the device: the registry tells unknown,
+    /// undecided and offline apart.
+    async fn why_not_live(&self, device_id: &str) -> CallError {
+        match self.registry.device(device_id).await {
+            Err(e) => e.into(),
+            Ok(None) => CallError::UnknownDevice(device_id.to_owned()),
+            Ok(Some(record)) if record.status != DeviceStatus::Accepted => {
+                CallError::NotAccepted(record.status)
+            }
+            Ok(Some(_)) if self.is_online(device_id) => {
+                CallError::NotAccepted(DeviceStatus::Pending)
+            }
+            Ok(Some(_)) => CallError::Offline,
+        }
+    }
+
+    /// Where each connected device is: device id → the instance holding its
+    /// socket (this one's sessions, and those the others recorded).
+    pub async fn connections(&self) -> HashMap<String, String> {
+        let mut connections = self.elsewhere(None).await;
+        for id in self.lock().keys() {
+            connections.insert(id.clone(), self.instance.clone());
+        }
+        connections
+    }
+
+    /// The instance holding the device's socket, if one does.
+    pub async fn connection_of(&self, device_id: &str) -> Option<String> {
+        if self.is_online(device_id) {
+            return Some(self.instance.clone());
+        }
+        self.elsewhere(Some(device_id)).await.remove(device_id)
+    }
+
+    async fn elsewhere(&self, device_id: Option<&str>) -> HashMap<String, String> {
+        let alive_since = protocol::now_ms() as i64 - PRESENCE_TIMEOUT.as_millis() as i64;
+        match self
+            .registry
+            .connected_elsewhere(&self.instance, alive_since, device_id)
+            .await
+        {
+            Ok(rows) => rows.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read which instance holds which device");
+                HashMap::new()
             }
         }
-        // No live session: the registry tells unknown, undecided and offline apart.
-        match self.registry.device(device_id).await? {
-            None => Err(CallError::UnknownDevice(device_id.to_owned())),
-            Some(record) if record.status != DeviceStatus::Accepted => {
-                Err(CallError::NotAccepted(record.status))
+    }
+
+    /// Records, every [`PRESENCE_PERIOD`] until `stop`, that this instance is
+    /// alive; at the first, forgets what an earlier run of it recorded.
+    pub async fn keep_presence(&self, stop: tokio_util::sync::CancellationToken) {
+        let mut ticks = tokio::time::interval(PRESENCE_PERIOD);
+        let mut starting = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = ticks.tick() => {}
             }
-            Some(_) if session.is_some() => Err(CallError::NotAccepted(DeviceStatus::Pending)),
-            Some(_) => Err(CallError::Offline),
+            let now = protocol::now_ms() as i64;
+            match self
+                .registry
+                .record_instance_alive(&self.instance, starting, now)
+                .await
+            {
+                Ok(()) => starting = false,
+                Err(e) => tracing::warn!(error = %e, "cannot record that this instance is alive"),
+            }
         }
     }
 
@@ -139,47 +198,79 @@ impl Fleet {
         self.next_connection_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Makes `session` the device's live connection, closing the one it replaces.
-    pub(crate) fn register(&self, session: Arc<DeviceSession>) {
+    /// Makes `session` the device's live connection, closing the one it
+    /// replaces, here or on another instance.
+    pub(crate) async fn register(&self, session: Arc<DeviceSession>) {
         let device_id = session.device_id().to_owned();
         let status = session.status();
-        let replaced = self.lock().insert(device_id.clone(), session);
+        let replaced = self.lock().insert(device_id.clone(), session.clone());
         if let Some(old) = replaced {
             tracing::info!(device_id = %old.device_id(), "newer connection replaces the old one");
             old.close(close_code::REPLACED, "replaced by a newer connection");
         }
+        if let Err(e) = self
+            .registry
+            .record_connected(&device_id, &self.instance, session.connection_id)
+            .await
+        {
+            tracing::warn!(%device_id, error = %e, "cannot record where the device is connected");
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.hold(session).await;
+        }
         self.events.device(
             "device.online",
             &device_id,
-            serde_json::json!({ "status": status }),
+            serde_json::json!({ "status": status, "instance": self.instance }),
         );
     }
 
-    /// Removes `session` unless a newer connection has already replaced it.
-    pub(crate) fn unregister(&self, session: &DeviceSession) {
-        let mut sessions = self.lock();
-        if sessions
-            .get(session.device_id())
-            .is_some_and(|s| s.connection_id == session.connection_id)
+    /// Removes `session` unless a newer connection has already replaced it,
+    /// and records when the device was last seen.
+    pub(crate) async fn unregister(&self, session: &DeviceSession) {
+        let device_id = session.device_id();
+        let current = {
+            let mut sessions = self.lock();
+            let current = sessions
+                .get(device_id)
+                .is_some_and(|s| s.connection_id == session.connection_id);
+            if current {
+                sessions.remove(device_id);
+            }
+            current
+        };
+        if let Some(cluster) = &self.cluster {
+            cluster.release(session);
+        }
+        let now = protocol::now_ms() as i64;
+        if let Err(e) = self
+            .registry
+            .record_disconnected(device_id, &self.instance, session.connection_id, now)
+            .await
         {
-            sessions.remove(session.device_id());
-            drop(sessions);
-            self.events
-                .device("device.offline", session.device_id(), Value::Null);
+            tracing::warn!(%device_id, error = %e, "cannot record that the device disconnected");
+        }
+        if current {
+            self.events.device("device.offline", device_id, Value::Null);
         }
     }
 
-    /// Delivers an operator decision (already stored) to a connected device.
+    /// Delivers an operator decision (already stored) to the device's
+    /// connection, wherever it is.
     pub(crate) async fn apply_status(&self, device_id: &str, status: DeviceStatus) {
-        if let Some(session) = self.session(device_id) {
-            session.apply_status(status).await;
+        match (self.session(device_id), &self.cluster) {
+            (Some(session), _) => session.apply_status(status).await,
+            (None, Some(cluster)) => cluster.send_status(device_id, status).await,
+            (None, None) => {}
         }
     }
 
-    /// Closes a device's connection, if it has one.
-    pub(crate) fn disconnect(&self, device_id: &str, code: u16, reason: &'static str) {
-        if let Some(session) = self.session(device_id) {
-            session.close(code, reason);
+    /// Closes the device's connection (it was deleted), wherever it is.
+    pub(crate) async fn disconnect(&self, device_id: &str) {
+        match (self.session(device_id), &self.cluster) {
+            (Some(session), _) => session.close(close_code::DELETED, "device deleted"),
+            (None, Some(cluster)) => cluster.send_disconnect(device_id).await,
+            (None, None) => {}
         }
     }
 

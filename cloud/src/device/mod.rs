@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod call_error;
+pub mod cluster;
 mod connection;
 pub mod endpoint;
 pub mod fleet;
@@ -37,6 +38,7 @@ use metrics::Metrics;
 use refusals::RefusalCounters;
 
 pub use call_error::{CallError, CallErrorKind};
+pub use cluster::Cluster;
 pub use fleet::Fleet;
 
 /// Most nonces the cloud-wide replay guard remembers at once (it fails closed
@@ -71,17 +73,26 @@ struct Shared {
 }
 
 impl Devices {
+    /// The device side of this instance; `cluster` links it to the other
+    /// instances sharing the fleet, if any.
     pub fn new(
         config: Arc<CloudConfig>,
         signer: Signer,
         registry: Registry,
         events: EventHub,
+        cluster: Option<Cluster>,
     ) -> Self {
         let metrics = Metrics::default();
         let skew_ms = u64::try_from(config.skew.as_millis()).unwrap_or(u64::MAX);
         Devices {
             inner: Arc::new(Shared {
-                fleet: Fleet::new(registry.clone(), events.clone(), metrics.rpc()),
+                fleet: Fleet::new(
+                    config.instance.clone(),
+                    cluster,
+                    registry.clone(),
+                    events.clone(),
+                    metrics.rpc(),
+                ),
                 admission: Admission::new(&config.limits),
                 replay_guard: Mutex::new(
                     ReplayGuard::new(skew_ms, REPLAY_GUARD_CAPACITY)

@@ -4,6 +4,7 @@
 //! (`super::connection`) feeds it what the device sends.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use governor::DefaultDirectRateLimiter;
 use protocol::auth::StatusReport;
@@ -14,6 +15,7 @@ use protocol::{now_ms, Message, RpcError};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::call_error::CallError;
 use super::link::{Link, LinkClosed};
 use crate::store::registry::DeviceStatus;
 
@@ -116,15 +118,51 @@ impl DeviceSession {
         }
     }
 
+    /// Calls `method` on this device (accepted: the caller checked) and waits
+    /// up to `timeout` for its answer.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, CallError> {
+        let (call_id, answer) = self.start_call().ok_or(CallError::Disconnected)?;
+        let request = Message::Request {
+            id: Value::String(call_id.clone()),
+            method: method.to_owned(),
+            params,
+        };
+        let outcome = tokio::time::timeout(timeout, async {
+            self.send(&request)
+                .await
+                .map_err(|_| CallError::Disconnected)?;
+            // The sender is dropped, failing this, when the connection closes.
+            answer.await.map_err(|_| CallError::Disconnected)
+        })
+        .await;
+        match outcome {
+            Ok(Ok(Ok(result))) => Ok(result),
+            Ok(Ok(Err(error))) => Err(CallError::Device(error)),
+            Ok(Err(e)) => {
+                self.forget_call(&call_id);
+                Err(e)
+            }
+            Err(_elapsed) => {
+                self.forget_call(&call_id);
+                Err(CallError::TimedOut(timeout))
+            }
+        }
+    }
+
     /// Registers a new call; `None` if the connection is already gone.
-    pub(crate) fn start_call(&self) -> Option<(String, oneshot::Receiver<CallReply>)> {
+    fn start_call(&self) -> Option<(String, oneshot::Receiver<CallReply>)> {
         let (sender, receiver) = oneshot::channel();
         let id = self.calls().start(sender)?;
         Some((id, receiver))
     }
 
     /// Drops a call that gave up (timed out).
-    pub(crate) fn forget_call(&self, id: &str) {
+    fn forget_call(&self, id: &str) {
         self.calls().forget(id);
     }
 

@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::close_code;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -34,6 +33,9 @@ pub struct DeviceView {
     pub last_seen: i64,
     /// Whether the device has an authenticated connection right now.
     pub online: bool,
+    /// The cloud instance holding that connection (null when offline).
+    #[schema(required = true)]
+    pub instance: Option<String>,
     // Always sent, null when unknown: required, and nullable.
     #[schema(required = true)]
     pub bridge_version: Option<String>,
@@ -45,7 +47,7 @@ pub struct DeviceView {
 }
 
 impl DeviceView {
-    fn new(record: DeviceRecord, online: bool) -> Self {
+    fn new(record: DeviceRecord, instance: Option<String>) -> Self {
         DeviceView {
             id: record.id,
             status: record.status,
@@ -53,7 +55,8 @@ impl DeviceView {
             public_key: record.public_key,
             first_seen: record.first_seen,
             last_seen: record.last_seen,
-            online,
+            online: instance.is_some(),
+            instance,
             bridge_version: record.bridge_version,
             last_health: record.last_health,
             last_health_at: record.last_health_at,
@@ -110,12 +113,12 @@ impl Operations {
         }
         let needle = filter.q.as_deref().unwrap_or("").trim().to_lowercase();
         let records = self.store().registry.devices().await?;
-        let online = self.device_layer().fleet().online_device_ids();
+        let mut connections = self.device_layer().fleet().connections().await;
         Ok(records
             .into_iter()
             .map(|record| {
-                let is_online = online.contains(&record.id);
-                DeviceView::new(record, is_online)
+                let instance = connections.remove(&record.id);
+                DeviceView::new(record, instance)
             })
             .filter(|device| match wanted {
                 None => true,
@@ -136,9 +139,9 @@ impl Operations {
             .ok_or_else(|| OpError::unknown_device(id))?;
         let auth_events = registry.auth_events(Some(id), DEVICE_AUTH_EVENTS).await?;
         let container_events = registry.device_events(id, DEVICE_CONTAINER_EVENTS).await?;
-        let online = self.device_layer().fleet().is_online(id);
+        let instance = self.device_layer().fleet().connection_of(id).await;
         Ok(DeviceDetails {
-            device: DeviceView::new(record, online),
+            device: DeviceView::new(record, instance),
             auth_events,
             container_events,
         })
@@ -205,7 +208,7 @@ impl Operations {
         self.device_layer()
             .events()
             .device("device.status", id, json!({ "status": status }));
-        Ok(DeviceView::new(record, fleet.is_online(id)))
+        Ok(DeviceView::new(record, fleet.connection_of(id).await))
     }
 
     /// Forgets a device (the audit log keeps it) and cuts its connection; it
@@ -225,9 +228,7 @@ impl Operations {
             return Err(OpError::unknown_device(id));
         }
         tracing::info!(device_id = %id, operator = %caller.name, "device deleted");
-        self.device_layer()
-            .fleet()
-            .disconnect(id, close_code::DELETED, "device deleted");
+        self.device_layer().fleet().disconnect(id).await;
         self.device_layer()
             .events()
             .device("device.deleted", id, Value::Null);

@@ -8,7 +8,7 @@ use protocol::auth::AuthStatus;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::database::{self, Backend, Connection, Pool};
@@ -50,7 +50,7 @@ pub enum RegistryError {
 }
 
 /// Where an operator has put a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeviceStatus {
     /// Its key is known but no operator has decided yet; it may only authenticate.
@@ -638,6 +638,96 @@ impl Registry {
         let mut conn = self.pool.acquire().await?;
         let bucket = Some(aggregation_bucket(now));
         upsert_auth_event(&mut conn, device_id, event, detail, now, bucket).await
+    }
+
+    /// Records that `instance` holds the device's connection `connection_id`.
+    pub async fn record_connected(
+        &self,
+        id: &str,
+        instance: &str,
+        connection_id: u64,
+    ) -> Result<(), RegistryError> {
+        sqlx::query("UPDATE devices SET connected_to = $1, connection_id = $2 WHERE id = $3")
+            .bind(instance)
+            .bind(connection_id as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The device's connection `connection_id` on `instance` closed: bumps
+    /// last_seen, and forgets where it is connected unless a newer connection
+    /// (here or on another instance) has taken its place.
+    pub async fn record_disconnected(
+        &self,
+        id: &str,
+        instance: &str,
+        connection_id: u64,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        sqlx::query(
+            "UPDATE devices SET last_seen = CASE WHEN last_seen < $1 THEN $1 ELSE last_seen END, \
+             connected_to = CASE WHEN connected_to = $2 AND connection_id = $3 THEN NULL ELSE connected_to END, \
+             connection_id = CASE WHEN connected_to = $2 AND connection_id = $3 THEN NULL ELSE connection_id END \
+             WHERE id = $4",
+        )
+        .bind(now)
+        .bind(instance)
+        .bind(connection_id as i64)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `instance` is alive at `now`. At its start (`starting`), it holds no
+    /// connection yet: what an earlier run of it left recorded is forgotten.
+    pub async fn record_instance_alive(
+        &self,
+        instance: &str,
+        starting: bool,
+        now: i64,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        if starting {
+            sqlx::query(
+                "UPDATE devices SET connected_to = NULL, connection_id = NULL WHERE connected_to = $1",
+            )
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO cloud_instances (id, seen_at) VALUES ($1, $2) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
+        )
+        .bind(instance)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Devices connected to another instance than `instance`, one alive
+    /// since `alive_since`: device id → the instance holding it.
+    pub async fn connected_elsewhere(
+        &self,
+        instance: &str,
+        alive_since: i64,
+        device_id: Option<&str>,
+    ) -> Result<Vec<(String, String)>, RegistryError> {
+        Ok(sqlx::query_as(
+            "SELECT d.id, d.connected_to FROM devices d \
+             JOIN cloud_instances i ON i.id = d.connected_to \
+             WHERE d.connected_to <> $1 AND i.seen_at >= $2 AND ($3 IS NULL OR d.id = $3)",
+        )
+        .bind(instance)
+        .bind(alive_since)
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// The auth audit log, newest first, of one device or of all.

@@ -61,7 +61,8 @@ pub struct TestCloud {
     pub http: reqwest::Client,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: TempDir,
+    /// Shared by the instances of one fleet (`start_beside`).
+    _dir: std::sync::Arc<TempDir>,
 }
 
 impl TestCloud {
@@ -70,10 +71,22 @@ impl TestCloud {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut CloudConfig)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         let key_path = dir.path().join("keys/cloud_private.pem");
         std::fs::create_dir_all(key_path.parent().unwrap()).unwrap();
         keys::write_private_key(&key_path, &keys::generate()).unwrap();
+        Self::start_in(dir, tweak).await
+    }
+
+    /// Another instance of this cloud, sharing the fleet: the same key,
+    /// admin token and cloud id; `tweak` names it and gives it the shared
+    /// database and NATS.
+    pub async fn start_beside(&self, tweak: impl FnOnce(&mut CloudConfig)) -> Self {
+        Self::start_in(self._dir.clone(), tweak).await
+    }
+
+    async fn start_in(dir: std::sync::Arc<TempDir>, tweak: impl FnOnce(&mut CloudConfig)) -> Self {
+        let key_path = dir.path().join("keys/cloud_private.pem");
         let mut config = CloudConfig {
             private_key_path: key_path,
             database_url: format!("sqlite://{}", dir.path().join("data/cloud.db").display()),
@@ -82,7 +95,7 @@ impl TestCloud {
         };
         tweak(&mut config);
         let registry = Registry::open(&config.database_url).await.unwrap();
-        let state = cloud::assemble(config.clone(), registry).unwrap();
+        let state = cloud::assemble(config.clone(), registry).await.unwrap();
         let token = std::fs::read_to_string(&config.admin_token_file)
             .unwrap()
             .trim()
@@ -221,7 +234,7 @@ impl TestCloud {
         self.state.devices().registry().close().await;
         let config = self.state.ops().config().clone();
         let registry = Registry::open(&config.database_url).await.unwrap();
-        let state = cloud::assemble(config.clone(), registry).unwrap();
+        let state = cloud::assemble(config.clone(), registry).await.unwrap();
         let token = std::fs::read_to_string(&config.admin_token_file)
             .unwrap()
             .trim()
