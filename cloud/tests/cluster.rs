@@ -158,7 +158,7 @@ async fn a_device_connecting_to_a_second_instance_replaces_its_older_session() {
 }
 
 #[tokio::test]
-async fn a_call_in_flight_fails_with_disconnected_when_the_holder_shuts_down() {
+async fn a_holder_shutting_down_fails_its_calls_as_disconnected_and_its_device_returns_elsewhere() {
     let mut fleet = fleet_of_three().await;
     let mut device = accepted_on(&fleet.instances[0], &fleet.instances[0], "dev-1").await;
     let caller = fleet.instances[1].api();
@@ -182,6 +182,14 @@ async fn a_call_in_flight_fails_with_disconnected_when_the_holder_shuts_down() {
         .expect("the call ends at once, not at its timeout")
         .unwrap();
     assert_eq!(failed.unwrap_err().kind(), Some("disconnected"));
+
+    // The device comes back on another instance, still accepted, and calls
+    // from the third reach it there.
+    let key = device.key.clone();
+    let mut device = fleet.instances[1].connect_with_key("dev-1", key).await;
+    assert_eq!(device.authenticate().await, json!({"status": "accepted"}));
+    let result = call_answered(&fleet.instances[2], &mut device, "dev-1").await;
+    assert_eq!(result["from"], json!("dev-1"));
 }
 
 #[tokio::test]
@@ -370,5 +378,32 @@ impl Link {
     fn cut(&self) {
         self.forwarding.abort();
         self.connections.lock().unwrap().abort_all();
+    }
+}
+
+#[tokio::test]
+async fn failed_sign_ins_spread_over_instances_meet_one_limit() {
+    let fleet = fleet_of_three().await;
+    fleet.instances[0]
+        .add_operator("alice", "correct horse battery")
+        .await;
+    let limit = cloud::config::Limits::default().sign_in_failures_per_name_per_minute;
+    let sign_in = |n: usize| {
+        let instance = &fleet.instances[n % 3];
+        instance
+            .http
+            .post(instance.url("/api/v1/login"))
+            .json(&json!({"name": "alice", "password": "guess"}))
+            .send()
+    };
+    // The limit's failures, each on the next instance, as a load balancer
+    // would spread them.
+    for n in 0..limit as usize {
+        assert_eq!(sign_in(n).await.unwrap().status(), 401, "failure {n}");
+    }
+    for n in 0..3 {
+        let refused = sign_in(n).await.unwrap();
+        assert_eq!(refused.status(), 429, "on instance {n}, past the limit");
+        assert!(refused.headers().contains_key("retry-after"));
     }
 }

@@ -1,111 +1,73 @@
 //! Failed sign-ins, counted per (name, client address) and per client
-//! address in one-minute windows.
+//! address in one-minute windows, in the database every instance shares:
+//! a guesser whose attempts the load balancer spreads over the instances
+//! meets one limit, not one per instance.
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::Limits;
+use crate::store::{AccountError, Accounts};
 
-/// Failed sign-ins are counted within windows this long.
+/// Failed sign-ins are counted within windows this long from a source's first.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Sources whose failures are counted at once, at most.
-const FAILURE_KEYS_KEPT: usize = 100_000;
 
-/// Failed sign-ins, counted per (name, client address) and per client
-/// address in one-minute windows. Only failures count, and never across
-/// addresses for a name: someone else's failures do not lock out a correct
-/// password typed elsewhere.
+/// Only failures count, and never across addresses for a name: someone
+/// else's failures do not lock out a correct password typed elsewhere.
 pub(super) struct LoginLimiter {
-    per_name: FailureCounter<(String, IpAddr)>,
-    per_address: FailureCounter<IpAddr>,
+    per_name: i64,
+    per_address: i64,
 }
 
 impl LoginLimiter {
     pub fn new(limits: &Limits) -> Self {
         LoginLimiter {
-            per_name: FailureCounter::new(limits.sign_in_failures_per_name_per_minute),
-            per_address: FailureCounter::new(limits.sign_in_failures_per_address_per_minute),
+            per_name: i64::from(limits.sign_in_failures_per_name_per_minute.max(1)),
+            per_address: i64::from(limits.sign_in_failures_per_address_per_minute.max(1)),
         }
     }
 
     /// `Err(wait)` if this name or address has used up its failures.
-    pub fn check(&self, name: &str, address: IpAddr) -> Result<(), Duration> {
-        let now = Instant::now();
-        let waits = [
-            self.per_address.wait(&address, now),
-            self.per_name.wait(&(name.to_owned(), address), now),
-        ];
-        match waits.into_iter().flatten().max() {
-            Some(wait) => Err(wait),
-            None => Ok(()),
+    pub async fn check(
+        &self,
+        accounts: &Accounts,
+        name: &str,
+        address: IpAddr,
+        now_ms: i64,
+    ) -> Result<Result<(), Duration>, AccountError> {
+        let [by_address, by_name] = sources(name, address);
+        let mut wait = None;
+        for (source, limit) in [(by_address, self.per_address), (by_name, self.per_name)] {
+            let window = accounts
+                .sign_in_failures(&source, FAILURE_WINDOW, now_ms)
+                .await?;
+            if let Some((_, started_at)) = window.filter(|(failures, _)| *failures >= limit) {
+                let ends = started_at + FAILURE_WINDOW.as_millis() as i64;
+                wait = wait.max(Some(Duration::from_millis((ends - now_ms).max(0) as u64)));
+            }
         }
+        Ok(wait.map_or(Ok(()), Err))
     }
 
     /// Counts a failed sign-in.
-    pub fn failed(&self, name: &str, address: IpAddr) {
-        let now = Instant::now();
-        self.per_address.fail(address, now);
-        self.per_name.fail((name.to_owned(), address), now);
+    pub async fn failed(
+        &self,
+        accounts: &Accounts,
+        name: &str,
+        address: IpAddr,
+        now_ms: i64,
+    ) -> Result<(), AccountError> {
+        accounts
+            .record_sign_in_failure(&sources(name, address), FAILURE_WINDOW, now_ms)
+            .await
     }
 }
 
-/// Failures per key within fixed windows of [`FAILURE_WINDOW`].
-struct FailureCounter<K> {
-    limit: u32,
-    windows: Mutex<HashMap<K, FailureWindow>>,
-}
-
-#[derive(Clone, Copy)]
-struct FailureWindow {
-    started: Instant,
-    failures: u32,
-}
-
-impl<K: Hash + Eq> FailureCounter<K> {
-    fn new(limit: u32) -> Self {
-        FailureCounter {
-            limit: limit.max(1),
-            windows: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// How long `key` must wait, if it has used up its failures. When the
-    /// table is full of live windows a new key waits too: failing closed
-    /// keeps a spread-out guesser from outrunning the count.
-    fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
-        let windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        match windows.get(key) {
-            Some(window) => {
-                let elapsed = now.duration_since(window.started);
-                (elapsed < FAILURE_WINDOW && window.failures >= self.limit)
-                    .then(|| FAILURE_WINDOW - elapsed)
-            }
-            None => (windows.len() >= FAILURE_KEYS_KEPT).then_some(FAILURE_WINDOW),
-        }
-    }
-
-    fn fail(&self, key: K, now: Instant) {
-        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        if windows.len() >= FAILURE_KEYS_KEPT {
-            windows.retain(|_, window| now.duration_since(window.started) < FAILURE_WINDOW);
-            if windows.len() >= FAILURE_KEYS_KEPT {
-                tracing::warn!("sign-in failure table is full; new sources wait a minute");
-                return;
-            }
-        }
-        let window = windows.entry(key).or_insert(FailureWindow {
-            started: now,
-            failures: 0,
-        });
-        if now.duration_since(window.started) >= FAILURE_WINDOW {
-            *window = FailureWindow {
-                started: now,
-                failures: 0,
-            };
-        }
-        window.failures += 1;
-    }
+/// What a failure counts against: the address, and the name from it (an
+/// operator name, or a stand-in for one that cannot be: the row stays small).
+fn sources(name: &str, address: IpAddr) -> [String; 2] {
+    [
+        format!("address {address}"),
+        format!("name {name} {address}"),
+    ]
 }

@@ -50,7 +50,13 @@ impl Operations {
             latency_ms: None,
         };
         let limiter = &self.inner.login_limiter;
-        if let Err(wait) = limiter.check(name, address) {
+        let counted_name = if valid_name { name } else { "(not a name)" };
+        let now = now_ms() as i64;
+        let allowed = limiter
+            .check(accounts, counted_name, address, now)
+            .await
+            .map_err(OpError::internal)?;
+        if let Err(wait) = allowed {
             self.auditor()
                 .record_refusal(&refuse(ErrorKind::RateLimited))
                 .await;
@@ -73,7 +79,10 @@ impl Operations {
             None
         };
         let Some(operator) = operator else {
-            limiter.failed(name, address);
+            limiter
+                .failed(accounts, counted_name, address, now)
+                .await
+                .map_err(OpError::internal)?;
             self.auditor()
                 .record_refusal(&refuse(ErrorKind::WrongPassword))
                 .await;

@@ -391,6 +391,57 @@ impl Accounts {
         };
         Ok(Some((operator, token)))
     }
+
+    /// Failed sign-ins of `source` within the window it is in at `now`, on
+    /// every instance, and when that window began.
+    pub async fn sign_in_failures(
+        &self,
+        source: &str,
+        window: Duration,
+        now: i64,
+    ) -> Result<Option<(i64, i64)>, AccountError> {
+        Ok(sqlx::query_as(
+            "SELECT failures, started_at FROM sign_in_failures WHERE source = $1 AND started_at > $2",
+        )
+        .bind(source)
+        .bind(now - window.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Counts a failed sign-in against each of `sources` in one transaction:
+    /// one more in its window, or the first of a new one if the last is over
+    /// (those are forgotten as they end).
+    pub async fn record_sign_in_failure(
+        &self,
+        sources: &[String],
+        window: Duration,
+        now: i64,
+    ) -> Result<(), AccountError> {
+        let ended = now - window.as_millis() as i64;
+        let mut tx = self.pool.begin().await?;
+        for source in sources {
+            sqlx::query(
+                "INSERT INTO sign_in_failures (source, started_at, failures) VALUES ($1, $2, 1) \
+                 ON CONFLICT (source) DO UPDATE SET \
+                 failures = CASE WHEN sign_in_failures.started_at <= $3 THEN 1 \
+                                 ELSE sign_in_failures.failures + 1 END, \
+                 started_at = CASE WHEN sign_in_failures.started_at <= $3 THEN $2 \
+                                   ELSE sign_in_failures.started_at END",
+            )
+            .bind(source)
+            .bind(now)
+            .bind(ended)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM sign_in_failures WHERE started_at <= $1")
+            .bind(ended)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[derive(sqlx::FromRow)]
