@@ -75,7 +75,9 @@ impl RunningCloud {
         let registry = cloud::Registry::open(&config.database_url)
             .await
             .expect("registry");
-        let state = cloud::assemble(config.clone(), registry).await.expect("cloud state");
+        let state = cloud::assemble(config.clone(), registry)
+            .await
+            .expect("cloud state");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(cloud::serve(listener, state.clone(), shutdown.clone()));
         (state, shutdown, task)

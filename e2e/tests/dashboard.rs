@@ -311,3 +311,61 @@ async fn wait_until_chart_drawn(browser: &Browser) {
         .wait_for("#health-chart svg polyline.cpu", SHOWN)
         .await;
 }
+
+#[tokio::test]
+async fn live_updates_reach_the_dashboard_whichever_instance_serves_it() {
+    // Two instances sharing one fleet: a real PostgreSQL and the NATS
+    // between them. The browser is on the first; the device on the second.
+    let database = testkit::PostgresServer::start().await;
+    let cloud_nats = testkit::nats::NatsServer::start().await;
+    let shared = |instance: &'static str| {
+        let (database_url, nats_url) = (database.url(), cloud_nats.url());
+        move |config: &mut cloud::CloudConfig| {
+            config.database_url = database_url;
+            config.cloud_nats_url = Some(nats_url);
+            config.instance = instance.into();
+        }
+    };
+    let first = RunningCloud::start_with(shared("cloud-1")).await;
+    let second = RunningCloud::start_with(|config| {
+        shared("cloud-2")(config);
+        // The same cloud: one key, one admin token.
+        config.private_key_path = first.config.private_key_path.clone();
+        config.admin_token_file = first.config.admin_token_file.clone();
+    })
+    .await;
+    first
+        .state()
+        .ops()
+        .store()
+        .accounts
+        .add_operator(OPERATOR, PASSWORD, protocol::now_ms() as i64)
+        .await
+        .expect("an operator account");
+    let browser = Browser::start().await;
+    sign_in(&browser, &first, "/devices").await;
+    browser.wait_for("#live[data-state=on]", SHOWN).await;
+    browser
+        .script("window.samePage = 'yes'; return null;")
+        .await;
+
+    let _device =
+        RunningDevice::start_bridge_only("device-far", keys::generate(), &second, |_| {}).await;
+    let row = "tr[data-device-id='device-far']";
+    browser.wait_for_text(row, "pending", SHOWN).await;
+    // Accepted on the other instance: the page here follows.
+    second.api().accept("device-far").await.expect("accepted");
+    browser
+        .wait_for_text(&format!("{row} .badge.status"), "accepted", SHOWN)
+        .await;
+    browser
+        .wait_for_text(&format!("{row} .badge.online"), "online", SHOWN)
+        .await;
+    assert_eq!(
+        browser.script("return window.samePage;").await,
+        json!("yes"),
+        "every update came live, without a reload"
+    );
+    browser.screenshot("10-devices-across-instances").await;
+    browser.close().await;
+}
