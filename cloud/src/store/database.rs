@@ -17,7 +17,21 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::Executor;
 
-use super::registry::RegistryError;
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("unsupported database URL scheme {0:?}: use sqlite:PATH or postgres://…")]
+    UnsupportedUrl(String),
+}
 
 /// The pool every store queries.
 pub type Pool = sqlx::AnyPool;
@@ -37,12 +51,12 @@ pub enum Backend {
 
 impl Backend {
     /// The engine a database URL names: `sqlite:…` or `postgres://…`.
-    pub fn of_url(url: &str) -> Result<Self, RegistryError> {
+    pub fn of_url(url: &str) -> Result<Self, OpenError> {
         let scheme = url.split(':').next().unwrap_or_default();
         match scheme {
             "sqlite" => Ok(Backend::Sqlite),
             "postgres" | "postgresql" => Ok(Backend::Postgres),
-            _ => Err(RegistryError::UnsupportedUrl(scheme.to_string())),
+            _ => Err(OpenError::UnsupportedUrl(scheme.to_string())),
         }
     }
 
@@ -66,7 +80,7 @@ impl Backend {
 
 /// Opens the database at `url` (for SQLite creating the file, readable by
 /// its owner only, and its directory) and brings its schema up to date.
-pub async fn open(url: &str) -> Result<(Pool, Backend), RegistryError> {
+pub async fn open(url: &str) -> Result<(Pool, Backend), OpenError> {
     sqlx::any::install_default_drivers();
     let backend = Backend::of_url(url)?;
     if backend == Backend::Sqlite {
@@ -100,7 +114,7 @@ pub async fn open(url: &str) -> Result<(Pool, Backend), RegistryError> {
 /// Creates the database file readable by its owner only, since it holds
 /// password hashes; SQLite gives its journal files the same mode. An
 /// existing file is left as it is.
-fn create_private_file(file: &Path) -> Result<(), RegistryError> {
+fn create_private_file(file: &Path) -> Result<(), OpenError> {
     if file.as_os_str() == ":memory:" || file.as_os_str().is_empty() {
         return Ok(());
     }
@@ -114,21 +128,21 @@ fn create_private_file(file: &Path) -> Result<(), RegistryError> {
     match options.open(file) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(RegistryError::Create {
+        Err(source) => Err(OpenError::Create {
             path: file.display().to_string(),
             source,
         }),
     }
 }
 
-fn create_parent_dir(file: &Path) -> Result<(), RegistryError> {
+fn create_parent_dir(file: &Path) -> Result<(), OpenError> {
     let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
     if file.as_os_str() == ":memory:" {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(|source| RegistryError::Create {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::Create {
         path: dir.display().to_string(),
         source,
     })

@@ -36,15 +36,8 @@ pub const HEALTH_SAMPLE_PERIOD: Duration = Duration::from_secs(10);
 pub enum RegistryError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-    #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("cannot create {path}: {source}")]
-    Create {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("unsupported database URL scheme {0:?}: use sqlite:PATH or postgres://…")]
-    UnsupportedUrl(String),
+    #[error(transparent)]
+    Open(#[from] database::OpenError),
     #[error("corrupt registry row: {0}")]
     Corrupt(String),
 }
