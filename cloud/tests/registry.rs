@@ -37,6 +37,9 @@ store_tests!(
     pending_devices_not_seen_for_long_are_forgotten_and_the_others_kept,
     the_audit_log_keeps_its_retention_and_its_most_rows,
     actions_recorded_at_once_are_each_stored_and_told_their_own_entry,
+    an_operator_signs_in_with_a_session_and_a_token_until_they_end,
+    sign_in_failures_count_within_a_minute_from_the_first,
+    where_each_device_is_connected_follows_its_instances,
 );
 
 async fn open(db: &TestDatabase) -> Registry {
@@ -328,4 +331,157 @@ async fn actions_recorded_at_once_are_each_stored_and_told_their_own_entry(db: T
         assert_eq!(recorded, stored, "the recorder was told the row as stored");
         assert_eq!(stored.target, format!("dev-{}", stored.at - 1_000));
     }
+}
+
+async fn an_operator_signs_in_with_a_session_and_a_token_until_they_end(db: TestDatabase) {
+    let registry = open(&db).await;
+    let accounts = cloud::store::Accounts::new(registry.pool().clone());
+    let alice = accounts
+        .add_operator("alice", "correct horse", 1)
+        .await
+        .unwrap();
+    assert!(accounts.add_operator("alice", "other", 2).await.is_err());
+    let checked = accounts
+        .check_password("alice", "correct horse")
+        .await
+        .unwrap();
+    assert_eq!(checked.as_ref().map(|o| o.id), Some(alice.id));
+    assert!(accounts
+        .check_password("alice", "wrong")
+        .await
+        .unwrap()
+        .is_none());
+
+    let session = accounts.start_session(&alice, 10).await.unwrap();
+    let live = accounts
+        .session(&session.secret, 20)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (live.operator.name.as_str(), live.csrf_token),
+        ("alice", session.csrf_token)
+    );
+    accounts.end_session(&session.secret).await.unwrap();
+    assert!(accounts
+        .session(&session.secret, 30)
+        .await
+        .unwrap()
+        .is_none());
+
+    let (token, secret) = accounts.create_token(&alice, "ci", 40).await.unwrap();
+    let (owner, _) = accounts.token_owner(&secret, 50).await.unwrap().unwrap();
+    assert_eq!(owner.name, "alice");
+    accounts.revoke_token(token.id, 60).await.unwrap();
+    assert!(accounts.token_owner(&secret, 70).await.unwrap().is_none());
+}
+
+async fn sign_in_failures_count_within_a_minute_from_the_first(db: TestDatabase) {
+    use std::time::Duration;
+    let registry = open(&db).await;
+    let accounts = cloud::store::Accounts::new(registry.pool().clone());
+    let minute = Duration::from_secs(60);
+    let sources = [
+        "address 10.0.0.1".to_owned(),
+        "name alice 10.0.0.1".to_owned(),
+    ];
+    for at in [1_000, 2_000, 3_000] {
+        accounts
+            .record_sign_in_failure(&sources, minute, at)
+            .await
+            .unwrap();
+    }
+    let counted = accounts
+        .sign_in_failures(&sources[1], minute, 4_000)
+        .await
+        .unwrap();
+    assert_eq!(counted, Some((3, 1_000)));
+    // The minute from the first failure is over: nothing counts, and the
+    // next failure starts a new window.
+    assert_eq!(
+        accounts
+            .sign_in_failures(&sources[0], minute, 61_000)
+            .await
+            .unwrap(),
+        None
+    );
+    accounts
+        .record_sign_in_failure(&sources, minute, 62_000)
+        .await
+        .unwrap();
+    let counted = accounts
+        .sign_in_failures(&sources[0], minute, 62_500)
+        .await
+        .unwrap();
+    assert_eq!(counted, Some((1, 62_000)));
+}
+
+async fn where_each_device_is_connected_follows_its_instances(db: TestDatabase) {
+    let registry = open(&db).await;
+    for id in ["dev-1", "dev-2"] {
+        registry
+            .register_new_key(id, "PEM", "SHA256:x", None, 10, 0)
+            .await
+            .unwrap();
+    }
+    registry
+        .record_instance_alive("cloud-1", true, 1_000)
+        .await
+        .unwrap();
+    registry
+        .record_instance_alive("cloud-2", true, 1_000)
+        .await
+        .unwrap();
+    registry
+        .record_connected("dev-1", "cloud-1", 7)
+        .await
+        .unwrap();
+    registry
+        .record_connected("dev-2", "cloud-2", 3)
+        .await
+        .unwrap();
+    // Seen from cloud-2: dev-1 is on cloud-1 (its own are not listed here).
+    let elsewhere = registry
+        .connected_elsewhere("cloud-2", 500, None)
+        .await
+        .unwrap();
+    assert_eq!(elsewhere, [("dev-1".to_owned(), "cloud-1".to_owned())]);
+    // An older connection closing does not undo a newer one's record.
+    registry
+        .record_disconnected("dev-1", "cloud-1", 6, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        registry
+            .connected_elsewhere("cloud-2", 500, Some("dev-1"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    registry
+        .record_disconnected("dev-1", "cloud-1", 7, 2_000)
+        .await
+        .unwrap();
+    assert!(registry
+        .connected_elsewhere("cloud-2", 500, Some("dev-1"))
+        .await
+        .unwrap()
+        .is_empty());
+    // An instance not alive since `alive_since` holds nothing any more.
+    let from_one = registry
+        .connected_elsewhere("cloud-1", 1_500, None)
+        .await
+        .unwrap();
+    assert!(from_one.is_empty(), "{from_one:?}");
+    // Restarting, an instance forgets what it held before.
+    registry
+        .record_instance_alive("cloud-2", true, 3_000)
+        .await
+        .unwrap();
+    assert!(registry
+        .connected_elsewhere("cloud-1", 2_500, None)
+        .await
+        .unwrap()
+        .is_empty());
 }
