@@ -43,6 +43,9 @@ fi
 # binaries it runs): fails when a call is lost or answered wrongly or a process dies,
 # never on speed.
 cargo build -p cloud --bin cloud -p bridge --bin bridge && cargo run -p bench -- all --smoke
+# The same calls through 2 cloud instances sharing the fleet (a PostgreSQL
+# and a nats-server between them): most cross from one instance to the other.
+cargo run -p bench -- rpc --smoke --instances 2
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

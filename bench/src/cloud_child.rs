@@ -6,22 +6,29 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use cloud::client::ApiClient;
 use protocol::keys::{self, PublicKey};
 use tempfile::TempDir;
-use testkit::CloudEndpoint;
+
+use crate::gauge::Gauge;
+use testkit::nats::NatsServer;
+use testkit::{CloudEndpoint, PostgresServer};
+
+use crate::procfs::{self, Usage};
 
 /// How long a starting cloud may take to answer the API.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// An API call that takes this long means the cloud hung.
 const HUNG: Duration = Duration::from_secs(120);
-/// A scrape of `/metrics` that takes this long is a sample missed.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The cloud's signer id (its default).
 const CLOUD_ID: &str = "cloud-dashboard";
+/// The files every instance reads, in [`CloudFiles`].
+const PRIVATE_KEY: &str = "cloud_private.pem";
+const ADMIN_TOKEN: &str = "admin.token";
 
 /// Every admission limit that would turn away part of a fleet connecting at
 /// once from loopback, and one device's message allowance (see the README's
@@ -54,46 +61,81 @@ pub fn describe(settings: &[(&str, String)]) -> String {
         .join(" ")
 }
 
+/// What every instance of one cloud shares (README, "Many cloud instances"):
+/// its private key and admin token, in one directory, beside each
+/// instance's log and, for a cloud of one, its SQLite registry. The
+/// instances share `CLOUD_ID` too, by all keeping its default.
+pub struct CloudFiles {
+    dir: TempDir,
+    public_key: PublicKey,
+}
+
+impl CloudFiles {
+    /// A directory with a fresh key.
+    pub fn new() -> anyhow::Result<Arc<CloudFiles>> {
+        let dir = tempfile::tempdir().context("temp dir for the cloud")?;
+        let key = keys::generate();
+        keys::write_private_key(&dir.path().join(PRIVATE_KEY), &key)?;
+        Ok(Arc::new(CloudFiles {
+            dir,
+            public_key: key.verifying_key(),
+        }))
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
 /// A `cloud serve` child on a free port of 127.0.0.1; killed on drop.
 pub struct CloudChild {
     pub addr: SocketAddr,
-    /// Key, registry, admin token and the log.
-    dir: TempDir,
-    public_key: PublicKey,
+    /// Its `CLOUD_INSTANCE`, which also names its log and its figures.
+    pub name: String,
+    files: Arc<CloudFiles>,
     child: Child,
 }
 
 impl CloudChild {
-    /// Starts the cloud with `settings` (environment variables of `cloud
-    /// serve`, e.g. `("MAX_UNAUTHENTICATED", "50000")`) and waits until its
-    /// API answers.
+    /// Starts a cloud of one instance, on a SQLite registry of its own, with
+    /// `settings` (environment variables of `cloud serve`, e.g.
+    /// `("MAX_UNAUTHENTICATED", "50000")`) and waits until its API answers.
     pub async fn start(settings: &[(&str, String)]) -> anyhow::Result<CloudChild> {
+        let files = CloudFiles::new()?;
+        let database_url = format!("sqlite://{}", files.path("cloud.db").display());
+        Self::start_instance(&files, "cloud", &database_url, settings).await
+    }
+
+    /// Starts the instance `name` of the cloud whose key and admin token are
+    /// in `files`, its registry at `database_url`, with `settings`, and waits
+    /// until its API answers. Instances sharing `files` are started one
+    /// after the other: the first creates the admin token the others read.
+    pub async fn start_instance(
+        files: &Arc<CloudFiles>,
+        name: &str,
+        database_url: &str,
+        settings: &[(&str, String)],
+    ) -> anyhow::Result<CloudChild> {
         let binary = sibling_binary("cloud")?;
-        let dir = tempfile::tempdir().context("temp dir for the cloud")?;
-        let key = keys::generate();
-        keys::write_private_key(&dir.path().join("cloud_private.pem"), &key)?;
         let addr = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|listener| listener.local_addr())
             .context("no free port")?;
-        let log = std::fs::File::create(dir.path().join("cloud.log"))?;
+        let log = std::fs::File::create(files.path(&format!("{name}.log")))?;
         let child = Command::new(&binary)
             .env_clear()
             // Warnings only: a log line per connection would be part of
             // what is measured.
             .env("RUST_LOG", "warn")
+            .env("CLOUD_INSTANCE", name)
+            .env("DATABASE_URL", database_url)
             .envs(settings.iter().map(|(name, value)| (name, value)))
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--private-key")
-            .arg(dir.path().join("cloud_private.pem"))
-            .arg("--database")
-            .arg(format!(
-                "sqlite://{}",
-                dir.path().join("cloud.db").display()
-            ))
+            .arg(files.path(PRIVATE_KEY))
             .arg("--admin-token-file")
-            .arg(dir.path().join("admin.token"))
+            .arg(files.path(ADMIN_TOKEN))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -101,8 +143,8 @@ impl CloudChild {
             .with_context(|| format!("cannot start {}", binary.display()))?;
         let mut cloud = CloudChild {
             addr,
-            dir,
-            public_key: key.verifying_key(),
+            name: name.to_owned(),
+            files: files.clone(),
             child,
         };
         cloud.wait_until_serving().await?;
@@ -111,11 +153,7 @@ impl CloudChild {
 
     /// One gauge of the cloud's `/metrics`, for reading over a run.
     pub fn gauge(&self, name: &'static str) -> Gauge {
-        Gauge {
-            name,
-            url: format!("http://{}/metrics", self.addr),
-            http: reqwest::Client::new(),
-        }
+        Gauge::new(name, format!("http://{}/metrics", self.addr))
     }
 
     pub fn pid(&self) -> u32 {
@@ -127,13 +165,13 @@ impl CloudChild {
         CloudEndpoint {
             url: format!("ws://{}/ws/device", self.addr),
             cloud_id: CLOUD_ID.to_owned(),
-            public_key: self.public_key,
+            public_key: self.files.public_key,
         }
     }
 
     /// The operator API, with the admin token the cloud created.
     pub fn api(&self) -> anyhow::Result<ApiClient> {
-        let path = self.dir.path().join("admin.token");
+        let path = self.files.path(ADMIN_TOKEN);
         let token = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         Ok(ApiClient::new(
@@ -152,11 +190,13 @@ impl CloudChild {
     }
 
     fn exited(&self, status: ExitStatus) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("cloud.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.files.path(&format!("{}.log", self.name)))
+            .unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!(
-            "the cloud exited ({status}); the end of its log:\n{}",
+            "{} exited ({status}); the end of its log:\n{}",
+            self.name,
             tail.join("\n")
         )
     }
@@ -173,7 +213,8 @@ impl CloudChild {
             }
             if Instant::now() >= give_up {
                 bail!(
-                    "the cloud on {} did not answer within {START_TIMEOUT:?}",
+                    "{} on {} did not answer within {START_TIMEOUT:?}",
+                    self.name,
                     self.addr
                 );
             }
@@ -189,33 +230,112 @@ impl Drop for CloudChild {
     }
 }
 
-/// A gauge of a cloud's Prometheus exposition (`/metrics`).
-pub struct Gauge {
-    name: &'static str,
-    url: String,
-    http: reqwest::Client,
+/// The cloud a bench runs: one instance on SQLite, as a cloud of one runs,
+/// or several sharing one fleet as behind a load balancer (README, "Many
+/// cloud instances"): one PostgreSQL for the registry and one nats-server
+/// between the instances, of their own (not the devices'). Stopped on drop,
+/// the instances first.
+pub struct Cloud {
+    pub instances: Vec<CloudChild>,
+    /// None for one instance.
+    shared: Option<Shared>,
 }
 
-impl Gauge {
-    pub fn name(&self) -> &'static str {
-        self.name
+/// What several instances share, with the pids a bench measures.
+struct Shared {
+    database: PostgresServer,
+    database_pid: u32,
+    nats: NatsServer,
+    nats_pid: u32,
+}
+
+impl Cloud {
+    /// Starts `instances` instances (`cloud-1`, ...), each with `settings`,
+    /// and returns once each one's API answers.
+    pub async fn start(instances: usize, settings: &[(&str, String)]) -> anyhow::Result<Cloud> {
+        if instances <= 1 {
+            return Ok(Cloud {
+                instances: vec![CloudChild::start(settings).await?],
+                shared: None,
+            });
+        }
+        let database = PostgresServer::start().await;
+        // testkit tells the server's port only in its URL, `...:<port>/postgres`.
+        let port = database
+            .url()
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.split('/').next().map(str::to_owned))
+            .context("no port in the PostgreSQL URL")?;
+        let database_pid = procfs::child("postgres", &port).context("no postgres child")?;
+        let nats = NatsServer::start().await;
+        let nats_pid = procfs::child("nats-server", &nats.port().to_string())
+            .context("no nats-server child for the instances")?;
+        let mut settings = settings.to_vec();
+        settings.push(("CLOUD_NATS_URL", nats.url()));
+        let files = CloudFiles::new()?;
+        let mut children = Vec::new();
+        for n in 1..=instances {
+            let name = format!("cloud-{n}");
+            children
+                .push(CloudChild::start_instance(&files, &name, &database.url(), &settings).await?);
+        }
+        Ok(Cloud {
+            instances: children,
+            shared: Some(Shared {
+                database,
+                database_pid,
+                nats,
+                nats_pid,
+            }),
+        })
     }
 
-    /// The gauge's value now; `None` if the cloud does not answer or does
-    /// not show it.
-    pub async fn read(&self) -> Option<u64> {
-        let response = self
-            .http
-            .get(&self.url)
-            .timeout(SCRAPE_TIMEOUT)
-            .send()
-            .await
-            .ok()?;
-        let text = response.error_for_status().ok()?.text().await.ok()?;
-        text.lines().find_map(|line| {
-            let value = line.strip_prefix(self.name)?.strip_prefix(' ')?;
-            value.trim().parse().ok()
-        })
+    /// What a bench says of the cloud it runs.
+    pub fn describe(instances: usize, settings: &[(&str, String)]) -> String {
+        let how = match instances {
+            0 | 1 => "the cloud runs".to_owned(),
+            n => format!("{n} cloud instances (one PostgreSQL, one nats-server between them) run"),
+        };
+        format!("{how} with {}", describe(settings))
+    }
+
+    /// Fails if an instance, PostgreSQL or the instances' nats-server died.
+    pub fn check_running(&mut self) -> anyhow::Result<()> {
+        for instance in &mut self.instances {
+            instance.check_running()?;
+        }
+        if let Some(shared) = &self.shared {
+            if !procfs::is_running(shared.database_pid) {
+                bail!("PostgreSQL (on {}) died", shared.database.url());
+            }
+            if !procfs::is_running(shared.nats_pid) {
+                bail!("the instances' nats-server (on {}) died", shared.nats.url());
+            }
+        }
+        Ok(())
+    }
+
+    /// What each process of the cloud has used so far, by name. `cloud` is
+    /// always the cloud's total, to set beside a cloud of one: the one
+    /// instance, or with several their sum, then each of them (`cloud-1`,
+    /// ...), `postgres` (with the processes it serves connections from) and
+    /// `cloud_nats`.
+    pub fn usages(&self) -> anyhow::Result<Vec<(String, Usage)>> {
+        let mut usages = self
+            .instances
+            .iter()
+            .map(|instance| Ok((instance.name.clone(), procfs::usage(instance.pid())?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(shared) = &self.shared {
+            let sum = usages.iter().map(|(_, usage)| *usage).sum();
+            usages.insert(0, ("cloud".to_owned(), sum));
+            usages.push((
+                "postgres".to_owned(),
+                procfs::tree_usage(shared.database_pid)?,
+            ));
+            usages.push(("cloud_nats".to_owned(), procfs::usage(shared.nats_pid)?));
+        }
+        Ok(usages)
     }
 }
 

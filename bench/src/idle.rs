@@ -2,6 +2,9 @@
 //! the API and stay. Measures how long until all are live, the cloud's CPU
 //! time over the storm, and its resident memory per live device; and the
 //! resident memory of one real `bridge` process, live and idle meanwhile.
+//! With several cloud instances the devices connect to them in turn, and
+//! the cloud's figures are the instances' sums; PostgreSQL's and the
+//! instances' nats-server's are beside them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -14,9 +17,9 @@ use tokio::task::JoinSet;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 
 use crate::bridge_child::BridgeChild;
-use crate::cloud_child::{self, CloudChild};
+use crate::cloud_child::{self, Cloud, CloudChild};
 use crate::latency::round;
-use crate::procfs::{self, RssRecorder};
+use crate::procfs::{self, RssRecorder, Usage};
 use crate::simulator::{Event, Fleet};
 
 /// Devices of a smoke run.
@@ -39,7 +42,12 @@ pub struct IdleArgs {
     /// and in the cloud).
     #[arg(long, default_value_t = 50_000)]
     pub devices: usize,
-    /// 20 devices, a few seconds (for CI).
+    /// Cloud instances sharing the fleet (one PostgreSQL, one nats-server
+    /// between them); the devices connect to them in turn. 1: a cloud of
+    /// one, on SQLite.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub instances: u64,
+    /// 20 devices, a few seconds (for CI), on as many instances as asked.
     #[arg(long)]
     pub smoke: bool,
     /// Give up if the fleet is not all live after this many seconds.
@@ -55,20 +63,23 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
     })?;
     let limits = cloud_child::raised_limits();
     println!(
-        "idle: {devices} devices from 127.0.0.1-254 at once; the cloud runs with {}",
-        cloud_child::describe(&limits)
+        "idle: {devices} devices from 127.0.0.1-254 at once; {}",
+        Cloud::describe(args.instances as usize, &limits)
     );
-    let mut cloud = CloudChild::start(&limits).await?;
-    let api = cloud.api()?;
+    let mut cloud = Cloud::start(args.instances as usize, &limits).await?;
+    let first = &cloud.instances[0];
+    let api = first.api()?;
     // One real bridge, live and idle through the storm, for a device's side.
-    let bridge = BridgeChild::start_live(&cloud.endpoint(), &api, "idle-bridge").await?;
+    let bridge = BridgeChild::start_live(&first.endpoint(), &api, "idle-bridge").await?;
     tokio::time::sleep(SETTLE).await;
-    let cloud_before = procfs::usage(cloud.pid())?;
+    let cloud_before = cloud.usages()?;
     let bench_before = procfs::usage(std::process::id())?;
 
-    let fleet = Fleet::new(&cloud.endpoint(), "idle", devices)?;
+    let endpoints: Vec<_> = cloud.instances.iter().map(CloudChild::endpoint).collect();
+    let fleet = Fleet::new(&endpoints, "idle", devices)?;
 
-    let rss = RssRecorder::start("cloud", cloud.pid(), SAMPLE_PERIOD);
+    // The first instance's memory (the cloud's, when it is one).
+    let rss = RssRecorder::start(&first.name, first.pid(), SAMPLE_PERIOD);
     let started = Instant::now();
     let (events, mut heard) = mpsc::unbounded_channel();
     let fleet = fleet.storm(events);
@@ -107,7 +118,7 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
         }
     }
     let storm = started.elapsed();
-    let cloud_storm = procfs::usage(cloud.pid())?;
+    let cloud_storm = cloud.usages()?;
     let all_connected = all_connected.unwrap_or(storm);
 
     // Idle for a moment: memory settles, and a device the cloud drops shows.
@@ -119,7 +130,7 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
         bail!("devices dropped while idle: {tally}{}", tally.reasons());
     }
     cloud.check_running()?;
-    let cloud_after = procfs::usage(cloud.pid())?;
+    let cloud_after = cloud.usages()?;
     let bench_after = procfs::usage(std::process::id())?;
     let bridge_after = procfs::usage(bridge.pid())
         .with_context(|| format!("the real bridge {} died", bridge.id))?;
@@ -136,8 +147,10 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
     );
 
     let per_device = |before: u64, after: u64| after.saturating_sub(before) as f64 / devices as f64;
+    let (total_before, total_after) = (cloud_total(&cloud_before), cloud_total(&cloud_after));
     let figures = [
         ("idle_devices", json!(devices)),
+        ("idle_instances", json!(args.instances)),
         (
             "storm_connected_secs",
             json!(round(all_connected.as_secs_f64(), 2)),
@@ -145,15 +158,9 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
         ("storm_secs", json!(round(storm.as_secs_f64(), 2))),
         ("storm_retries", json!(tally.retries)),
         (
-            "storm_cloud_cpu_secs",
-            json!(round(cloud_storm.cpu_secs - cloud_before.cpu_secs, 2)),
-        ),
-        ("idle_cloud_rss_before_kib", json!(cloud_before.rss_kib)),
-        ("idle_cloud_rss_after_kib", json!(cloud_after.rss_kib)),
-        (
             "idle_kib_per_device",
             json!(round(
-                per_device(cloud_before.rss_kib, cloud_after.rss_kib),
+                per_device(total_before.rss_kib, total_after.rss_kib),
                 1
             )),
         ),
@@ -167,10 +174,29 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Map<String, Value>> {
             )),
         ),
     ];
-    Ok(figures
+    let mut figures: Map<String, Value> = figures
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
-        .collect())
+        .collect();
+    // Each process of the cloud: `cloud` (the instances' sum), and with
+    // several instances each of them, `postgres` and `cloud_nats`.
+    for (((name, before), (_, storm)), (_, after)) in
+        cloud_before.iter().zip(&cloud_storm).zip(&cloud_after)
+    {
+        let cpu_secs = round(storm.cpu_secs - before.cpu_secs, 2);
+        figures.insert(format!("storm_{name}_cpu_secs"), json!(cpu_secs));
+        figures.insert(format!("idle_{name}_rss_before_kib"), json!(before.rss_kib));
+        figures.insert(format!("idle_{name}_rss_after_kib"), json!(after.rss_kib));
+    }
+    Ok(figures)
+}
+
+/// The cloud's total among its processes' usages (see [`Cloud::usages`]).
+fn cloud_total(usages: &[(String, Usage)]) -> Usage {
+    usages
+        .iter()
+        .find_map(|(name, usage)| (name == "cloud").then_some(*usage))
+        .expect("the cloud's usages include its total")
 }
 
 /// Raises this process's file limit as far as it goes (the cloud, started

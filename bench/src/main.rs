@@ -4,6 +4,7 @@
 mod bridge_child;
 mod cloud_child;
 mod floor;
+mod gauge;
 mod idle;
 mod latency;
 mod load;

@@ -9,14 +9,14 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cloud_child::Gauge;
+use crate::gauge::Gauge;
 
 /// Clock ticks per second of `utime` and `stime`: `USER_HZ`, which Linux
 /// fixes at 100 for user space on every architecture it runs this on.
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// What a process has used so far.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     /// User and system CPU time of all its threads since it started.
     pub cpu_secs: f64,
@@ -28,13 +28,78 @@ pub struct Usage {
 
 /// What process `pid` has used so far.
 pub fn usage(pid: u32) -> anyhow::Result<Usage> {
+    // Fields 14 and 15 of stat(5): its own user and system time.
+    read_usage(pid, &[14, 15])
+}
+
+/// What process `pid` and every process under it have used so far, summed:
+/// PostgreSQL serves each connection from a process of its own. The CPU
+/// time counts the processes that have exited too (fields 16 and 17 of
+/// stat(5): the time of the children a process has waited for). Memory is
+/// their proportional set sizes (`Pss`), each page they share (PostgreSQL's
+/// shared buffers, its code) divided among them, so that the sum counts it
+/// once; its peak is not known, so `peak_rss_kib` is that sum too.
+pub fn tree_usage(pid: u32) -> anyhow::Result<Usage> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")?
+        .filter_map(|entry| {
+            let process: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let parent = stat_fields(process).ok()?.get(1)?.parse().ok()?;
+            Some((process, parent))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, of)| of == parent)
+                .map(|&(child, _)| child),
+        );
+        next += 1;
+    }
+    let mut total = Usage::default();
+    for (n, &process) in tree.iter().enumerate() {
+        let usage = read_usage(process, &[14, 15, 16, 17]).and_then(|usage| {
+            let pss = proportional_kib(process)?;
+            Ok(Usage {
+                rss_kib: pss,
+                peak_rss_kib: pss,
+                ..usage
+            })
+        });
+        total = total
+            + match usage {
+                Ok(usage) => usage,
+                // A child that exits meanwhile is counted in its parent's time.
+                Err(_) if n > 0 => Usage::default(),
+                Err(error) => return Err(error),
+            };
+    }
+    Ok(total)
+}
+
+/// The proportional set size of process `pid`, in KiB.
+fn proportional_kib(pid: u32) -> anyhow::Result<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    let line = rollup
+        .lines()
+        .find_map(|line| line.strip_prefix("Pss:"))
+        .with_context(|| format!("no Pss in /proc/{pid}/smaps_rollup"))?;
+    Ok(line.split_whitespace().next().unwrap_or_default().parse()?)
+}
+
+/// What process `pid` has used: the CPU time of the stat(5) fields
+/// `ticks`, and its memory.
+fn read_usage(pid: u32, ticks: &[usize]) -> anyhow::Result<Usage> {
     let stat = stat_fields(pid)?;
-    // Fields 14 and 15 of stat(5), counted from the state (field 3).
-    let ticks = |field: usize| -> anyhow::Result<f64> {
+    let mut cpu_ticks = 0;
+    for &field in ticks {
+        // Counted from the state (field 3).
         let text = stat.get(field - 3).context("short /proc stat")?;
-        Ok(text.parse::<u64>()? as f64)
-    };
-    let cpu_secs = (ticks(14)? + ticks(15)?) / TICKS_PER_SEC;
+        cpu_ticks += text.parse::<u64>()?;
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid} is gone"))?;
     let kib = |key: &str| -> anyhow::Result<u64> {
@@ -46,10 +111,30 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
         Ok(value.parse()?)
     };
     Ok(Usage {
-        cpu_secs,
+        cpu_secs: cpu_ticks as f64 / TICKS_PER_SEC,
         rss_kib: kib("VmRSS:")?,
         peak_rss_kib: kib("VmHWM:")?,
     })
+}
+
+/// Processes' usage together: their CPU time, their memory now, and the
+/// sum of their peaks (an upper bound: they need not peak at once).
+impl std::ops::Add for Usage {
+    type Output = Usage;
+
+    fn add(self, other: Usage) -> Usage {
+        Usage {
+            cpu_secs: self.cpu_secs + other.cpu_secs,
+            rss_kib: self.rss_kib + other.rss_kib,
+            peak_rss_kib: self.peak_rss_kib + other.peak_rss_kib,
+        }
+    }
+}
+
+impl std::iter::Sum for Usage {
+    fn sum<I: Iterator<Item = Usage>>(usages: I) -> Usage {
+        usages.fold(Usage::default(), std::ops::Add::add)
+    }
 }
 
 /// Whether process `pid` exists and has not exited (a zombie has).

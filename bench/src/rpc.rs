@@ -2,7 +2,10 @@
 //! many devices, through the whole stack (see [`crate::stack`]): the real
 //! cloud, a real nats-server, real bridges and a real worker. The calls go
 //! to the devices in turn, as a fleet's operators spread theirs, so that no
-//! one device's allowance is what is measured.
+//! one device's allowance is what is measured. With several cloud
+//! instances, the calls go to the instances in turn too, as a load balancer
+//! in front of the API clients spreads them: most cross from the instance
+//! called to the one holding the device.
 //!
 //! Two phases: calls one at a time, whose latency is what the floor is
 //! compared to (`e2e_*`); then the load, K calls in flight (closed loop) or
@@ -18,7 +21,6 @@ use serde_json::{json, Map, Value};
 
 use crate::latency::{round, PERCENTILES};
 use crate::load::{self, Failure, Outcome};
-use crate::procfs::{self, Usage};
 use crate::stack::{in_turn, Stack};
 
 /// Calls made, and thrown away, before measuring: connections, caches and
@@ -31,6 +33,11 @@ pub struct RpcArgs {
     /// calls go to them in turn.
     #[arg(long, default_value_t = 100)]
     pub devices: usize,
+    /// Cloud instances sharing the fleet (one PostgreSQL, one nats-server
+    /// between them); the devices connect to them in turn, and the calls go
+    /// to them in turn. 1: a cloud of one, on SQLite.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub instances: u64,
     /// Seconds of calls one at a time, for the latency the floor is
     /// compared to.
     #[arg(long, default_value_t = 10)]
@@ -50,7 +57,8 @@ pub struct RpcArgs {
     /// instead of `rpc.discover` (the floor stays `rpc.discover`'s).
     #[arg(long)]
     pub containers: bool,
-    /// 3 devices, 2 s one at a time, 3 s with 4 in flight (for CI).
+    /// 3 devices, 2 s one at a time, 3 s with 4 in flight (for CI), on as
+    /// many instances as asked.
     #[arg(long)]
     pub smoke: bool,
 }
@@ -81,13 +89,25 @@ pub async fn run(args: &RpcArgs) -> anyhow::Result<Map<String, Value>> {
         Some(rate) => format!("{rate} calls/s (open loop)"),
         None => format!("{} in flight (closed loop)", args.in_flight),
     };
-    let stack = Stack::start("rpc", args.devices).await?;
+    // Said beside the devices wherever they are, with several instances.
+    let on_instances = match args.instances {
+        1 => String::new(),
+        n => format!(" on {n} cloud instances"),
+    };
+    let mut stack = Stack::start("rpc", args.devices, args.instances as usize).await?;
     let call = {
-        let (api, devices) = (stack.api.clone(), stack.devices.clone());
+        let (apis, devices) = (stack.apis.clone(), stack.devices.clone());
         move |n: u64| {
-            let (api, devices, params) = (api.clone(), devices.clone(), params.clone());
+            let (apis, devices, params) = (apis.clone(), devices.clone(), params.clone());
             async move {
-                let device = in_turn(&devices, n);
+                // Call n goes through instance n % N, to each device N times
+                // in a row: once through every instance, so (N - 1) / N of
+                // the calls cross to the instance holding the device (device
+                // k connects to instance k % N). Calling device n % devices
+                // instead would keep every call on the device's own instance
+                // whenever N divides the devices.
+                let api = in_turn(&apis, n);
+                let device = in_turn(&devices, n / apis.len() as u64);
                 let result = api
                     .rpc(device, method, params, None)
                     .await
@@ -104,19 +124,19 @@ pub async fn run(args: &RpcArgs) -> anyhow::Result<Map<String, Value>> {
         bail!("calls failed while warming up");
     }
     println!(
-        "rpc: {method} through the HTTP API over {} devices, one at a time for {} s",
+        "rpc: {method} through the HTTP API over {} devices{on_instances}, one at a time for {} s",
         args.devices, args.latency_secs
     );
     let one_at_a_time =
         load::closed_loop(1, Duration::from_secs(args.latency_secs), call.clone()).await;
     println!("rpc: then {load} for {} s", args.secs);
-    let before = usages(&stack)?;
+    let before = stack.usages()?;
     let duration = Duration::from_secs(args.secs);
     let loaded = match args.rate {
         Some(rate) => load::open_loop(rate, duration, call).await,
         None => load::closed_loop(args.in_flight, duration, call).await,
     };
-    let after = usages(&stack)?;
+    let after = stack.usages()?;
     one_at_a_time.print_failures("rpc, one at a time");
     loaded.print_failures("rpc, under load");
     stack.stop().await?;
@@ -126,7 +146,7 @@ pub async fn run(args: &RpcArgs) -> anyhow::Result<Map<String, Value>> {
         ("rpc_loaded_latency", &loaded, load),
     ] {
         let what = format!(
-            "{method} through the HTTP API, {how}, {} devices",
+            "{method} through the HTTP API, {how}, {} devices{on_instances}",
             args.devices
         );
         let path = outcome.latencies.write_distribution(file, &what)?;
@@ -136,6 +156,7 @@ pub async fn run(args: &RpcArgs) -> anyhow::Result<Map<String, Value>> {
     let mut figures = Map::new();
     figures.insert("rpc_method".into(), json!(method));
     figures.insert("rpc_devices".into(), json!(args.devices));
+    figures.insert("rpc_instances".into(), json!(args.instances));
     match args.rate {
         Some(rate) => figures.insert("rpc_rate".into(), json!(rate)),
         None => figures.insert("rpc_in_flight".into(), json!(args.in_flight)),
@@ -168,15 +189,6 @@ pub async fn run(args: &RpcArgs) -> anyhow::Result<Map<String, Value>> {
         );
     }
     Ok(figures)
-}
-
-/// What each process of the stack has used so far, by name.
-fn usages(stack: &Stack) -> anyhow::Result<Vec<(&'static str, Usage)>> {
-    stack
-        .processes()
-        .into_iter()
-        .map(|(name, pid)| Ok((name, procfs::usage(pid)?)))
-        .collect()
 }
 
 /// Whether `result` is an answer to `method`: `rpc.discover` lists itself,

@@ -31,6 +31,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::stack::in_turn;
+
 /// Socket read chunk: the cloud's messages to an idle device (challenge,
 /// status) are a few hundred bytes; a larger one is assembled as it arrives.
 const READ_BUFFER_BYTES: usize = 2 * 1024;
@@ -60,7 +62,8 @@ pub enum Event {
 
 /// Simulated devices, made and not yet connected.
 pub struct Fleet {
-    target: Arc<Target>,
+    /// The cloud's instances, which the devices connect to in turn.
+    targets: Vec<Arc<Target>>,
     devices: Vec<Device>,
 }
 
@@ -71,9 +74,10 @@ pub struct RunningFleet {
 }
 
 impl Fleet {
-    /// `count` devices of `cloud`, `{prefix}-00001` on, each with its own
-    /// key, made here so that the storm is connections only.
-    pub fn new(cloud: &CloudEndpoint, prefix: &str, count: usize) -> anyhow::Result<Fleet> {
+    /// `count` devices, `{prefix}-00001` on, each with its own key, made
+    /// here so that the storm is connections only; they connect to the
+    /// `clouds` (instances of one cloud) in turn.
+    pub fn new(clouds: &[CloudEndpoint], prefix: &str, count: usize) -> anyhow::Result<Fleet> {
         let devices = (0..count)
             .map(|i| Device {
                 signer: Arc::new(Signer::new(
@@ -83,10 +87,11 @@ impl Fleet {
                 source: Ipv4Addr::new(127, 0, 0, (1 + i % SOURCE_ADDRESSES) as u8),
             })
             .collect();
-        Ok(Fleet {
-            target: Arc::new(Target::new(cloud)?),
-            devices,
-        })
+        let targets = clouds
+            .iter()
+            .map(|cloud| Ok(Arc::new(Target::new(cloud)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Fleet { targets, devices })
     }
 
     /// Connects every device at once: a connect storm. Each reports what
@@ -96,11 +101,12 @@ impl Fleet {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
-        for device in self.devices {
+        for (k, device) in self.devices.into_iter().enumerate() {
             let stop = running.stop.clone();
+            let target = in_turn(&self.targets, k as u64).clone();
             running
                 .tasks
-                .spawn(device.run(self.target.clone(), events.clone(), stop));
+                .spawn(device.run(target, events.clone(), stop));
         }
         running.tasks.close();
         running

@@ -64,7 +64,8 @@ impl SoakArgs {
 
 pub async fn run(args: &SoakArgs) -> anyhow::Result<Map<String, Value>> {
     let args = args.sizes();
-    let stack = Stack::start("soak", args.devices).await?;
+    // One cloud instance: the memory sampled is the one cloud's.
+    let stack = Stack::start("soak", args.devices, 1).await?;
     println!(
         "soak: {ECHO_METHOD} through the HTTP API, {} in flight over {} devices, for {} s",
         args.in_flight, args.devices, args.secs
@@ -92,11 +93,12 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Map<String, Value>> {
     };
     // Each accepted answer leaves its nonce in the replay guard until its
     // timestamp leaves the skew window: memory that follows the call rate.
+    let cloud = &stack.cloud.instances[0];
     let rss = RssRecorder::start_with_gauge(
         "cloud",
-        stack.cloud.pid(),
+        cloud.pid(),
         SAMPLE_PERIOD,
-        Some(stack.cloud.gauge(REMEMBERED_NONCES)),
+        Some(cloud.gauge(REMEMBERED_NONCES)),
     );
     let outcome = load::closed_loop(args.in_flight, Duration::from_secs(args.secs), call).await;
     let series = rss.finish().await;

@@ -1,5 +1,6 @@
 //! Everything a call crosses, started for a bench: the real cloud (the
-//! binary, as a child process), one real nats-server, devices made of real
+//! binary, as child processes: one instance, or several sharing the fleet,
+//! see [`Cloud`]), one real nats-server, devices made of real
 //! bridges in this process (each with its own key and id, all on that one
 //! nats-server, as if each had its own), accepted through the API, and one
 //! real worker serving them all.
@@ -24,8 +25,8 @@ use worker::jsonrpsee::types::Params;
 use worker::jsonrpsee::RpcModule;
 use worker::WorkerConfig;
 
-use crate::cloud_child::{self, CloudChild};
-use crate::procfs;
+use crate::cloud_child::{self, Cloud};
+use crate::procfs::{self, Usage};
 
 /// The method that answers with its params.
 pub const ECHO_METHOD: &str = "bench.echo";
@@ -37,9 +38,11 @@ const ACCEPTS_IN_FLIGHT: usize = 16;
 
 /// The running stack; stopped (and its processes killed) on drop.
 pub struct Stack {
-    pub cloud: CloudChild,
-    /// The operator API, as the admin.
+    pub cloud: Cloud,
+    /// The operator API, as the admin, of the first instance.
     pub api: ApiClient,
+    /// The same, of each instance.
+    pub apis: Arc<[ApiClient]>,
     /// The devices' ids, all accepted and live.
     pub devices: Arc<[String]>,
     nats: NatsServer,
@@ -51,28 +54,34 @@ pub struct Stack {
 
 impl Stack {
     /// Starts the stack with `devices` devices named `<bench>-00001`, ...,
-    /// and returns once each of them has answered a call.
-    pub async fn start(bench: &str, devices: usize) -> anyhow::Result<Stack> {
+    /// and a cloud of `instances` instances, each device connecting to them
+    /// in turn; returns once each device has answered a call.
+    pub async fn start(bench: &str, devices: usize, instances: usize) -> anyhow::Result<Stack> {
         let limits = cloud_child::raised_limits();
         println!(
-            "{bench}: {devices} devices from 127.0.0.1; the cloud runs with {}",
-            cloud_child::describe(&limits)
+            "{bench}: {devices} devices from 127.0.0.1; {}",
+            Cloud::describe(instances, &limits)
         );
-        let cloud = CloudChild::start(&limits).await?;
-        let api = cloud.api()?;
+        let cloud = Cloud::start(instances, &limits).await?;
+        let apis = cloud
+            .instances
+            .iter()
+            .map(|instance| instance.api())
+            .collect::<anyhow::Result<Arc<[_]>>>()?;
+        let api = apis[0].clone();
         let nats = NatsServer::start().await;
         let nats_pid = procfs::child("nats-server", &nats.port().to_string())
             .context("no nats-server child")?;
         let shutdown = CancellationToken::new();
         let mut parts = JoinSet::new();
         parts.spawn(serve_worker(connect(&nats).await?, shutdown.clone()));
-        let endpoint = cloud.endpoint();
         let devices: Arc<[String]> = (1..=devices).map(|n| format!("{bench}-{n:05}")).collect();
-        for id in devices.iter() {
+        for (n, id) in devices.iter().enumerate() {
+            let endpoint = in_turn(&cloud.instances, n as u64).endpoint();
             let config = BridgeConfig::new(
-                endpoint.url.clone(),
+                endpoint.url,
                 Signer::new(id, keys::generate()),
-                endpoint.cloud_id.clone(),
+                endpoint.cloud_id,
                 endpoint.public_key,
             );
             parts.spawn(Bridge::new(config, connect(&nats).await?).run(shutdown.clone()));
@@ -80,6 +89,7 @@ impl Stack {
         let stack = Stack {
             cloud,
             api,
+            apis,
             devices,
             nats,
             nats_pid,
@@ -90,20 +100,22 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Process name and pid of the cloud, the nats-server and this bench.
-    pub fn processes(&self) -> [(&'static str, u32); 3] {
-        [
-            ("cloud", self.cloud.pid()),
-            ("nats", self.nats_pid),
-            ("bench", std::process::id()),
-        ]
+    /// What each process of the stack has used so far, by name: the
+    /// cloud's (see [`Cloud::usages`]), the devices' nats-server and this
+    /// bench. Fails first if a process died, saying which.
+    pub fn usages(&mut self) -> anyhow::Result<Vec<(String, Usage)>> {
+        self.check_running()?;
+        let mut usages = self.cloud.usages()?;
+        usages.push(("nats".to_owned(), procfs::usage(self.nats_pid)?));
+        usages.push(("bench".to_owned(), procfs::usage(std::process::id())?));
+        Ok(usages)
     }
 
     /// Fails if a process died or a part of the stack stopped.
     fn check_running(&mut self) -> anyhow::Result<()> {
         self.cloud.check_running()?;
         if !procfs::is_running(self.nats_pid) {
-            bail!("nats-server (on {}) died", self.nats.url());
+            bail!("the devices' nats-server (on {}) died", self.nats.url());
         }
         if let Some(stopped) = self.parts.try_join_next() {
             stopped?.context("a bridge or the worker stopped")?;
@@ -165,10 +177,11 @@ impl Drop for Stack {
     }
 }
 
-/// The device call number `call` goes to: each in turn, so that the load is
-/// spread evenly over the fleet.
-pub fn in_turn(devices: &[String], call: u64) -> &str {
-    &devices[(call % devices.len() as u64) as usize]
+/// The one of `items` that number `n` goes to: each in turn, so that the
+/// load is spread evenly (calls over the devices; devices and calls over
+/// the cloud's instances, as a load balancer spreads them).
+pub fn in_turn<T>(items: &[T], n: u64) -> &T {
+    &items[(n % items.len() as u64) as usize]
 }
 
 /// The worker's methods (which need the Docker engine only when called) and
