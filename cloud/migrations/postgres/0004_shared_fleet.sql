@@ -5,6 +5,9 @@
 ALTER TABLE devices ADD COLUMN connected_to TEXT;
 ALTER TABLE devices ADD COLUMN connection_id BIGINT;
 CREATE INDEX devices_by_instance ON devices (connected_to);
+-- Each new id's registration counts the pending devices (the cap): with many
+-- instances registering at once, over an index of the pending ones only.
+CREATE INDEX devices_pending ON devices (id) WHERE status = 'pending';
 
 CREATE TABLE cloud_instances (
     id      TEXT PRIMARY KEY NOT NULL,

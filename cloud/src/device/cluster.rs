@@ -211,6 +211,12 @@ impl Cluster {
                 return;
             }
         };
+        // Once the server has the subscription, a decision stored from now
+        // on reaches this session; the connection reads the registry after
+        // this returns, for one stored before.
+        if let Err(e) = self.inner.client.flush().await {
+            tracing::warn!(%device_id, error = %e, "cannot confirm the device's subscription");
+        }
         let connection_id = session.connection_id;
         let serving = tokio::spawn(self.clone().serve(session, subscriber));
         let replaced = self

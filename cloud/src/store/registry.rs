@@ -6,6 +6,7 @@
 
 use protocol::auth::AuthStatus;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -221,7 +222,15 @@ const PENDING_REGISTRATION_LOCK: i64 = 0x6465_7662_7064_6e67;
 pub struct Registry {
     pool: Pool,
     backend: Backend,
+    /// Registrations of new ids that may wait on the database at once. They
+    /// take turns (the pending cap), each holding a connection while it
+    /// waits: without this bound a storm of new ids would hold every
+    /// connection, and an operator's accept would find none.
+    registrations: Arc<tokio::sync::Semaphore>,
 }
+
+/// See [`Registry::registrations`]: a quarter of the smallest pool.
+const REGISTRATIONS_AT_ONCE: usize = 2;
 
 const DEVICE_COLUMNS: &str = "id, public_key, fingerprint, status, first_seen, last_seen, \
                               bridge_version, last_health, last_health_at";
@@ -232,7 +241,11 @@ impl Registry {
     /// `postgres://user:password@host/database`.
     pub async fn open(url: &str) -> Result<Self, RegistryError> {
         let (pool, backend) = database::open(url).await?;
-        Ok(Registry { pool, backend })
+        Ok(Registry {
+            pool,
+            backend,
+            registrations: Arc::new(tokio::sync::Semaphore::new(REGISTRATIONS_AT_ONCE)),
+        })
     }
 
     /// The database, shared with operator accounts and the audit log.
@@ -324,6 +337,11 @@ impl Registry {
         max_pending: i64,
         now: i64,
     ) -> Result<Registration, RegistryError> {
+        let _turn = self
+            .registrations
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         // The transaction starts with its write, so it takes the write lock
         // at once (waiting its turn) instead of upgrading a read, which
         // SQLite refuses when another write came in between. One statement
