@@ -52,29 +52,36 @@ async fn accepted_on(instance: &TestCloud, decider: &TestCloud, id: &str) -> Fak
     device
 }
 
-/// Calls `method` through `caller`'s API while `device` answers it with
-/// `{"method": …, "from": id}`; returns the API's answer.
+/// Calls `containers.list` through `caller`'s API until the call reaches
+/// `device`, which answers `{"method": …, "from": id}`; returns the API's
+/// answer. A device that has just connected is reachable from every
+/// instance a moment later (its holder's subscription spreads through the
+/// NATS cluster): until then a call is `offline`, and is made again.
 async fn call_answered(caller: &TestCloud, device: &mut FakeDevice, id: &str) -> Value {
     let api = caller.api();
-    let call = api.rpc(id, "containers.list", Some(json!({"all": true})), None);
-    let answer = async {
-        let Message::Request {
-            id: call_id,
-            method,
-            ..
-        } = device.recv().await
-        else {
-            panic!("expected a request")
-        };
-        device
-            .send_message(&Message::result(
-                call_id,
-                json!({"method": method, "from": id}),
-            ))
-            .await;
-    };
-    let (result, ()) = tokio::join!(call, answer);
-    result.unwrap_or_else(|e| panic!("calling {id} through {}: {e}", caller.addr))
+    for _ in 0..100 {
+        let call = api.rpc(id, "containers.list", Some(json!({"all": true})), None);
+        tokio::pin!(call);
+        tokio::select! {
+            early = &mut call => {
+                let error = early.expect_err("an answer without the device");
+                assert_eq!(error.kind(), Some("offline"), "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            request = device.recv() => {
+                let Message::Request { id: call_id, method, .. } = request else {
+                    panic!("expected a request, got {request:?}")
+                };
+                device
+                    .send_message(&Message::result(call_id, json!({"method": method, "from": id})))
+                    .await;
+                return call
+                    .await
+                    .unwrap_or_else(|e| panic!("calling {id} through {}: {e}", caller.addr));
+            }
+        }
+    }
+    panic!("{id} never became reachable through {}", caller.addr)
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ use protocol::close_code;
 use protocol::RpcError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use super::call_error::CallError;
@@ -211,14 +211,9 @@ impl Cluster {
                 return;
             }
         };
-        // Once the server has the subscription, a decision stored from now
-        // on reaches this session; the connection reads the registry after
-        // this returns, for one stored before.
-        if let Err(e) = self.inner.client.flush().await {
-            tracing::warn!(%device_id, error = %e, "cannot confirm the device's subscription");
-        }
         let connection_id = session.connection_id;
-        let serving = tokio::spawn(self.clone().serve(session, subscriber));
+        let (echoed, echo) = oneshot::channel();
+        let serving = tokio::spawn(self.clone().serve(session, subscriber, echoed));
         let replaced = self
             .held()
             .insert(device_id.clone(), (connection_id, serving.abort_handle()));
@@ -229,6 +224,14 @@ impl Cluster {
         headers.insert(CONNECTION_HEADER, connection_id.to_string().as_str());
         self.publish(device_subject(&device_id, "takeover"), headers, Vec::new())
             .await;
+        // NATS serves one client's commands in order: once this takeover
+        // comes back on the new subscription, the server has the
+        // subscription, and a decision stored from now on reaches this
+        // session (the connection re-reads the registry next, for one stored
+        // before). Flushing the socket alone would not say so.
+        if tokio::time::timeout(SILENCE, echo).await.is_err() {
+            tracing::warn!(%device_id, "the device's subscription was not confirmed in time");
+        }
     }
 
     /// This instance no longer holds `session` (unless a newer one of the
@@ -246,7 +249,14 @@ impl Cluster {
     }
 
     /// Serves one held device's subjects until released.
-    async fn serve(self, session: Arc<DeviceSession>, mut requests: Subscriber) {
+    /// `echoed` is told when this session's own takeover comes back.
+    async fn serve(
+        self,
+        session: Arc<DeviceSession>,
+        mut requests: Subscriber,
+        echoed: oneshot::Sender<()>,
+    ) {
+        let mut echoed = Some(echoed);
         while let Some(message) = requests.next().await {
             let verb = message.subject.rsplit('.').next().unwrap_or_default();
             match verb {
@@ -284,7 +294,11 @@ impl Cluster {
                     };
                     let mine = from(INSTANCE_HEADER).as_deref() == Some(self.instance())
                         && from(CONNECTION_HEADER) == Some(session.connection_id.to_string());
-                    if !mine {
+                    if mine {
+                        if let Some(echoed) = echoed.take() {
+                            let _ = echoed.send(());
+                        }
+                    } else {
                         tracing::info!(device_id = %session.device_id(), by = ?from(INSTANCE_HEADER), "a newer connection on another instance replaces this one");
                         session.close(close_code::REPLACED, "replaced by a newer connection");
                     }
