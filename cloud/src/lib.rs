@@ -132,11 +132,13 @@ pub async fn serve(
         tokio::spawn(async move { devices.fleet().keep_presence(stop).await })
     };
     tokio::select! {
+        // Shutdown first: the server also ends on it, and that is no failure.
+        biased;
+        _ = shutdown.cancelled() => {}
         ended = &mut server => {
             ended.context("server task failed")?;
             anyhow::bail!("server stopped");
         }
-        _ = shutdown.cancelled() => {}
     }
     pruning.abort();
     presence.abort();

@@ -20,7 +20,9 @@ async fn cloud_cli_with_token(
 ) -> (bool, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(args)
-        .args(["--url", &cloud.url(""), "--token", token])
+        .arg(format!("--url={}", cloud.url("")))
+        // One argument: a token may begin with `-`.
+        .arg(format!("--token={token}"))
         .env_remove("CLOUD_URL")
         .env_remove("CLOUD_TOKEN")
         .output()

@@ -102,6 +102,13 @@ impl NatsServer {
     }
 
     async fn spawn(&mut self) {
+        if let Err(failure) = self.try_spawn().await {
+            panic!("{failure}");
+        }
+    }
+
+    /// Starts the server; why it did not, with its log, otherwise.
+    async fn try_spawn(&mut self) -> Result<(), String> {
         let mut command = Command::new(nats_server_binary());
         if let Some(config) = &self.config {
             command.arg("-c").arg(config);
@@ -117,32 +124,33 @@ impl NatsServer {
             .spawn()
             .expect("spawning nats-server (apt-get install nats-server)");
         self.child = Some(child);
-        self.wait_until_accepting().await;
+        self.wait_until_accepting().await
     }
 
     /// Polls a TCP connect; nats-server listens only once it is ready.
-    async fn wait_until_accepting(&mut self) {
+    async fn wait_until_accepting(&mut self) -> Result<(), String> {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let give_up = Instant::now() + START_TIMEOUT;
         loop {
             let connect = tokio::net::TcpStream::connect(address);
             if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
-                return;
+                return Ok(());
             }
             let exited = self
                 .child
                 .as_mut()
                 .and_then(|child| child.try_wait().ok().flatten());
             if exited.is_some() || Instant::now() >= give_up {
+                self.stop();
                 let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
-                panic!(
+                return Err(format!(
                     "nats-server on port {} did not start ({}); its log:\n{log}",
                     self.port,
                     match exited {
                         Some(status) => format!("exited with {status}"),
                         None => format!("not accepting after {START_TIMEOUT:?}"),
                     }
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -173,7 +181,27 @@ pub struct NatsCluster {
 
 impl NatsCluster {
     /// Starts `size` nodes and waits until each has a route to every other.
+    /// Ports are found free and then taken, so another test may take one in
+    /// between: then the whole cluster starts again on new ones.
     pub async fn start(size: usize) -> NatsCluster {
+        const ATTEMPTS: usize = 3;
+        let mut failures = Vec::new();
+        for _ in 0..ATTEMPTS {
+            match Self::try_start(size).await {
+                Ok(cluster) => {
+                    cluster.wait_until_routed().await;
+                    return cluster;
+                }
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!(
+            "the NATS cluster did not start in {ATTEMPTS} attempts:\n{}",
+            failures.join("\n")
+        )
+    }
+
+    async fn try_start(size: usize) -> Result<NatsCluster, String> {
         let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
         let routes = route_ports
             .iter()
@@ -193,12 +221,10 @@ impl NatsCluster {
                 routes.clone(),
             ];
             let mut node = NatsServer::new(None, args);
-            node.spawn().await;
+            node.try_spawn().await?;
             nodes.push(node);
         }
-        let cluster = NatsCluster { nodes };
-        cluster.wait_until_routed().await;
-        cluster
+        Ok(NatsCluster { nodes })
     }
 
     /// Every node's client URL, comma-separated: what a client of the whole
