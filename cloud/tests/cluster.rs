@@ -260,9 +260,10 @@ async fn live_events_reach_subscribers_on_every_instance() {
         watchers.push(subscribe_events(instance).await);
     }
     let _device = accepted_on(&fleet.instances[2], &fleet.instances[0], "dev-1").await;
-    for (n, watcher) in watchers.iter_mut().enumerate() {
+    for watcher in &mut watchers {
         // Each instance hears both, whichever published it; the one
         // published here may come before the one relayed from elsewhere.
+        // `next_event` fails the test when one does not come in time.
         let mut kinds = Vec::new();
         while !(kinds.contains(&"device.online".to_string())
             && kinds.contains(&"device.status".to_string()))
@@ -272,7 +273,6 @@ async fn live_events_reach_subscribers_on_every_instance() {
                 kinds.push(event["type"].as_str().unwrap().to_owned());
             }
         }
-        assert!(kinds.len() >= 2, "instance {n} heard {kinds:?}");
     }
     drop(fleet.nats);
 }
