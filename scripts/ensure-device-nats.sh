@@ -9,6 +9,9 @@
 #   bridge  publish rpc.> (cloud requests to workers) and bridge.status;
 #           subscribe cloud.call.> and cloud.notify.> (what workers send the
 #           cloud) and its own inbox; answer the requests it receives.
+#           Publish and subscribe bridge.rotate_key: the running bridge
+#           serves it, and `bridge rotate-key` (run as the bridge's user)
+#           asks it; no worker may.
 #   worker  subscribe to each method it serves, only in the queue group
 #           "workers", to bridge.status and to its own inbox; publish
 #           cloud.call.> and cloud.notify.>, and rpc.rpc.discover (its health
@@ -48,8 +51,8 @@ authorization {
       user: bridge
       password: "$(cat "$dir/bridge.password")"
       permissions: {
-        publish: { allow: ["rpc.>", "bridge.status"] }
-        subscribe: { allow: ["cloud.call.>", "cloud.notify.>", "_INBOX_bridge.>"] }
+        publish: { allow: ["rpc.>", "bridge.status", "bridge.rotate_key"] }
+        subscribe: { allow: ["cloud.call.>", "cloud.notify.>", "bridge.rotate_key", "_INBOX_bridge.>"] }
         allow_responses: true
       }
     }

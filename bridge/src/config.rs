@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use protocol::keys::PublicKey;
-use protocol::{Peer, Remote, Side, Signer};
+use protocol::{Peer, Side, Signer};
 
 #[derive(Clone)]
 pub struct BridgeConfig {
@@ -16,10 +16,20 @@ pub struct BridgeConfig {
     pub tls: Arc<rustls::ClientConfig>,
     /// This device's id and key; `signer.id()` is the device id.
     pub signer: Signer,
+    /// The file the key was read from. With it, the key can be rotated
+    /// (the new one is written beside it, `<key_file>.next`), and a rotation
+    /// interrupted by a crash is finished (see [`crate::rotation`]).
+    pub key_file: Option<PathBuf>,
     /// The cloud's id, the only signer accepted on the WebSocket.
     pub cloud_id: String,
-    /// The cloud's public key (a copy; devices never hold its private key).
-    pub cloud_key: PublicKey,
+    /// The cloud's public keys, the most recently trusted first: a frame
+    /// signed with any of them is the cloud's (copies; devices never hold a
+    /// private key of the cloud's). At least one.
+    pub cloud_keys: Vec<PublicKey>,
+    /// Where the cloud keys were read from (a file of PEM blocks or a
+    /// directory of `*.pem`), kept up to date when the cloud adds or retires
+    /// one (see [`crate::cloud_trust`]).
+    pub cloud_keys_file: Option<PathBuf>,
     /// Method of the authentication request (`device.authenticate`).
     pub auth_method: String,
     /// Allowed clock skew for timestamps, and the replay window.
@@ -51,8 +61,10 @@ impl BridgeConfig {
             cloud_url,
             tls: crate::tls::client_config(None).expect("Mozilla's roots make a valid TLS config"),
             signer,
+            key_file: None,
             cloud_id,
-            cloud_key,
+            cloud_keys: vec![cloud_key],
+            cloud_keys_file: None,
             auth_method: protocol::auth::DEFAULT_AUTHENTICATE.to_owned(),
             skew: Duration::from_millis(protocol::DEFAULT_SKEW_MS),
             max_frame_bytes: protocol::DEFAULT_MAX_FRAME_BYTES,
@@ -71,17 +83,16 @@ impl BridgeConfig {
         self.signer.id()
     }
 
-    /// This device's end of a connection to the cloud, the one signer it hears.
-    pub(crate) fn peer(&self) -> Peer {
-        Side::device(Arc::new(self.signer.clone()))
+    /// This device's end of a connection to the cloud, the one signer it
+    /// hears (with any of `cloud_keys`), signing as `signer` (this device,
+    /// with its current key).
+    pub(crate) fn peer(&self, signer: Arc<Signer>, cloud_keys: Vec<PublicKey>) -> Peer {
+        Side::device(signer)
             .with_skew_ms(self.skew.as_millis() as u64)
             .with_max_frame_bytes(self.max_frame_bytes)
             // A cloud that signed a request with a duplicate key or an unsafe
             // number hears which request was refused.
             .reading_ids_despite_parse_errors()
-            .peer(Remote {
-                id: self.cloud_id.clone(),
-                key: self.cloud_key,
-            })
+            .peer_trusting(self.cloud_id.clone(), cloud_keys)
     }
 }

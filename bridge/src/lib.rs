@@ -8,9 +8,11 @@
 //! wait after the cloud rejects this device (see [`Reconnect`]).
 #![forbid(unsafe_code)]
 
+mod cloud_trust;
 mod config;
 mod liveness;
 mod relay;
+pub mod rotation;
 mod session;
 mod stats;
 mod status;
@@ -30,6 +32,8 @@ pub use liveness::{Due, Liveness};
 pub use stats::BridgeStats;
 pub use status::read_state_file;
 
+use cloud_trust::CloudTrust;
+use rotation::DeviceIdentity;
 use session::{run_session, LiveLink, SessionEnd};
 
 /// Most nonces the replay guard holds; one cloud's message rate over the skew
@@ -76,6 +80,16 @@ impl Bridge {
             live.clone(),
             uplinks.clone(),
         ));
+        let rotations = tokio::spawn(rotation::serve_rotate_requests(
+            nats.clone(),
+            live.clone(),
+            uplinks.clone(),
+        ));
+        let trust = CloudTrust::new(config.cloud_keys.clone(), config.cloud_keys_file.clone());
+        let identity = Arc::new(DeviceIdentity::new(
+            config.signer.clone(),
+            config.key_file.clone(),
+        ));
 
         // Kept across reconnects: a frame heard on one connection is not
         // heard again on the next.
@@ -91,13 +105,23 @@ impl Bridge {
         );
         loop {
             status::announce(&nats, &config, LinkState::Connecting).await;
-            let end = run_session(&config, &nats, &guard, &stats, &live, &shutdown).await;
+            let end = run_session(
+                &config, &identity, &trust, &nats, &guard, &stats, &live, &shutdown,
+            )
+            .await;
             let wait = match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Rejected(reason) => {
                     let wait = reconnect.after_rejection();
                     tracing::warn!(%device_id, %reason, wait_secs = wait.as_secs(), "rejected by the cloud");
                     status::announce(&nats, &config, LinkState::Rejected).await;
+                    wait
+                }
+                SessionEnd::KeyMismatch(reason) => {
+                    status::announce(&nats, &config, LinkState::Disconnected).await;
+                    let other_key = identity.key_mismatch();
+                    let wait = reconnect.after_close(false);
+                    tracing::warn!(%device_id, %reason, other_key, wait_ms = wait.as_millis() as u64, "the cloud has another key registered for this device");
                     wait
                 }
                 SessionEnd::Closed {
@@ -116,7 +140,7 @@ impl Bridge {
             }
         }
         uplinks.cancel();
-        let _ = tokio::join!(calls, notifications);
+        let _ = tokio::join!(calls, notifications, rotations);
         tracing::info!(%device_id, "bridge stopped");
         Ok(())
     }

@@ -3,15 +3,22 @@
 //! cloud. What a frame must pass, and how a refusal is answered, is the
 //! protocol's [`Peer`]; this is its I/O.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
 use protocol::auth::{self, AuthStatus, AuthenticateParams, Challenge, StatusReport};
-use protocol::nats::{LinkState, Relayed};
-use protocol::{
-    now_ms, CallTable, ErrorCode, Message, Peer, Refused, ReplayGuard, RpcError, Verified,
+use protocol::cloud_keys::{
+    DistrustCloudKey, TrustCloudKey, TrustedCloudKeys, DISTRUST_CLOUD_KEY, TRUST_CLOUD_KEY,
 };
-use serde_json::Value;
+use protocol::keys::{self, PrivateKey};
+use protocol::nats::{LinkState, Relayed};
+use protocol::rotation::{self, RotateKeyParams, Rotated};
+use protocol::{
+    nonce_text, now_ms, random_nonce, CallTable, ErrorCode, Message, Peer, Refused, ReplayGuard,
+    RpcError, Signer, Verified,
+};
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,9 +29,11 @@ use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::cloud_trust::CloudTrust;
 use crate::config::BridgeConfig;
 use crate::liveness::{Due, Liveness};
 use crate::relay::call_worker;
+use crate::rotation::{DeviceIdentity, RotationReply};
 use crate::stats::BridgeStats;
 use crate::status::announce;
 
@@ -56,12 +65,20 @@ pub enum Outbound {
         method: String,
         params: Option<Value>,
     },
+    /// Rotate the device's key (see [`crate::rotation`]); the outcome goes
+    /// to `reply`, if someone waits for it.
+    RotateKey { reply: Option<RotationReply> },
 }
 
 /// How a session ended, which decides how long to wait before the next.
 #[derive(Debug)]
 pub enum SessionEnd {
-    Closed { authenticated: bool, reason: String },
+    Closed {
+        authenticated: bool,
+        reason: String,
+    },
+    /// The cloud has another key registered for this device id.
+    KeyMismatch(String),
     Rejected(String),
     Shutdown,
 }
@@ -81,6 +98,11 @@ pub struct Session<'a> {
     guard: &'a Mutex<ReplayGuard>,
     stats: &'a BridgeStats,
     live: &'a LiveLink,
+    identity: &'a Arc<DeviceIdentity>,
+    /// The cloud keys trusted, kept across connections.
+    trust: &'a CloudTrust,
+    /// Set while a key rotation is in flight on this connection.
+    rotating: Arc<AtomicBool>,
     /// This end of the connection; shared with the tasks answering relayed
     /// requests.
     peer: Arc<Peer>,
@@ -93,9 +115,82 @@ pub struct Session<'a> {
     auth_request_id: String,
 }
 
+/// A rotation sent to the cloud, waiting for its answer.
+struct Rotation {
+    peer: Arc<Peer>,
+    identity: Arc<DeviceIdentity>,
+    rotating: Arc<AtomicBool>,
+    next: PrivateKey,
+    timeout: std::time::Duration,
+}
+
+/// Once the cloud confirms, signs with the new key on this connection and
+/// makes it the key file; once the cloud refuses, forgets `.next` (the cloud
+/// kept the old key). Without an answer `.next` is kept: the cloud may have
+/// switched or not, which the next connection finds out.
+async fn finish_rotation(
+    rotation: Rotation,
+    answered: oneshot::Receiver<Result<Value, RpcError>>,
+    reply: Option<RotationReply>,
+) {
+    let Rotation {
+        peer,
+        identity,
+        rotating,
+        next,
+        timeout,
+    } = rotation;
+    let expected = keys::fingerprint(&next.verifying_key());
+    let outcome = match tokio::time::timeout(timeout, answered).await {
+        Ok(Ok(Ok(result))) => match Rotated::read(result) {
+            Ok(rotated) if rotated.fingerprint == expected => {
+                let signer = Signer::new(peer.signer().id(), next);
+                peer.set_signer(Arc::new(signer.clone()));
+                match identity.rotated(signer) {
+                    Ok(()) => {
+                        tracing::info!(fingerprint = %expected, "device key rotated");
+                        Ok(expected)
+                    }
+                    Err(error) => {
+                        // Recovered from on the next connection: the key file
+                        // is refused, and .next is tried.
+                        tracing::error!(%error, "the cloud has the new key, but it could not replace the key file");
+                        Err(RpcError::new(ErrorCode::InternalError, error.to_string()))
+                    }
+                }
+            }
+            other => Err(RpcError::new(
+                ErrorCode::InternalError,
+                format!("the cloud answered the rotation unexpectedly: {other:?}"),
+            )),
+        },
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(error = %error.message, data = ?error.data, "the cloud refused the key rotation; the old key stays");
+            if let Some(path) = identity.next_file() {
+                let _ = std::fs::remove_file(path);
+            }
+            Err(error)
+        }
+        Ok(Err(_closed)) => Err(RpcError::new(
+            ErrorCode::Unavailable,
+            "connection to the cloud closed during the rotation; it resumes on the next",
+        )),
+        Err(_elapsed) => Err(RpcError::new(
+            ErrorCode::TimedOut,
+            "the cloud did not answer the rotation in time; it resumes on the next connection",
+        )),
+    };
+    rotating.store(false, Ordering::SeqCst);
+    if let Some(reply) = reply {
+        let _ = reply.send(outcome);
+    }
+}
+
 /// Connects, authenticates and serves until the connection ends.
 pub async fn run_session(
     config: &BridgeConfig,
+    identity: &Arc<DeviceIdentity>,
+    trust: &CloudTrust,
     nats: &async_nats::Client,
     guard: &Mutex<ReplayGuard>,
     stats: &BridgeStats,
@@ -164,7 +259,10 @@ pub async fn run_session(
         guard,
         stats,
         live,
-        peer: Arc::new(config.peer()),
+        identity,
+        trust,
+        rotating: Arc::default(),
+        peer: Arc::new(config.peer(identity.signer(), trust.keys())),
         stage: Stage::AwaitChallenge,
         writer,
         uplink,
@@ -199,6 +297,8 @@ pub async fn run_session(
                             .unwrap_or((1005, String::new()));
                         break if code == protocol::close_code::REJECTED {
                             SessionEnd::Rejected(reason)
+                        } else if code == protocol::close_code::KEY_MISMATCH {
+                            SessionEnd::KeyMismatch(reason)
                         } else {
                             SessionEnd::Closed { authenticated, reason: format!("cloud closed the connection ({code} {reason})") }
                         };
@@ -241,6 +341,7 @@ impl Session<'_> {
 
     async fn on_message(&mut self, verified: Verified) -> Option<SessionEnd> {
         let signed_at = verified.meta.timestamp;
+        let signed_with = verified.key;
         match (self.stage, verified.message) {
             (Stage::AwaitChallenge, Message::Notification { method, params })
                 if method == auth::CHALLENGE =>
@@ -253,10 +354,11 @@ impl Session<'_> {
                 };
                 let params = AuthenticateParams::new(
                     self.config.device_id(),
-                    self.config.signer.public_key(),
+                    self.peer.signer().public_key(),
                     &challenge.challenge,
                     env!("CARGO_PKG_VERSION"),
-                );
+                )
+                .trusting(&self.peer.remote_keys());
                 let request =
                     params.request(self.auth_request_id.clone(), &self.config.auth_method);
                 self.send(&request).await;
@@ -272,9 +374,23 @@ impl Session<'_> {
                 // empty) are refused.
                 self.peer.authenticated(signed_at);
                 match result {
-                    Ok(result) => self.on_status(StatusReport::read(Some(result))).await,
+                    Ok(result) => {
+                        let report = StatusReport::read(Some(result));
+                        if report.is_ok() {
+                            self.identity.authenticated();
+                        }
+                        self.on_status(report).await
+                    }
                     Err(error) => {
-                        Some(self.closed(&format!("authentication refused: {}", error.message)))
+                        let reason = format!("authentication refused: {}", error.message);
+                        let mismatch = error
+                            .data
+                            .as_ref()
+                            .is_some_and(|data| data["reason"] == "key_mismatch");
+                        Some(match mismatch {
+                            true => SessionEnd::KeyMismatch(reason),
+                            false => self.closed(&reason),
+                        })
                     }
                 }
             }
@@ -282,6 +398,31 @@ impl Session<'_> {
                 if method == auth::STATUS =>
             {
                 self.on_status(StatusReport::read(params)).await
+            }
+            (Stage::Live, Message::Request { id, method, .. })
+                if method == rotation::ROTATE_KEY_REQUIRED =>
+            {
+                let answer = match self.identity.rotatable() {
+                    true => Ok(json!({ "status": "rotating" })),
+                    false => Err(RpcError::new(
+                        ErrorCode::Unavailable,
+                        "this bridge has no key file to rotate",
+                    )),
+                };
+                let rotating = answer.is_ok();
+                self.send(&Message::Response { id, result: answer }).await;
+                if rotating {
+                    tracing::info!("the cloud requires a new device key; rotating");
+                    self.rotate_key(None).await;
+                }
+                None
+            }
+            (Stage::Live, Message::Request { id, method, params })
+                if method == TRUST_CLOUD_KEY || method == DISTRUST_CLOUD_KEY =>
+            {
+                let result = self.change_cloud_trust(&method, params.as_ref(), &signed_with);
+                self.send(&Message::Response { id, result }).await;
+                None
             }
             (Stage::Live, Message::Request { id, method, params }) => {
                 self.relay_request(id, method, params);
@@ -330,6 +471,10 @@ impl Session<'_> {
                     *self.live.lock().expect("live link lock") = Some(self.uplink.clone());
                     tracing::info!(device_id, "accepted by the cloud; live");
                     announce(self.nats, self.config, LinkState::Live).await;
+                    if self.identity.has_next() {
+                        tracing::info!("a key rotation was begun and not finished; resuming it");
+                        self.rotate_key(None).await;
+                    }
                 }
                 None
             }
@@ -338,7 +483,7 @@ impl Session<'_> {
                 self.clear_live();
                 tracing::info!(
                     device_id,
-                    fingerprint = %protocol::keys::fingerprint(&self.config.signer.public_key()),
+                    fingerprint = %keys::fingerprint(&self.peer.signer().public_key()),
                     "key is pending approval by an operator"
                 );
                 announce(self.nats, self.config, LinkState::Pending).await;
@@ -350,6 +495,34 @@ impl Session<'_> {
         }
     }
 
+    /// Trusts one more cloud key, or one less, as the cloud asks in a
+    /// request signed with `signed_with` (see [`CloudTrust`]), on this
+    /// connection and on the next ones.
+    fn change_cloud_trust(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        signed_with: &protocol::keys::PublicKey,
+    ) -> Result<Value, RpcError> {
+        let invalid = |message: String| RpcError::new(ErrorCode::InvalidParams, message);
+        let (status, trusted) = if method == TRUST_CLOUD_KEY {
+            let TrustCloudKey { key } = TrustCloudKey::read(params).map_err(invalid)?;
+            let trusted = self.trust.trust(key)?;
+            self.peer.trust_remote_key(key);
+            ("trusted", trusted)
+        } else {
+            let DistrustCloudKey { fingerprint } =
+                DistrustCloudKey::read(params).map_err(invalid)?;
+            let before = self.trust.keys();
+            let trusted = self.trust.distrust(&fingerprint, signed_with)?;
+            for gone in before.iter().filter(|key| !trusted.contains(key)) {
+                self.peer.distrust_remote_key(gone);
+            }
+            ("distrusted", trusted)
+        };
+        Ok(TrustedCloudKeys::new(status, &trusted).to_value())
+    }
+
     /// Relays in its own task so that a slow worker never blocks the socket.
     fn relay_request(&self, id: Value, method: String, params: Option<Value>) {
         let nats = self.nats.clone();
@@ -359,7 +532,7 @@ impl Session<'_> {
         let max_reply_bytes = self.config.max_frame_bytes;
         tokio::spawn(async move {
             let started = Instant::now();
-            let outcome = match Relayed::request(&peer.remote().id, id.clone(), &method, params) {
+            let outcome = match Relayed::request(peer.remote_id(), id.clone(), &method, params) {
                 Ok(request) => call_worker(&nats, request, timeout, max_reply_bytes).await,
                 Err(refusal) => Err(RpcError::refused(&refusal)),
             };
@@ -409,7 +582,81 @@ impl Session<'_> {
             Outbound::Notify { method, params } => {
                 self.send(&Message::Notification { method, params }).await;
             }
+            Outbound::RotateKey { reply } => self.rotate_key(reply).await,
         }
+    }
+
+    /// Sends `device.rotate_key` for the key in `.next` (made now if there
+    /// is none), and finishes the rotation in a task of its own once the
+    /// cloud answers (see [`finish_rotation`]), so that the connection goes
+    /// on meanwhile.
+    async fn rotate_key(&mut self, reply: Option<RotationReply>) {
+        let refuse = |reply: Option<RotationReply>, error: RpcError| {
+            tracing::warn!(error = %error.message, "key not rotated");
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(error));
+            }
+        };
+        if self.stage != Stage::Live {
+            let error = RpcError::new(ErrorCode::NotAccepted, "not live on the cloud yet");
+            return refuse(reply, error);
+        }
+        if !self.identity.rotatable() {
+            let error = RpcError::new(
+                ErrorCode::Unavailable,
+                "this bridge has no key file to rotate",
+            );
+            return refuse(reply, error);
+        }
+        if self.rotating.swap(true, Ordering::SeqCst) {
+            let error = RpcError::new(
+                ErrorCode::Unavailable,
+                "a key rotation is in progress already",
+            );
+            return refuse(reply, error);
+        }
+        let next = match self.identity.next_key() {
+            Ok(next) => next,
+            Err(error) => {
+                self.rotating.store(false, Ordering::SeqCst);
+                let error = RpcError::new(
+                    ErrorCode::InternalError,
+                    format!("cannot write the new key: {error}"),
+                );
+                return refuse(reply, error);
+            }
+        };
+        let (answer, answered) = oneshot::channel();
+        self.calls.forget_if(CallReply::is_closed);
+        let Some(call_id) = self.calls.start(answer) else {
+            self.rotating.store(false, Ordering::SeqCst);
+            let error = RpcError::new(ErrorCode::Unavailable, "connection to the cloud closed");
+            return refuse(reply, error);
+        };
+        // The proof names this request's nonce, so it is drawn here.
+        let nonce = random_nonce();
+        let current = self.peer.signer().public_key();
+        let params = RotateKeyParams::new(
+            self.config.device_id(),
+            &current,
+            &next,
+            &nonce_text(&nonce),
+        );
+        let request = self
+            .peer
+            .sign_with_nonce(&params.request(call_id), nonce, now_ms());
+        let _ = self.writer.send(Frame::text(request)).await;
+        tokio::spawn(finish_rotation(
+            Rotation {
+                peer: self.peer.clone(),
+                identity: self.identity.clone(),
+                rotating: self.rotating.clone(),
+                next,
+                timeout: self.config.cloud_call_timeout,
+            },
+            answered,
+            reply,
+        ));
     }
 
     /// Logs and counts a refusal, and sends its signed answer, if it has one.

@@ -157,6 +157,7 @@
         return `The device refused the request: ${detail}`;
       }
       case 'bad_request': return `The cloud refused the request: ${error.message}`;
+      case 'forbidden': return `Your role does not allow this: ${error.message}.`;
       case 'unauthorized':
       case 'session_expired': return 'Your session has ended. Sign in again.';
       case 'csrf': return 'This page is out of date. Reload it and try again.';
@@ -247,7 +248,38 @@
 
   const DEVICE_LIST_EVENTS = ['device.new_key', 'device.status', 'device.online', 'device.offline', 'device.deleted', 'device.key_mismatch'];
 
+  /** The preauthorize form's file input fills the key textarea (admins only see it). */
+  function preauthorizeKeyFile() {
+    const input = $('preauthorize-file');
+    if (!input) return;
+    const textarea = $('preauthorize-key');
+    const message = $('preauthorize-file-message');
+    const tell = (text, kind) => {
+      message.textContent = text;
+      message.className = 'message small' + (kind ? ' ' + kind : '');
+      message.hidden = !text;
+    };
+    input.addEventListener('change', async () => {
+      const file = input.files && input.files[0];
+      if (!file) return;
+      // A public key PEM is about 113 bytes; anything large is the wrong file.
+      if (file.size > 4096) { tell(`${file.name} is too large to be a public key.`, 'error'); return; }
+      try {
+        const text = (await file.text()).trim();
+        if (text.includes('PRIVATE KEY')) {
+          tell(`${file.name} holds a private key, which must never leave the device: choose its public key file.`, 'error');
+          return;
+        }
+        textarea.value = text;
+        tell(`Read the key from ${file.name}.`, 'ok');
+      } catch (e) {
+        tell(`Could not read ${file.name}.`, 'error');
+      }
+    });
+  }
+
   function devicesPage() {
+    preauthorizeKeyFile();
     const list = $('device-list');
     const form = $('device-filter');
     const query = () => new URLSearchParams(new FormData(form)).toString();
@@ -370,6 +402,9 @@
     const table = $('containers-table');
     const body = $('containers-body');
     const chart = healthChart($('health-chart'));
+    // The methods the caller's role may call (the server refuses the others
+    // anyway; the page just does not offer them).
+    const mayCall = new Set((head.dataset.mayCall || '').split(' ').filter(Boolean));
 
     function say(text, kind) {
       message.textContent = text;
@@ -417,7 +452,10 @@
         b.addEventListener('click', () => act(action, name));
         return b;
       };
-      const logs = h('a', { href: `/devices/${encodeURIComponent(deviceId)}/containers/${encodeURIComponent(name)}/logs`, class: 'logs-link' }, 'Logs');
+      const logs = mayCall.has('containers.logs')
+        ? h('a', { href: `/devices/${encodeURIComponent(deviceId)}/containers/${encodeURIComponent(name)}/logs`, class: 'logs-link' }, 'Logs')
+        : null;
+      const offered = (action, label) => button(action, label);
       return h('tr', { 'data-container': name },
         h('td', {}, h('strong', {}, name)),
         h('td', {}, c.image || ''),
@@ -425,10 +463,14 @@
         h('td', {}, c.status || ''),
         h('td', { class: 'small' }, portsText(c.ports)),
         h('td', { class: 'actions' }, logs, ' ',
-          running ? [button('stop', 'Stop'), ' ', button('restart', 'Restart')] : button('start', 'Start')));
+          running ? [offered('stop', 'Stop'), ' ', offered('restart', 'Restart')] : offered('start', 'Start')));
     }
 
     async function loadContainers(keepMessage) {
+      if (!mayCall.has('containers.list')) {
+        say('Your role does not allow listing the containers of a device.');
+        return;
+      }
       if (!keepMessage && table.hidden) say('Loading containers…');
       try {
         const result = await rpc(deviceId, 'containers.list', { all: true });
@@ -686,7 +728,10 @@
 
   localizeTimes(document);
   setInterval(() => {
-    for (const node of document.querySelectorAll('time.ago[data-ms]')) node.textContent = fmtAgo(Number(node.dataset.ms));
+    for (const node of document.querySelectorAll('time.ago[data-ms]')) {
+      const ms = Number(node.dataset.ms);
+      if (ms) node.textContent = fmtAgo(ms); // 0: never, as the server wrote it
+    }
   }, 15000);
   const pages = { devices: devicesPage, device: devicePage, logs: logsPage, audit: auditPage };
   const page = pages[document.body.dataset.page];

@@ -150,6 +150,18 @@ impl ApiClient {
         self.get(&device_path(id, "")).await
     }
 
+    /// Registers a device's id and public key (PEM) before it connects.
+    pub async fn preauthorize(&self, id: &str, public_key_pem: &str) -> Result<Value, ApiError> {
+        let body = json!({ "id": id, "public_key": public_key_pem });
+        self.send(Method::POST, "/devices", Some(&body)).await
+    }
+
+    /// Requires a device to rotate its key (`{"device_id", "asked_now", …}`).
+    pub async fn require_rotation(&self, id: &str) -> Result<Value, ApiError> {
+        self.send(Method::POST, &device_path(id, "/require-key-rotation"), None)
+            .await
+    }
+
     pub async fn accept(&self, id: &str) -> Result<Value, ApiError> {
         self.send(Method::POST, &device_path(id, "/accept"), None)
             .await
@@ -197,9 +209,10 @@ impl ApiClient {
         self.get("/tokens").await
     }
 
-    /// A new token for the calling operator (`{"token", "secret"}`).
-    pub async fn create_token(&self, name: &str) -> Result<Value, ApiError> {
-        let body = json!({ "name": name });
+    /// A new token for the calling operator (`{"token", "secret"}`), acting
+    /// with `role` (the caller's if None).
+    pub async fn create_token(&self, name: &str, role: Option<&str>) -> Result<Value, ApiError> {
+        let body = json!({ "name": name, "role": role });
         self.send(Method::POST, "/tokens", Some(&body)).await
     }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::roles::MethodRoles;
+
 /// This build's version, logged at start and shown by `/healthz`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -18,6 +20,13 @@ pub struct CloudConfig {
     pub cloud_id: String,
     /// PKCS#8 PEM Ed25519 key signing everything the cloud sends (mode 0600).
     pub private_key_path: PathBuf,
+    /// The key the cloud is rotating to, if any: offered to every accepted
+    /// device (`device.trust_cloud_key`), and signing each session whose
+    /// device trusts it (README, "Rotating keys").
+    pub next_private_key_path: Option<PathBuf>,
+    /// Fingerprints of retired cloud keys: devices that trust one are told
+    /// to stop (`device.distrust_cloud_key`).
+    pub retired_key_fingerprints: Vec<String>,
     /// The registry's database: `sqlite://data/cloud.db` (one instance) or
     /// `postgres://user:password@host/database` (shared by several).
     pub database_url: String,
@@ -50,6 +59,8 @@ pub struct CloudConfig {
     /// Marks the session cookie `Secure`: set it when browsers reach the
     /// cloud over HTTPS.
     pub secure_cookies: bool,
+    /// The least role that may call each device method.
+    pub method_roles: MethodRoles,
     /// What strangers, pending devices and devices can make the cloud hold.
     pub limits: Limits,
 }
@@ -130,6 +141,8 @@ impl Default for CloudConfig {
         CloudConfig {
             cloud_id: "cloud-dashboard".into(),
             private_key_path: "keys/cloud/cloud_private.pem".into(),
+            next_private_key_path: None,
+            retired_key_fingerprints: Vec::new(),
             database_url: "sqlite://data/cloud.db".into(),
             instance: "cloud".into(),
             cloud_nats_url: None,
@@ -142,6 +155,7 @@ impl Default for CloudConfig {
             auth_rpc_method: protocol::auth::DEFAULT_AUTHENTICATE.into(),
             replay_per_device: 15_000,
             secure_cookies: false,
+            method_roles: MethodRoles::default(),
             limits: Limits::default(),
         }
     }
@@ -171,6 +185,18 @@ pub struct ServeArgs {
         default_value = "keys/cloud/cloud_private.pem"
     )]
     pub private_key_path: PathBuf,
+    /// The cloud's next Ed25519 private key, while rotating to it: devices
+    /// are asked to trust it, and then hear it.
+    #[arg(long = "next-private-key", env = "CLOUD_NEXT_PRIVATE_KEY_PATH")]
+    pub next_private_key_path: Option<PathBuf>,
+    /// Fingerprints (`SHA256:…`, comma-separated) of retired cloud keys that
+    /// devices are told to stop trusting.
+    #[arg(
+        long = "retired-key",
+        env = "CLOUD_RETIRED_KEY_FINGERPRINTS",
+        value_delimiter = ','
+    )]
+    pub retired_key_fingerprints: Vec<String>,
     /// Registry database URL: `sqlite://PATH` (the file and its directory are
     /// created if missing) or `postgres://USER:PASSWORD@HOST/DATABASE`.
     #[arg(
@@ -218,6 +244,11 @@ pub struct ServeArgs {
     /// Send the session cookie only over HTTPS (set when a TLS proxy fronts the cloud).
     #[arg(long, env = "SESSION_COOKIE_SECURE", default_value_t = false)]
     pub secure_cookies: bool,
+    /// The least role that may call each device method: comma-separated
+    /// `pattern=role` rules, the first match wins; a pattern is a method name
+    /// or a prefix ending in `*`; unmatched methods need `operator`.
+    #[arg(long, env = "METHOD_ROLES", default_value = crate::roles::DEFAULT_METHOD_ROLES)]
+    pub method_roles: MethodRoles,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -324,6 +355,8 @@ impl ServeArgs {
         CloudConfig {
             cloud_id: self.cloud_id,
             private_key_path: self.private_key_path,
+            next_private_key_path: self.next_private_key_path,
+            retired_key_fingerprints: self.retired_key_fingerprints,
             database_url: self.database_url,
             instance: self.instance.unwrap_or_else(host_name),
             cloud_nats_url: self.cloud_nats_url,
@@ -336,6 +369,7 @@ impl ServeArgs {
             auth_rpc_method: self.auth_rpc_method,
             replay_per_device: self.replay_per_device.max(1),
             secure_cookies: self.secure_cookies,
+            method_roles: self.method_roles,
             limits: self.limits.into_limits(),
         }
     }

@@ -18,6 +18,7 @@ pub mod device;
 pub mod events;
 pub mod http;
 pub mod ops;
+pub mod roles;
 pub mod store;
 
 use std::sync::Arc;
@@ -66,6 +67,26 @@ pub async fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result
     );
     let key = protocol::keys::read_private_key(&config.private_key_path)
         .context("cannot load the cloud's private key")?;
+    let next_key = match &config.next_private_key_path {
+        None => None,
+        Some(path) => Some(
+            protocol::keys::read_private_key(path)
+                .context("cannot load the cloud's next private key")?,
+        ),
+    };
+    anyhow::ensure!(
+        next_key
+            .as_ref()
+            .is_none_or(|next| next.verifying_key() != key.verifying_key()),
+        "the cloud's next private key is its current one"
+    );
+    if let Some(bad) = config
+        .retired_key_fingerprints
+        .iter()
+        .find(|fingerprint| !protocol::cloud_keys::is_fingerprint(fingerprint))
+    {
+        anyhow::bail!("{bad:?} is not a key fingerprint (SHA256: and 43 characters of base64)");
+    }
     let admin_token = ops::admin_token::load_or_create(&config.admin_token_file)?;
     tracing::info!(
         path = %config.admin_token_file.display(),
@@ -74,6 +95,13 @@ pub async fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result
     let config = Arc::new(config);
     let store = Store::over(registry);
     let signer = Signer::new(config.cloud_id.clone(), key);
+    let next_signer = next_key.map(|key| Signer::new(config.cloud_id.clone(), key));
+    tracing::info!(
+        fingerprint = %protocol::keys::fingerprint(&signer.public_key()),
+        next = ?next_signer.as_ref().map(|next| protocol::keys::fingerprint(&next.public_key())),
+        retired = ?config.retired_key_fingerprints,
+        "cloud key loaded"
+    );
     let (events, cluster) = match &config.cloud_nats_url {
         None => (events::EventHub::default(), None),
         Some(url) => {
@@ -90,6 +118,7 @@ pub async fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result
     let devices = Devices::new(
         config.clone(),
         signer,
+        next_signer,
         store.registry.clone(),
         events,
         cluster,

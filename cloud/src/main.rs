@@ -30,7 +30,7 @@ async fn main() -> ExitCode {
         .init();
 
     let outcome = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Devices(args) => cloud::cli::devices(args).await,
         Command::Rpc(args) => cloud::cli::rpc(args).await,
         Command::Audit(args) => cloud::cli::audit(args).await,

@@ -2,6 +2,7 @@
 
 mod support;
 
+use cloud::roles::Role;
 use protocol::Message;
 use serde_json::{json, Value};
 use support::TestCloud;
@@ -150,7 +151,7 @@ async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token(
     let add = [&["operators", "add", "alice", "--password-stdin"][..], &db].concat();
     let (ok, stdout, stderr) = cloud_cli_with_stdin(&add, "correct horse battery\n").await;
     assert!(ok, "{stderr}");
-    assert_eq!(stdout.trim(), "added operator alice");
+    assert_eq!(stdout.trim(), "added admin alice");
     let (ok, _, stderr) = cloud_cli_with_stdin(&add, "correct horse battery\n").await;
     assert!(!ok);
     assert!(stderr.contains("already exists"), "{stderr}");
@@ -205,7 +206,7 @@ async fn the_first_operator_is_made_on_the_host_then_signs_in_and_makes_a_token(
         .ops()
         .store()
         .accounts
-        .create_token(&alice, "laptop", 0)
+        .create_token(&alice, "laptop", Role::Admin, 0)
         .await
         .unwrap();
     let (ok, stdout, stderr) =
@@ -315,4 +316,70 @@ async fn passwd_changes_the_password_and_ends_sessions_and_remove_removes() {
     let (ok, _, stderr) = cloud_cli_with_stdin(&remove, "").await;
     assert!(!ok);
     assert!(stderr.contains("no operator named"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_host_gives_roles_and_an_admin_preauthorizes_a_device_that_a_viewer_cannot() {
+    let cloud = TestCloud::start().await;
+    let database = cloud.state.ops().config().database_url.clone();
+    let db = ["--database", database.as_str()];
+    let add = [&["operators", "add", "vera", "--role", "viewer"][..], &db].concat();
+    let (ok, stdout, stderr) = cloud_cli_with_stdin(&add, "").await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("added viewer vera"), "{stdout}");
+    let bad = [
+        &["operators", "add", "root", "--role", "superuser"][..],
+        &db,
+    ]
+    .concat();
+    let (ok, _, stderr) = cloud_cli_with_stdin(&bad, "").await;
+    assert!(!ok);
+    assert!(stderr.contains("viewer, operator and admin"), "{stderr}");
+    let (_, stdout, _) =
+        cloud_cli_with_stdin(&[&["operators", "list"][..], &db].concat(), "").await;
+    assert!(
+        stdout.contains("ROLE") && stdout.contains("viewer"),
+        "{stdout}"
+    );
+
+    let key_file = cloud.dir().join("device_public.pem");
+    let key = protocol::keys::generate();
+    protocol::keys::write_public_key(&key_file, &key.verifying_key()).unwrap();
+    let preauthorize = [
+        "devices",
+        "preauthorize",
+        "dev-7",
+        "--key",
+        key_file.to_str().unwrap(),
+    ];
+
+    let vera = cloud
+        .state
+        .ops()
+        .store()
+        .accounts
+        .operator("vera")
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, viewer_token) = cloud
+        .state
+        .ops()
+        .store()
+        .accounts
+        .create_token(&vera, "cli", Role::Viewer, 0)
+        .await
+        .unwrap();
+    let (ok, _, stderr) = cloud_cli_with_token(&cloud, &viewer_token, &preauthorize).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("forbidden") && stderr.contains("admin role"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) = cloud_cli(&cloud, &preauthorize).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("preauthorized dev-7"), "{stdout}");
+    let mut device = cloud.connect_with_key("dev-7", key).await;
+    assert_eq!(device.authenticate().await, json!({"status": "accepted"}));
 }

@@ -245,7 +245,7 @@ async fn a_token_made_in_the_dashboard_is_shown_once_and_works_until_revoked() {
         .unwrap();
     assert!(list.contains("ci-deploy") && !list.contains(&secret));
 
-    let id = cloud.state.ops().team().tokens().await.unwrap()[0].id;
+    let id = cloud.state.ops().team().tokens(&cloud::ops::Caller::host()).await.unwrap()[0].id;
     let revoked = http
         .post(cloud.url(&format!("/tokens/{id}/revoke")))
         .header(COOKIE, &session)

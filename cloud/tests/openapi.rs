@@ -242,9 +242,9 @@ async fn errors_are_documented_with_their_shape_and_status_codes() {
         .collect();
     assert_eq!(
         statuses,
-        BTreeSet::from(["200", "400", "401", "404", "409", "500", "502", "503", "504"])
+        BTreeSet::from(["200", "400", "401", "403", "404", "409", "500", "502", "503", "504"])
     );
-    for status in ["400", "404", "409", "502", "503", "504"] {
+    for status in ["400", "403", "404", "409", "502", "503", "504"] {
         assert_eq!(
             rpc["responses"][status]["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/ErrorBody",

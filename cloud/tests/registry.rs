@@ -3,6 +3,7 @@
 //! test runs twice, on a fresh SQLite file and on a real PostgreSQL server
 //! (`store_tests!` below); the last ones are SQLite's own.
 
+use cloud::roles::Role;
 use cloud::store::registry::{
     AuthEventKind, DeviceStatus, Registration, Registry, DEVICE_EVENTS_KEPT,
 };
@@ -40,10 +41,79 @@ store_tests!(
     an_operator_signs_in_with_a_session_and_a_token_until_they_end,
     sign_in_failures_count_within_a_minute_from_the_first,
     where_each_device_is_connected_follows_its_instances,
+    roles_sessions_and_tokens_are_kept_per_operator,
+    a_preauthorized_device_is_accepted_before_it_first_connects,
+    a_key_is_rotated_only_away_from_the_registered_key,
 );
 
 async fn open(db: &TestDatabase) -> Registry {
     Registry::open(&db.url()).await.unwrap()
+}
+
+async fn a_key_is_rotated_only_away_from_the_registered_key(db: TestDatabase) {
+    let registry = open(&db).await;
+    registry
+        .register_new_key("dev-1", "PEM-1", "SHA256:one", None, 10, 1)
+        .await
+        .unwrap();
+    let required = registry.require_key_rotation("dev-1", 2).await.unwrap();
+    assert_eq!(required.unwrap().key_rotation_required_at, Some(2));
+    assert!(registry
+        .require_key_rotation("dev-9", 2)
+        .await
+        .unwrap()
+        .is_none());
+
+    let rotated = registry
+        .rotate_key(
+            "dev-1",
+            "PEM-1",
+            "PEM-2",
+            "SHA256:two",
+            "one replaced by two",
+            3,
+        )
+        .await
+        .unwrap()
+        .expect("rotated away from the registered key");
+    assert_eq!(
+        (rotated.event.as_str(), rotated.detail.as_str()),
+        ("key_rotated", "one replaced by two")
+    );
+    let device = registry.device("dev-1").await.unwrap().unwrap();
+    assert_eq!(
+        (device.public_key.as_str(), device.fingerprint.as_str()),
+        ("PEM-2", "SHA256:two")
+    );
+    assert_eq!(
+        device.key_rotation_required_at, None,
+        "done, no longer required"
+    );
+
+    // A second rotation from the old key (a replay, or a race lost) changes nothing.
+    let stale = registry
+        .rotate_key(
+            "dev-1",
+            "PEM-1",
+            "PEM-3",
+            "SHA256:three",
+            "one replaced by three",
+            4,
+        )
+        .await
+        .unwrap();
+    assert!(stale.is_none());
+    assert_eq!(
+        registry.device("dev-1").await.unwrap().unwrap().public_key,
+        "PEM-2"
+    );
+    let unknown = registry
+        .rotate_key("dev-9", "PEM-1", "PEM-3", "SHA256:three", "", 4)
+        .await
+        .unwrap();
+    assert!(unknown.is_none());
+    let events = registry.auth_events(Some("dev-1"), 10).await.unwrap();
+    assert_eq!(events.len(), 2, "one key_rotated after new_key: {events:?}");
 }
 
 async fn a_registered_id_keeps_its_first_key(db: TestDatabase) {
@@ -337,10 +407,13 @@ async fn an_operator_signs_in_with_a_session_and_a_token_until_they_end(db: Test
     let registry = open(&db).await;
     let accounts = cloud::store::Accounts::new(registry.pool().clone());
     let alice = accounts
-        .add_operator("alice", "correct horse", 1)
+        .add_operator("alice", "correct horse", Role::Admin, 1)
         .await
         .unwrap();
-    assert!(accounts.add_operator("alice", "other", 2).await.is_err());
+    assert!(accounts
+        .add_operator("alice", "other", Role::Admin, 2)
+        .await
+        .is_err());
     let checked = accounts
         .check_password("alice", "correct horse")
         .await
@@ -352,7 +425,7 @@ async fn an_operator_signs_in_with_a_session_and_a_token_until_they_end(db: Test
         .unwrap()
         .is_none());
 
-    let session = accounts.start_session(&alice, 10).await.unwrap();
+    let session = accounts.start_session(&alice, "", 10).await.unwrap();
     let live = accounts
         .session(&session.secret, 20)
         .await
@@ -369,11 +442,144 @@ async fn an_operator_signs_in_with_a_session_and_a_token_until_they_end(db: Test
         .unwrap()
         .is_none());
 
-    let (token, secret) = accounts.create_token(&alice, "ci", 40).await.unwrap();
+    let (token, secret) = accounts
+        .create_token(&alice, "ci", Role::Admin, 40)
+        .await
+        .unwrap();
     let (owner, _) = accounts.token_owner(&secret, 50).await.unwrap().unwrap();
     assert_eq!(owner.name, "alice");
     accounts.revoke_token(token.id, 60).await.unwrap();
     assert!(accounts.token_owner(&secret, 70).await.unwrap().is_none());
+}
+
+async fn roles_sessions_and_tokens_are_kept_per_operator(db: TestDatabase) {
+    let registry = open(&db).await;
+    let accounts = cloud::store::Accounts::new(registry.pool().clone());
+    let alice = accounts
+        .add_operator("alice", "correct horse", Role::Admin, 1)
+        .await
+        .unwrap();
+    let bob = accounts
+        .add_operator("bob", "battery staple", Role::Viewer, 2)
+        .await
+        .unwrap();
+    assert_eq!(bob.role, Role::Viewer);
+    let bob = accounts.set_role("bob", Role::Operator).await.unwrap();
+    assert_eq!(bob.role, Role::Operator);
+    assert!(accounts.set_role("nobody", Role::Admin).await.is_err());
+    let roles: Vec<_> = accounts
+        .operators()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name, o.role))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("alice".into(), Role::Admin),
+            ("bob".into(), Role::Operator)
+        ]
+    );
+    // A session reads its operator's role as it is now.
+    let laptop = accounts
+        .start_session(&bob, "10.0.0.1 · Firefox", 10)
+        .await
+        .unwrap();
+    let phone = accounts
+        .start_session(&bob, "10.0.0.2 · Safari", 20)
+        .await
+        .unwrap();
+    accounts.set_role("bob", Role::Viewer).await.unwrap();
+    let live = accounts.session(&laptop.secret, 30).await.unwrap().unwrap();
+    assert_eq!(live.operator.role, Role::Viewer);
+
+    let sessions = accounts.sessions_of(&bob, 40).await.unwrap();
+    let clients: Vec<_> = sessions.iter().map(|s| s.client.as_str()).collect();
+    assert_eq!(
+        clients,
+        ["10.0.0.2 · Safari", "10.0.0.1 · Firefox"],
+        "the latest used first"
+    );
+    let laptop_id = sessions[1].id.clone();
+    // Alice cannot end Bob's session by its id; Bob can.
+    assert!(accounts.end_session_of(&alice, &laptop_id).await.is_err());
+    assert!(accounts.end_session_of(&bob, "not-an-id").await.is_err());
+    accounts.end_session_of(&bob, &laptop_id).await.unwrap();
+    assert!(accounts
+        .session(&laptop.secret, 50)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(accounts.session(&phone.secret, 50).await.unwrap().is_some());
+
+    let (_, bobs_secret) = accounts
+        .create_token(&bob, "script", Role::Viewer, 60)
+        .await
+        .unwrap();
+    accounts
+        .create_token(&alice, "ci", Role::Operator, 61)
+        .await
+        .unwrap();
+    let names = |tokens: Vec<cloud::store::ApiToken>| -> Vec<String> {
+        tokens.into_iter().map(|t| t.name).collect()
+    };
+    assert_eq!(
+        names(accounts.tokens(Some(&bob)).await.unwrap()),
+        ["script"]
+    );
+    assert_eq!(
+        names(accounts.tokens(None).await.unwrap()),
+        ["ci", "script"]
+    );
+    let (owner, token) = accounts
+        .token_owner(&bobs_secret, 70)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((owner.role, token.role), (Role::Viewer, Role::Viewer));
+}
+
+async fn a_preauthorized_device_is_accepted_before_it_first_connects(db: TestDatabase) {
+    let registry = open(&db).await;
+    let record = registry
+        .preauthorize("dev-1", "PEM-1", "SHA256:one", "alice", 5)
+        .await
+        .unwrap()
+        .expect("a new id is registered");
+    assert_eq!(record.status, DeviceStatus::Accepted);
+    assert_eq!(record.preauthorized_by.as_deref(), Some("alice"));
+    assert!(record.never_connected());
+    // A known id is left as it is.
+    assert!(registry
+        .preauthorize("dev-1", "PEM-2", "SHA256:two", "mallory", 6)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        registry.device("dev-1").await.unwrap().unwrap().public_key,
+        "PEM-1"
+    );
+    let events = registry.auth_events(Some("dev-1"), 10).await.unwrap();
+    assert_eq!(events[0].event, AuthEventKind::Preauthorized.as_str());
+    assert!(events[0].detail.contains("alice"), "{}", events[0].detail);
+
+    let first = registry
+        .record_authenticated(&record, Some("1.0"), 10)
+        .await
+        .unwrap();
+    assert!(
+        first.detail.contains("preauthorized by alice"),
+        "the first connection says it was preauthorized: {}",
+        first.detail
+    );
+    let record = registry.device("dev-1").await.unwrap().unwrap();
+    assert!(!record.never_connected());
+    let second = registry
+        .record_authenticated(&record, Some("1.0"), 20)
+        .await
+        .unwrap();
+    assert_eq!(second.detail, "accepted");
 }
 
 async fn sign_in_failures_count_within_a_minute_from_the_first(db: TestDatabase) {

@@ -3,7 +3,7 @@
 //! nats-server, bridge and worker (backed by the real Docker engine).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,6 +166,8 @@ pub struct RunningDevice {
     pub key: PrivateKey,
     pub nats: NatsServer,
     pub bridge_stats: Arc<BridgeStats>,
+    /// What the bridge was started with, to start it again.
+    bridge_config: BridgeConfig,
     bridge: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     worker: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
 }
@@ -206,18 +208,49 @@ impl RunningDevice {
         config.reconnect_max = Duration::from_millis(500);
         config.ping_interval = Duration::from_secs(5);
         adjust(&mut config);
-        let bridge = Bridge::new(config, connect(&nats.url()).await);
-        let bridge_stats = bridge.stats();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(bridge.run(shutdown.clone()));
-        RunningDevice {
+        let mut device = RunningDevice {
             id: id.to_owned(),
             key,
             nats,
-            bridge_stats,
-            bridge: Some((shutdown, task)),
+            bridge_stats: Arc::default(),
+            bridge_config: config,
+            bridge: None,
             worker: None,
+        };
+        device.start_bridge().await;
+        device
+    }
+
+    /// A device whose key is kept in `key_file` (a fresh one, written now),
+    /// as the `bridge` binary keeps it, so that it can be rotated; no worker.
+    pub async fn start_with_key_file(
+        id: &str,
+        cloud: &RunningCloud,
+        key_file: PathBuf,
+    ) -> RunningDevice {
+        let key = keys::generate();
+        keys::write_private_key(&key_file, &key).expect("device key file");
+        Self::start_bridge_only(id, key, cloud, |config| config.key_file = Some(key_file)).await
+    }
+
+    /// Starts the bridge again after [`RunningDevice::stop_bridge`], with the
+    /// key in its key file if it has one (as the `bridge` binary starts).
+    pub async fn start_bridge(&mut self) {
+        assert!(self.bridge.is_none(), "the bridge is running");
+        let mut config = self.bridge_config.clone();
+        if let Some(key_file) = &config.key_file {
+            self.key = keys::read_private_key(key_file).expect("the device key file");
+            config.signer = Signer::new(self.id.clone(), self.key.clone());
         }
+        if let Some(cloud_keys_file) = &config.cloud_keys_file {
+            config.cloud_keys =
+                keys::read_public_keys(cloud_keys_file).expect("the cloud keys file");
+        }
+        let bridge = Bridge::new(config, connect(&self.nats.url()).await);
+        self.bridge_stats = bridge.stats();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bridge.run(shutdown.clone()));
+        self.bridge = Some((shutdown, task));
     }
 
     pub async fn start_worker(&mut self) {

@@ -180,6 +180,51 @@ async fn the_bridge_may_not_serve_methods_nor_read_other_inboxes() {
     expect_server_error(&mut errors, "permissions violation for subscription").await;
 }
 
+/// Only the bridge's own user may ask the bridge to rotate the device key
+/// (`bridge rotate-key`): a worker may neither ask nor listen.
+#[tokio::test]
+async fn only_the_bridge_user_may_ask_for_a_key_rotation() {
+    let users = Users::new();
+    let server = NatsServer::start_with_config(users.config()).await;
+    let (bridge, _) = connect_as(&server, &users.login("bridge")).await;
+    let (cli, _) = connect_as(&server, &users.login("bridge")).await;
+    let (worker, mut errors) = connect_as(&server, &users.login("worker")).await;
+    let mut served = bridge
+        .subscribe(protocol::nats::BRIDGE_ROTATE_KEY)
+        .await
+        .unwrap();
+    bridge.flush().await.unwrap();
+
+    worker
+        .publish(protocol::nats::BRIDGE_ROTATE_KEY, "".into())
+        .await
+        .unwrap();
+    expect_server_error(&mut errors, "permissions violation for publish").await;
+    let _listening = worker
+        .subscribe(protocol::nats::BRIDGE_ROTATE_KEY)
+        .await
+        .unwrap();
+    expect_server_error(&mut errors, "permissions violation for subscription").await;
+
+    let answer = tokio::spawn(async move {
+        let request = served.next().await.expect("the bridge hears the request");
+        bridge
+            .publish(request.reply.unwrap(), "rotated".into())
+            .await
+            .unwrap();
+        bridge.flush().await.unwrap();
+    });
+    let reply = tokio::time::timeout(
+        PROMPTLY,
+        cli.request(protocol::nats::BRIDGE_ROTATE_KEY, "".into()),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answered");
+    assert_eq!(&reply.payload[..], b"rotated");
+    answer.await.unwrap();
+}
+
 /// A real worker signed in as `worker` serves every method it announces, and
 /// its health check (as the worker's user) passes: the script's list of
 /// methods and the worker's own cannot drift apart unnoticed.

@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
                 frame,
                 &Expectation {
                     signer_id: "device-001",
-                    key: &public,
+                    keys: std::slice::from_ref(&public),
                     audience_id: "cloud-dashboard",
                     direction: Direction::DeviceToCloud,
                     skew_ms: 60_000,

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cloud  → device  auth.challenge       {challenge}                 (signed for anyone)
-//! device → cloud   device.authenticate  {device_id, public_key, challenge, bridge_version}
+//! device → cloud   device.authenticate  {device_id, public_key, challenge, bridge_version, cloud_keys?}
 //! cloud  → device    its result         {status}
 //! cloud  → device  auth.status          {status}                    (an operator decided)
 //! ```
@@ -147,6 +147,10 @@ pub struct AuthenticateParams {
     pub public_key_pem: String,
     pub challenge: Option<String>,
     pub bridge_version: Option<String>,
+    /// The fingerprints of the cloud keys the device trusts, the most
+    /// recently trusted first (see [`crate::cloud_keys`]); optional, so that
+    /// the cloud tells a device that does not say from one that trusts none.
+    pub cloud_keys: Option<Vec<String>>,
 }
 
 impl AuthenticateParams {
@@ -159,7 +163,14 @@ impl AuthenticateParams {
             key,
             challenge: Some(challenge.to_owned()),
             bridge_version: Some(bridge_version.to_owned()),
+            cloud_keys: None,
         }
+    }
+
+    /// Says which cloud keys the device trusts (see [`Self::cloud_keys`]).
+    pub fn trusting(mut self, cloud_keys: &[PublicKey]) -> Self {
+        self.cloud_keys = Some(cloud_keys.iter().map(keys::fingerprint).collect());
+        self
     }
 
     /// The authentication request `method` (see [`DEFAULT_AUTHENTICATE`])
@@ -175,6 +186,9 @@ impl AuthenticateParams {
             if let Some(value) = value {
                 params.insert(name.into(), value.clone().into());
             }
+        }
+        if let Some(cloud_keys) = &self.cloud_keys {
+            params.insert("cloud_keys".into(), cloud_keys.clone().into());
         }
         Message::request(id, method, Value::Object(params))
     }
@@ -204,12 +218,14 @@ impl AuthenticateParams {
                 ));
             }
         }
+        let cloud_keys = crate::cloud_keys::read_fingerprints(params.get("cloud_keys"))?;
         Ok(AuthenticateParams {
             device_id,
             public_key_pem: keys::public_key_to_pem(&key),
             key,
             challenge: text("challenge"),
             bridge_version,
+            cloud_keys,
         })
     }
 }
@@ -233,6 +249,28 @@ mod tests {
             (json!("auth-1"), DEFAULT_AUTHENTICATE)
         );
         assert_eq!(AuthenticateParams::read(params.as_ref(), 64), Ok(sent));
+    }
+
+    #[test]
+    fn the_cloud_keys_a_device_trusts_are_read_back_when_it_says() {
+        let key = keys::generate().verifying_key();
+        let cloud = [
+            keys::generate().verifying_key(),
+            keys::generate().verifying_key(),
+        ];
+        let sent = AuthenticateParams::new("d-1", key, "c", "0.1.0").trusting(&cloud);
+        let Message::Request { params, .. } = sent.request("auth-1", DEFAULT_AUTHENTICATE) else {
+            panic!("not a request");
+        };
+        let read = AuthenticateParams::read(params.as_ref(), 64).unwrap();
+        assert_eq!(
+            read.cloud_keys,
+            Some(cloud.iter().map(keys::fingerprint).collect())
+        );
+        let mut params = params.unwrap();
+        params["cloud_keys"] = json!(["not a fingerprint"]);
+        let error = AuthenticateParams::read(Some(&params), 64).unwrap_err();
+        assert!(error.contains("cloud_keys"), "{error}");
     }
 
     #[test]

@@ -102,6 +102,151 @@ pub fn write_private_key(path: &Path, key: &SigningKey) -> Result<(), KeyError> 
     file.write_all(pem.as_bytes()).map_err(write_err)
 }
 
+/// Writes a private key as [`write_private_key`] does, but so that `path`
+/// holds either nothing or the whole key whatever happens meanwhile (a crash,
+/// a full disk): into a temporary file beside it, flushed to disk, then
+/// renamed over `path`.
+pub fn write_private_key_atomically(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
+    let partial = partial_path(path);
+    write_private_key(&partial, key)?;
+    let durable = fs::File::open(&partial).and_then(|file| file.sync_all());
+    durable.map_err(|source| KeyError::Write {
+        path: partial.clone(),
+        source,
+    })?;
+    replace(&partial, path)
+}
+
+/// Renames `from` over `to` and flushes the directory, so that the rename
+/// itself survives a crash; `to` holds its old or its new contents, never
+/// neither.
+pub fn replace(from: &Path, to: &Path) -> Result<(), KeyError> {
+    let write_err = |source| KeyError::Write {
+        path: to.into(),
+        source,
+    };
+    fs::rename(from, to).map_err(write_err)?;
+    let directory = match to.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    fs::File::open(directory)
+        .and_then(|dir| dir.sync_all())
+        .map_err(write_err)
+}
+
+/// Where [`write_private_key_atomically`] writes before renaming.
+fn partial_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".partial");
+    path.with_file_name(name)
+}
+
+/// Most public keys [`read_public_keys`] takes: a peer trusted with more is
+/// more likely misconfigured than rotating.
+pub const MAX_TRUSTED_KEYS: usize = 8;
+
+const PUBLIC_KEY_END: &str = "-----END PUBLIC KEY-----";
+
+/// Reads a set of SPKI PEM public keys, as listed: from a file of one or
+/// more PEM blocks (in their order), or from a directory's `*.pem` files (the
+/// most recently modified first). At least one and at most
+/// [`MAX_TRUSTED_KEYS`]; a key listed twice counts once.
+pub fn read_public_keys(path: &Path) -> Result<Vec<VerifyingKey>, KeyError> {
+    let invalid = |reason: String| KeyError::Invalid {
+        path: path.into(),
+        kind: "public",
+        reason,
+    };
+    let is_dir = fs::metadata(path)
+        .map_err(|source| KeyError::Read {
+            path: path.into(),
+            source,
+        })?
+        .is_dir();
+    let files = match is_dir {
+        false => vec![path.to_owned()],
+        true => pem_files_newest_first(path)?,
+    };
+    let mut keys: Vec<VerifyingKey> = Vec::new();
+    for file in files {
+        for block in pem_blocks(&read(&file)?) {
+            let key = public_key_from_pem(block).map_err(|reason| KeyError::Invalid {
+                path: file.clone(),
+                kind: "public",
+                reason,
+            })?;
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    if keys.is_empty() {
+        return Err(invalid("no public key in it".into()));
+    }
+    if keys.len() > MAX_TRUSTED_KEYS {
+        return Err(invalid(format!(
+            "{} keys; at most {MAX_TRUSTED_KEYS} may be trusted",
+            keys.len()
+        )));
+    }
+    Ok(keys)
+}
+
+/// Writes `keys` to `path` as PEM blocks in their order, atomically (see
+/// [`write_private_key_atomically`]), readable by others: they are public.
+pub fn write_public_keys_atomically(path: &Path, keys: &[VerifyingKey]) -> Result<(), KeyError> {
+    let partial = partial_path(path);
+    let text: String = keys.iter().map(public_key_to_pem).collect();
+    let write_err = |source| KeyError::Write {
+        path: partial.clone(),
+        source,
+    };
+    let mut file = fs::File::create(&partial).map_err(write_err)?;
+    file.write_all(text.as_bytes()).map_err(write_err)?;
+    file.sync_all().map_err(write_err)?;
+    replace(&partial, path)
+}
+
+/// The PEM blocks of `text`, each up to and with its END line.
+fn pem_blocks(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(end) = rest.find(PUBLIC_KEY_END) {
+        let (block, after) = rest.split_at(end + PUBLIC_KEY_END.len());
+        blocks.push(block);
+        rest = after;
+    }
+    if !rest.trim().is_empty() {
+        // Whatever follows the last block is read as one, to be refused
+        // with the parser's reason.
+        blocks.push(rest);
+    }
+    blocks
+}
+
+/// A directory's `*.pem` files, the most recently modified first.
+fn pem_files_newest_first(dir: &Path) -> Result<Vec<PathBuf>, KeyError> {
+    let read_err = |source| KeyError::Read {
+        path: dir.into(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "pem") && path.is_file() {
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(read_err)?;
+            files.push((modified, path));
+        }
+    }
+    files.sort_by(|a, b| b.cmp(a));
+    Ok(files.into_iter().map(|(_, path)| path).collect())
+}
+
 pub fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<(), KeyError> {
     fs::write(path, public_key_to_pem(key)).map_err(|source| KeyError::Write {
         path: path.into(),
@@ -149,6 +294,23 @@ mod tests {
     }
 
     #[test]
+    fn an_atomic_write_replaces_the_whole_key_and_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pem.next");
+        write_private_key_atomically(&path, &generate()).unwrap();
+        let key = generate();
+        write_private_key_atomically(&path, &key).unwrap();
+        assert_eq!(read_private_key(&path).unwrap().to_bytes(), key.to_bytes());
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["k.pem.next"]);
+    }
+
+    #[test]
     fn a_world_readable_private_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.pem");
@@ -169,6 +331,47 @@ mod tests {
         assert!(fs::read_to_string(&path)
             .unwrap()
             .starts_with("-----BEGIN PUBLIC KEY-----"));
+    }
+
+    #[test]
+    fn a_set_of_public_keys_is_read_from_a_file_or_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, c] = [1u8, 2, 3].map(|seed| SigningKey::from_bytes(&[seed; 32]).verifying_key());
+        let file = dir.path().join("cloud_public.pem");
+        write_public_keys_atomically(&file, &[b, a, b]).unwrap();
+        assert_eq!(
+            read_public_keys(&file).unwrap(),
+            [b, a],
+            "in order, once each"
+        );
+
+        let keys = dir.path().join("keys");
+        fs::create_dir(&keys).unwrap();
+        write_public_key(&keys.join("old.pem"), &a).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_public_keys_atomically(&keys.join("new.pem"), &[c]).unwrap();
+        fs::write(keys.join("notes.txt"), "not a key").unwrap();
+        assert_eq!(read_public_keys(&keys).unwrap(), [c, a], "the newest first");
+    }
+
+    #[test]
+    fn a_set_of_public_keys_is_bounded_and_well_formed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cloud_public.pem");
+        let many: Vec<_> = (0..=MAX_TRUSTED_KEYS as u8)
+            .map(|seed| SigningKey::from_bytes(&[seed; 32]).verifying_key())
+            .collect();
+        write_public_keys_atomically(&file, &many).unwrap();
+        let error = read_public_keys(&file).unwrap_err().to_string();
+        assert!(error.contains("at most 8"), "{error}");
+        fs::write(&file, "").unwrap();
+        let error = read_public_keys(&file).unwrap_err().to_string();
+        assert!(error.contains("no public key"), "{error}");
+        let one = public_key_to_pem(&many[0]);
+        fs::write(&file, format!("{one}garbage")).unwrap();
+        assert!(read_public_keys(&file).is_err());
+        fs::write(&file, format!("{one}\n\n")).unwrap();
+        assert_eq!(read_public_keys(&file).unwrap(), [many[0]]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod calls;
 mod clock;
 pub mod close_code;
+pub mod cloud_keys;
 pub mod error;
 pub mod frame;
 pub mod keys;
@@ -18,6 +19,7 @@ pub mod method;
 pub mod nats;
 pub mod peer;
 pub mod replay;
+pub mod rotation;
 pub mod sign;
 
 pub use calls::CallTable;
@@ -31,8 +33,8 @@ pub use method::{check_method_name, is_valid_device_id};
 pub use peer::{Peer, Refused, Remote, Side, Unverified};
 pub use replay::ReplayGuard;
 pub use sign::{
-    canonical_signing_bytes, sign, verify, Expectation, Signer, Verified, ALGORITHM,
-    DEFAULT_SKEW_MS, SIGNING_TAG,
+    canonical_signing_bytes, nonce_text, random_nonce, sign, verify, Expectation, Signer, Verified,
+    ALGORITHM, DEFAULT_SKEW_MS, SIGNING_TAG,
 };
 
 /// WebSocket subprotocol both sides must agree on.

@@ -17,6 +17,11 @@ pub const CLOUD_CALL_PREFIX: &str = "cloud.call.";
 pub const CLOUD_NOTIFY_PREFIX: &str = "cloud.notify.";
 /// Where the bridge announces its connection state ([`BridgeStatus`]).
 pub const BRIDGE_STATUS: &str = "bridge.status";
+/// Where the running bridge takes requests to rotate the device's key
+/// (`bridge rotate-key`); an empty payload, answered with a JSON-RPC response
+/// whose result is `{status: "rotated", fingerprint}`. Only the bridge's own
+/// NATS user may publish here (`scripts/ensure-device-nats.sh`).
+pub const BRIDGE_ROTATE_KEY: &str = "bridge.rotate_key";
 /// Queue group workers share, so each request is served once.
 pub const WORKER_QUEUE_GROUP: &str = "workers";
 /// Header carrying the verified signer of a relayed request.

@@ -15,7 +15,7 @@
 //! Everything takes `&self`: a connection shared by many tasks receives on
 //! one and signs on the others.
 
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 
 use serde_json::{Map, Value};
 
@@ -26,7 +26,7 @@ use crate::keys::PublicKey;
 use crate::message::{Direction, Message, RpcError, ANY_AUDIENCE};
 use crate::method::check_method_name;
 use crate::replay::ReplayGuard;
-use crate::sign::{verify, Expectation, Signer, Verified, DEFAULT_SKEW_MS};
+use crate::sign::{random_nonce, verify, Expectation, Signer, Verified, DEFAULT_SKEW_MS};
 
 /// This end of every connection (see the module docs).
 #[derive(Clone)]
@@ -113,14 +113,28 @@ impl Side {
 
     /// This end talking to `remote`.
     pub fn peer(&self, remote: Remote) -> Peer {
-        Peer {
-            side: self.clone(),
-            remote,
-            authenticated_at: OnceLock::new(),
-        }
+        Peer::new(self.clone(), remote.id, vec![remote.key])
+    }
+
+    /// This end talking to `remote_id`, whose frames verify with any of
+    /// `keys` (the most recently trusted first; at least one).
+    pub fn peer_trusting(&self, remote_id: String, keys: Vec<PublicKey>) -> Peer {
+        assert!(!keys.is_empty(), "a remote is trusted with some key");
+        Peer::new(self.clone(), remote_id, keys)
     }
 
     fn parse_for(&self, text: &str, audience: &str, now_ms: u64) -> Result<Unverified, Refused> {
+        self.parse_as(&self.signer, text, audience, now_ms)
+    }
+
+    /// Parses `text`, a refusal being signed by `signer`.
+    fn parse_as(
+        &self,
+        signer: &Signer,
+        text: &str,
+        audience: &str,
+        now_ms: u64,
+    ) -> Result<Unverified, Refused> {
         parse_frame(text, self.max_frame_bytes)
             .map(Unverified)
             .map_err(|refusal| {
@@ -128,7 +142,13 @@ impl Side {
                     true => request_id_despite(text, &refusal),
                     false => None,
                 };
-                self.refuse(refusal, Some(id.unwrap_or(Value::Null)), audience, now_ms)
+                self.refuse_as(
+                    signer,
+                    refusal,
+                    Some(id.unwrap_or(Value::Null)),
+                    audience,
+                    now_ms,
+                )
             })
     }
 
@@ -139,9 +159,20 @@ impl Side {
         audience: &str,
         now_ms: u64,
     ) -> Refused {
+        self.refuse_as(&self.signer, refusal, reply_to, audience, now_ms)
+    }
+
+    fn refuse_as(
+        &self,
+        signer: &Signer,
+        refusal: Refusal,
+        reply_to: Option<Value>,
+        audience: &str,
+        now_ms: u64,
+    ) -> Refused {
         let reply = reply_to.map(|id| {
             let error = Message::error(id, RpcError::refused(&refusal));
-            self.sign(&error, audience, now_ms)
+            signer.sign_to_text(&error, audience, self.sends, now_ms)
         });
         Refused { refusal, reply }
     }
@@ -166,22 +197,126 @@ pub struct Remote {
 }
 
 /// This end talking to one [`Remote`] (see the module docs).
-#[derive(Clone)]
+///
+/// Keys may change while the connection lives: the remote's (a device
+/// rotated its key; a device trusts one more cloud key) and this end's own
+/// (see [`Peer::set_signer`]). Each is read for one frame at a time, never
+/// held across an await.
 pub struct Peer {
     side: Side,
-    remote: Remote,
+    remote_id: String,
+    remote_keys: RwLock<RemoteKeys>,
+    /// Who signs here; starts as the [`Side`]'s signer.
+    signer: RwLock<Arc<Signer>>,
     /// See [`Peer::authenticated`].
     authenticated_at: OnceLock<u64>,
 }
 
+/// The keys a remote's frames verify with.
+#[derive(Debug, Clone)]
+struct RemoteKeys {
+    /// The most recently trusted first, so it is tried first.
+    newest_first: Vec<PublicKey>,
+    /// Set by [`Peer::replace_remote_key`]: the older keys are heard only
+    /// until the first frame signed with the newest.
+    superseded: bool,
+}
+
+impl Clone for Peer {
+    fn clone(&self) -> Self {
+        Peer {
+            side: self.side.clone(),
+            remote_id: self.remote_id.clone(),
+            remote_keys: RwLock::new(read(&self.remote_keys).clone()),
+            signer: RwLock::new(self.signer()),
+            authenticated_at: self.authenticated_at.clone(),
+        }
+    }
+}
+
 impl Peer {
-    pub fn remote(&self) -> &Remote {
-        &self.remote
+    fn new(side: Side, remote_id: String, newest_first: Vec<PublicKey>) -> Self {
+        Peer {
+            signer: RwLock::new(side.signer.clone()),
+            side,
+            remote_id,
+            remote_keys: RwLock::new(RemoteKeys {
+                newest_first,
+                superseded: false,
+            }),
+            authenticated_at: OnceLock::new(),
+        }
+    }
+
+    /// The one signer heard on this connection.
+    pub fn remote_id(&self) -> &str {
+        &self.remote_id
+    }
+
+    /// The keys the remote's frames verify with, the most recently trusted first.
+    pub fn remote_keys(&self) -> Vec<PublicKey> {
+        read(&self.remote_keys).newest_first.clone()
+    }
+
+    /// Trusts one more key of the remote, tried first from now on.
+    pub fn trust_remote_key(&self, key: PublicKey) {
+        let mut keys = write(&self.remote_keys);
+        keys.newest_first.retain(|known| *known != key);
+        keys.newest_first.insert(0, key);
+    }
+
+    /// Stops trusting `key`; the last key is never removed. Returns whether
+    /// it was removed.
+    pub fn distrust_remote_key(&self, key: &PublicKey) -> bool {
+        let mut keys = write(&self.remote_keys);
+        let others = keys.newest_first.iter().filter(|k| *k != key).count();
+        if others == 0 || others == keys.newest_first.len() {
+            return false;
+        }
+        keys.newest_first.retain(|known| known != key);
+        true
+    }
+
+    /// The remote now signs with `key` instead (a device rotated its key).
+    /// Frames it signed with its previous key before it learned of the
+    /// change may still be on their way, so they are heard until the first
+    /// frame signed with `key` arrives; after that, only `key` is.
+    pub fn replace_remote_key(&self, key: PublicKey) {
+        let mut keys = write(&self.remote_keys);
+        let previous = keys.newest_first.first().copied();
+        keys.newest_first = std::iter::once(key)
+            .chain(previous.filter(|previous| *previous != key))
+            .collect();
+        keys.superseded = keys.newest_first.len() > 1;
+    }
+
+    /// Who signs here now.
+    pub fn signer(&self) -> Arc<Signer> {
+        read(&self.signer).clone()
+    }
+
+    /// Signs with `signer` from now on (this end's key was rotated); its id
+    /// must be this end's.
+    pub fn set_signer(&self, signer: Arc<Signer>) {
+        debug_assert_eq!(signer.id(), self.side.id(), "a new key, not a new identity");
+        *write(&self.signer) = signer;
     }
 
     /// Signs `message` for the remote, stamped `now_ms`.
     pub fn sign(&self, message: &Message, now_ms: u64) -> String {
-        self.side.sign(message, &self.remote.id, now_ms)
+        self.sign_with_nonce(message, random_nonce(), now_ms)
+    }
+
+    /// [`Peer::sign`] with a nonce the caller drew, because the message
+    /// refers to it (see [`crate::rotation`]).
+    pub fn sign_with_nonce(&self, message: &Message, nonce: [u8; 16], now_ms: u64) -> String {
+        self.signer().sign_to_text_with_nonce(
+            message,
+            &self.remote_id,
+            self.side.sends,
+            nonce,
+            now_ms,
+        )
     }
 
     /// Records when this connection authenticated (by the timestamp of the
@@ -203,7 +338,9 @@ impl Peer {
         now_ms: u64,
         guard: Option<&Mutex<ReplayGuard>>,
     ) -> Result<Verified, Refused> {
-        let frame = self.side.parse_for(text, &self.remote.id, now_ms)?;
+        let frame = self
+            .side
+            .parse_as(&self.signer(), text, &self.remote_id, now_ms)?;
         self.verify(frame, now_ms, guard)
     }
 
@@ -217,16 +354,19 @@ impl Peer {
         guard: Option<&Mutex<ReplayGuard>>,
     ) -> Result<Verified, Refused> {
         let reply_to = frame.reply_to();
-        self.check(frame, now_ms, guard)
-            .map_err(|refusal| self.side.refuse(refusal, reply_to, &self.remote.id, now_ms))
+        self.check(frame, now_ms, guard).map_err(|refusal| {
+            self.side
+                .refuse_as(&self.signer(), refusal, reply_to, &self.remote_id, now_ms)
+        })
     }
 
     /// Refuses a binary frame, answering with id null.
     pub fn refuse_binary(&self, now_ms: u64) -> Refused {
-        self.side.refuse(
+        self.side.refuse_as(
+            &self.signer(),
             Refusal::BinaryFrame,
             Some(Value::Null),
-            &self.remote.id,
+            &self.remote_id,
             now_ms,
         )
     }
@@ -237,9 +377,10 @@ impl Peer {
         now_ms: u64,
         guard: Option<&Mutex<ReplayGuard>>,
     ) -> Result<Verified, Refusal> {
+        let keys = self.remote_keys();
         let expect = Expectation {
-            signer_id: &self.remote.id,
-            key: &self.remote.key,
+            signer_id: &self.remote_id,
+            keys: &keys,
             audience_id: self.side.audience_of(&frame),
             direction: self.side.hears,
             skew_ms: self.side.skew_ms,
@@ -266,8 +407,29 @@ impl Peer {
                 now_ms,
             )?;
         }
+        self.retire_superseded(&verified.key);
         Ok(verified)
     }
+
+    /// The remote has used its newest key: the older ones are heard no more.
+    fn retire_superseded(&self, used: &PublicKey) {
+        if !read(&self.remote_keys).superseded {
+            return;
+        }
+        let mut keys = write(&self.remote_keys);
+        if keys.superseded && keys.newest_first.first() == Some(used) {
+            keys.newest_first.truncate(1);
+            keys.superseded = false;
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A text frame that passed the strict parse and nothing else: nothing in it

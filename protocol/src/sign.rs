@@ -41,7 +41,7 @@ pub fn sign(
         signer_id: signer_id.to_owned(),
         audience_id: audience_id.to_owned(),
         direction,
-        nonce: URL_SAFE_NO_PAD.encode(nonce),
+        nonce: nonce_text(&nonce),
         timestamp: now_ms,
         algorithm: ALGORITHM.to_owned(),
         signature: String::new(),
@@ -86,8 +86,19 @@ impl Signer {
         direction: Direction,
         now_ms: u64,
     ) -> String {
-        let mut nonce = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        self.sign_to_text_with_nonce(message, audience_id, direction, random_nonce(), now_ms)
+    }
+
+    /// Signs with `nonce`, which the sender drew (see [`random_nonce`]) because
+    /// something inside the message refers to it; returns the frame text.
+    pub fn sign_to_text_with_nonce(
+        &self,
+        message: &Message,
+        audience_id: &str,
+        direction: Direction,
+        nonce: [u8; 16],
+        now_ms: u64,
+    ) -> String {
         let map = sign(
             message,
             &self.key,
@@ -101,13 +112,26 @@ impl Signer {
     }
 }
 
+/// A fresh nonce from the operating system's random generator.
+pub fn random_nonce() -> [u8; 16] {
+    let mut nonce = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    nonce
+}
+
+/// The text form of a nonce in `meta.nonce`: base64url without padding.
+pub fn nonce_text(nonce: &[u8; 16]) -> String {
+    URL_SAFE_NO_PAD.encode(nonce)
+}
+
 /// What the receiver requires of a message.
 #[derive(Debug, Clone, Copy)]
 pub struct Expectation<'a> {
     /// The only signer this receiver accepts here.
     pub signer_id: &'a str,
-    /// That signer's key.
-    pub key: &'a VerifyingKey,
+    /// The keys that signer may sign with, the most recently trusted first:
+    /// a signature by any of them verifies.
+    pub keys: &'a [VerifyingKey],
     /// The receiver's own id (or `*` for the cloud's opening challenge).
     pub audience_id: &'a str,
     /// The direction that flows toward the receiver.
@@ -122,6 +146,8 @@ pub struct Expectation<'a> {
 pub struct Verified {
     pub message: Message,
     pub meta: Meta,
+    /// The key whose signature verified (one of [`Expectation::keys`]).
+    pub key: VerifyingKey,
 }
 
 /// Verifies a parsed frame (see [`crate::parse_frame`]).
@@ -154,10 +180,12 @@ pub fn verify(mut frame: Map<String, Value>, expect: &Expectation) -> Result<Ver
         .ok_or_else(|| Refusal::BadMeta("signature must be 64 bytes of base64url".into()))?;
     let signature_text = std::mem::take(&mut meta.signature);
     frame.insert("meta".into(), meta_value(&meta));
-    expect
-        .key
-        .verify_strict(&canonical_signing_bytes(&frame), &signature)
-        .map_err(|_| Refusal::BadSignature)?;
+    let signed = canonical_signing_bytes(&frame);
+    let key = *expect
+        .keys
+        .iter()
+        .find(|key| key.verify_strict(&signed, &signature).is_ok())
+        .ok_or(Refusal::BadSignature)?;
     meta.signature = signature_text;
 
     if meta.audience_id != expect.audience_id {
@@ -184,7 +212,7 @@ pub fn verify(mut frame: Map<String, Value>, expect: &Expectation) -> Result<Ver
             skew_ms: expect.skew_ms,
         });
     }
-    Ok(Verified { message, meta })
+    Ok(Verified { message, meta, key })
 }
 
 #[cfg(test)]
@@ -217,7 +245,7 @@ mod tests {
             frame,
             &Expectation {
                 signer_id: "cloud-dashboard",
-                key: &key,
+                keys: std::slice::from_ref(&key),
                 audience_id: "device-001",
                 direction: Direction::CloudToDevice,
                 skew_ms: 60_000,

@@ -76,7 +76,7 @@ fn canonical_bytes_and_signatures_match_the_vectors() {
             parse_frame(&text, 1 << 20).unwrap(),
             &Expectation {
                 signer_id: &meta.signer_id,
-                key: &public,
+                keys: std::slice::from_ref(&public),
                 audience_id: &meta.audience_id,
                 direction: meta.direction,
                 skew_ms: 60_000,

@@ -447,3 +447,92 @@ fn a_side_reading_ids_despite_parse_errors_answers_the_request_it_can_name() {
         assert_answered(&peer, &text, reason, answered_id);
     }
 }
+
+/// A device → cloud request signed by `key` as the device.
+fn from_device_signed_by(key: &SigningKey) -> String {
+    signed_by(
+        key,
+        DEVICE,
+        CLOUD,
+        Direction::DeviceToCloud,
+        NOW,
+        &Message::request("d-1", "cloud.ping", json!({})),
+    )
+    .to_string()
+}
+
+#[test]
+fn a_replaced_key_is_heard_until_the_new_one_is_first_used() {
+    let cloud = cloud_peer();
+    let old = device_key();
+    let new = SigningKey::from_bytes(&[3; 32]);
+    cloud.replace_remote_key(new.verifying_key());
+    assert_eq!(
+        cloud.remote_keys(),
+        [new.verifying_key(), old.verifying_key()]
+    );
+    // Frames the device signed before it learned of the change.
+    let heard = cloud
+        .receive(&from_device_signed_by(&old), NOW, None)
+        .unwrap();
+    assert_eq!(heard.key, old.verifying_key());
+    let heard = cloud
+        .receive(&from_device_signed_by(&new), NOW, None)
+        .unwrap();
+    assert_eq!(heard.key, new.verifying_key());
+    // Once the new key was heard, the old one is not.
+    assert_eq!(cloud.remote_keys(), [new.verifying_key()]);
+    let refused = cloud
+        .receive(&from_device_signed_by(&old), NOW, None)
+        .unwrap_err();
+    assert_eq!(refused.refusal.reason(), "bad_signature");
+}
+
+#[test]
+fn a_remote_may_be_trusted_with_several_keys_never_with_none() {
+    let first = cloud_key();
+    let second = SigningKey::from_bytes(&[4; 32]);
+    let device = device_side().peer_trusting(CLOUD.into(), vec![first.verifying_key()]);
+    device.trust_remote_key(second.verifying_key());
+    assert_eq!(
+        device.remote_keys(),
+        [second.verifying_key(), first.verifying_key()],
+        "the newest first"
+    );
+    let frame = |key: &SigningKey| {
+        let message = Message::request("c-1", "containers.list", json!({}));
+        signed_by(key, CLOUD, DEVICE, Direction::CloudToDevice, NOW, &message).to_string()
+    };
+    for key in [&first, &second] {
+        let heard = device.receive(&frame(key), NOW, None).unwrap();
+        assert_eq!(heard.key, key.verifying_key());
+    }
+    assert!(device.distrust_remote_key(&first.verifying_key()));
+    assert!(device.receive(&frame(&first), NOW, None).is_err());
+    assert!(
+        !device.distrust_remote_key(&second.verifying_key()),
+        "never the last"
+    );
+    assert!(
+        !device.distrust_remote_key(&first.verifying_key()),
+        "not trusted"
+    );
+    assert_eq!(device.remote_keys(), [second.verifying_key()]);
+}
+
+#[test]
+fn a_new_signer_signs_what_is_sent_and_the_refusals() {
+    let device = device_peer();
+    let new = SigningKey::from_bytes(&[5; 32]);
+    device.set_signer(Arc::new(Signer::new(DEVICE, new.clone())));
+    let cloud = cloud_peer();
+    let sent = device.sign(&Message::request("d-1", "cloud.ping", json!({})), NOW);
+    assert!(
+        cloud.receive(&sent, NOW, None).is_err(),
+        "the old key is not the signer"
+    );
+    cloud.replace_remote_key(new.verifying_key());
+    assert!(cloud.receive(&sent, NOW, None).is_ok());
+    let Refused { reply, .. } = device.refuse_binary(NOW);
+    assert!(cloud.receive(&reply.unwrap(), NOW, None).is_ok());
+}

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::auth::{AuthStatus, AuthenticateParams, Challenge, StatusReport};
-use protocol::keys::{self, PrivateKey};
+use protocol::keys::{self, PrivateKey, PublicKey};
 use protocol::{
     now_ms, Direction, Message, Meta, Peer, Refused, Remote, ReplayGuard, RpcError, Side, Signer,
     Verified, ANY_AUDIENCE,
@@ -389,9 +389,15 @@ impl DeviceLink {
         self.send_message(&StatusReport { status }.notification());
     }
 
+    /// The device rotated its key to `key`: heard from now on, and its old
+    /// key until the first frame signed with `key` (as the cloud does).
+    pub fn device_rotated(&self, key: PublicKey) {
+        self.peer().replace_remote_key(key);
+    }
+
     /// The device id learnt in the handshake.
     pub fn device_id(&self) -> &str {
-        &self.peer().remote().id
+        self.peer().remote_id()
     }
 
     fn peer(&self) -> &Peer {

@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::auth::{self, AuthenticateParams, Challenge};
-use protocol::keys::{self, PrivateKey};
+use protocol::keys::{self, PrivateKey, PublicKey};
+use protocol::rotation::RotateKeyParams;
 use protocol::{
-    now_ms, parse_frame, verify, Direction, Expectation, Message, Peer, Refusal, Remote, RpcError,
-    Side, Signer, ANY_AUDIENCE, DEFAULT_MAX_FRAME_BYTES, DEFAULT_SKEW_MS,
+    nonce_text, now_ms, parse_frame, random_nonce, verify, Direction, Expectation, Message, Peer,
+    Refusal, Remote, RpcError, Side, Signer, ANY_AUDIENCE, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_SKEW_MS,
 };
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -124,7 +126,7 @@ impl FakeDevice {
             message,
             &self.id,
             self.key.clone(),
-            &self.peer.remote().id,
+            self.peer.remote_id(),
             Direction::DeviceToCloud,
         )
     }
@@ -214,10 +216,10 @@ impl FakeDevice {
         if !for_anyone {
             return self.hear(&text);
         }
-        let cloud = self.peer.remote();
+        let cloud_keys = self.peer.remote_keys();
         let expect = Expectation {
-            signer_id: &cloud.id,
-            key: &cloud.key,
+            signer_id: self.peer.remote_id(),
+            keys: &cloud_keys,
             audience_id: ANY_AUDIENCE,
             direction: Direction::CloudToDevice,
             skew_ms: DEFAULT_SKEW_MS,
@@ -299,6 +301,32 @@ impl FakeDevice {
             .expect_err("expected a refusal");
         assert_eq!(error.data, Some(json!({ "reason": reason })), "{error:?}");
         error
+    }
+
+    /// Sends `device.rotate_key` to `next`, with the proof signed by
+    /// `prover`: `next`'s own key, as a bridge does, or another one, to be
+    /// refused. Returns the request's id. Signs with the current key until
+    /// [`FakeDevice::use_key`].
+    pub async fn send_rotation(&mut self, next: PublicKey, prover: &PrivateKey) -> String {
+        let id = self.new_request_id();
+        let nonce = random_nonce();
+        let current = self.key.verifying_key();
+        let mut params = RotateKeyParams::new(&self.id, &current, prover, &nonce_text(&nonce));
+        params.public_key_pem = keys::public_key_to_pem(&next);
+        params.key = next;
+        let text = self
+            .peer
+            .sign_with_nonce(&params.request(id.as_str()), nonce, now_ms());
+        self.send_text(text).await;
+        id
+    }
+
+    /// Signs with `key` from now on, as a bridge does once its rotation is
+    /// confirmed.
+    pub fn use_key(&mut self, key: PrivateKey) {
+        self.peer
+            .set_signer(Arc::new(Signer::new(self.id.clone(), key.clone())));
+        self.key = key;
     }
 
     /// `cloud.ping` works on this connection.

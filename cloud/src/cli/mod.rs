@@ -15,8 +15,10 @@ use serde_json::Value;
 use crate::client::ApiClient;
 use crate::config::ServeArgs;
 use crate::events::EventHub;
-use crate::ops::team::{Team, HOST_ACTOR};
+use crate::ops::team::Team;
 use crate::ops::Auditor;
+use crate::ops::Caller;
+use crate::roles::Role;
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
@@ -33,7 +35,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the cloud: the device WebSocket endpoint and the HTTP API.
-    Serve(ServeArgs),
+    // Boxed: the server's settings dwarf every other command's.
+    Serve(Box<ServeArgs>),
     /// List, accept, reject or delete devices.
     Devices(DevicesArgs),
     /// Call a JSON-RPC method on an accepted, connected device.
@@ -89,8 +92,19 @@ pub enum DevicesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Register a device's id and public key before it first connects: that
+    /// connection is accepted at once (admins).
+    Preauthorize {
+        id: String,
+        /// The device's public key file (SPKI PEM, e.g. device_public.pem).
+        #[arg(long)]
+        key: std::path::PathBuf,
+    },
     /// Accept a device's key: it goes live at once if connected.
     Accept { id: String },
+    /// Require a device to rotate its key (admins): asked at once if it is
+    /// online, else when it next connects.
+    RequireRotation { id: String },
     /// Reject a device: it is cut off and kept out.
     Reject { id: String },
     /// Forget a device (its next connection registers as pending again).
@@ -145,7 +159,13 @@ pub struct TokensArgs {
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
     /// Create a token for the calling operator; its secret is printed once.
-    Create { name: String },
+    Create {
+        name: String,
+        /// What the token may do: viewer, operator or admin, at most the
+        /// caller's role (default: the caller's).
+        #[arg(long)]
+        role: Option<Role>,
+    },
     /// List tokens (never their secrets).
     List {
         #[arg(long)]
@@ -175,10 +195,15 @@ pub enum OperatorsCommand {
     /// up and printed once.
     Add {
         name: String,
+        /// viewer, operator or admin. The host makes admins unless told otherwise.
+        #[arg(long, default_value = "admin")]
+        role: Role,
         /// Read the password from standard input (first line).
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Change an operator's role (viewer, operator or admin).
+    Role { name: String, role: Role },
     /// List operators.
     List {
         #[arg(long)]
@@ -239,6 +264,23 @@ pub async fn devices(args: DevicesArgs) -> anyhow::Result<()> {
             } else {
                 print!("{}", device_table(&devices, now_ms()));
             }
+        }
+        DevicesCommand::Preauthorize { id, key } => {
+            let pem = read_small_file(&key)?;
+            let answer = client.preauthorize(&id, &pem).await?;
+            println!(
+                "preauthorized {id} ({})",
+                answer["device"]["fingerprint"].as_str().unwrap_or("?")
+            );
+        }
+        DevicesCommand::RequireRotation { id } => {
+            let answer = client.require_rotation(&id).await?;
+            let when = if answer["asked_now"] == true {
+                "asked now"
+            } else {
+                "to be asked when it next connects"
+            };
+            println!("{id} must rotate its key ({when})");
         }
         DevicesCommand::Accept { id } => {
             let answer = client.accept(&id).await?;
@@ -326,8 +368,8 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
 pub async fn tokens(args: TokensArgs) -> anyhow::Result<()> {
     let client = args.client.client()?;
     match args.command {
-        TokensCommand::Create { name } => {
-            let answer = client.create_token(&name).await?;
+        TokensCommand::Create { name, role } => {
+            let answer = client.create_token(&name, role.map(Role::as_str)).await?;
             eprintln!(
                 "created token {} ({name}); it is shown only now:",
                 answer["token"]["id"]
@@ -347,6 +389,7 @@ pub async fn tokens(args: TokensArgs) -> anyhow::Result<()> {
                     t["id"].to_string(),
                     t["name"].as_str().unwrap_or("").into(),
                     t["operator"].as_str().unwrap_or("").into(),
+                    t["role"].as_str().unwrap_or("").into(),
                     when(&t["created_at"]),
                     when(&t["last_used_at"]),
                     if t["revoked_at"].is_null() {
@@ -359,7 +402,15 @@ pub async fn tokens(args: TokensArgs) -> anyhow::Result<()> {
             print!(
                 "{}",
                 table(
-                    &["ID", "NAME", "OPERATOR", "CREATED", "LAST USED", "STATE"],
+                    &[
+                        "ID",
+                        "NAME",
+                        "OPERATOR",
+                        "ROLE",
+                        "CREATED",
+                        "LAST USED",
+                        "STATE"
+                    ],
                     rows
                 )
             );
@@ -381,41 +432,53 @@ pub async fn operators(args: OperatorsArgs) -> anyhow::Result<()> {
         store.accounts,
         Auditor::new(store.audit, EventHub::default()),
     );
+    let host = Caller::host();
     match args.command {
         OperatorsCommand::Add {
             name,
+            role,
             password_stdin,
         } => {
-            let (password, made_up) = password_from(password_stdin)?;
-            team.add_operator(HOST_ACTOR, &name, &password).await?;
-            if made_up {
-                println!("added operator {name} with password: {password}");
+            let chosen = password_stdin.then(read_password).transpose()?;
+            let (_, password) = team
+                .add_operator(&host, &name, role, chosen.as_deref())
+                .await?;
+            if chosen.is_none() {
+                println!("added {role} {name} with password: {password}");
             } else {
-                println!("added operator {name}");
+                println!("added {role} {name}");
             }
         }
+        OperatorsCommand::Role { name, role } => {
+            team.set_role(&host, &name, role).await?;
+            println!("{name} is now {role}");
+        }
         OperatorsCommand::List { json } => {
-            let operators = team.operators().await?;
+            let operators = team.operators(&host).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&operators)?);
                 return Ok(());
             }
-            let rows = operators
-                .iter()
-                .map(|o| vec![o.name.clone(), ago(now_ms() - o.created_at)]);
-            print!("{}", table(&["NAME", "CREATED"], rows));
+            let rows = operators.iter().map(|o| {
+                vec![
+                    o.name.clone(),
+                    o.role.to_string(),
+                    ago(now_ms() - o.created_at),
+                ]
+            });
+            print!("{}", table(&["NAME", "ROLE", "CREATED"], rows));
         }
         OperatorsCommand::Remove { name } => {
-            team.remove_operator_as(HOST_ACTOR, &name).await?;
+            team.remove_operator(&host, &name).await?;
             println!("removed operator {name}");
         }
         OperatorsCommand::Passwd {
             name,
             password_stdin,
         } => {
-            let (password, made_up) = password_from(password_stdin)?;
-            team.set_password(HOST_ACTOR, &name, &password).await?;
-            if made_up {
+            let chosen = password_stdin.then(read_password).transpose()?;
+            let password = team.reset_password(&host, &name, chosen.as_deref()).await?;
+            if chosen.is_none() {
                 println!("new password of {name}: {password}");
             } else {
                 println!("password of {name} changed");
@@ -426,22 +489,25 @@ pub async fn operators(args: OperatorsArgs) -> anyhow::Result<()> {
 }
 
 /// The first line of stdin, or a made-up password (and true).
-fn password_from(stdin: bool) -> anyhow::Result<(String, bool)> {
-    if !stdin {
-        use base64::Engine;
-        use rand::RngCore;
-        let mut bytes = [0u8; 15];
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        return Ok((
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes),
-            true,
-        ));
-    }
+/// A key file's text; anything over 64 KiB is no key.
+fn read_small_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?
+        .take(64 * 1024)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text)
+}
+
+/// The first line of standard input.
+fn read_password() -> anyhow::Result<String> {
     let mut line = String::new();
     std::io::stdin()
         .read_line(&mut line)
         .context("cannot read the password from stdin")?;
-    Ok((line.trim_end_matches(['\r', '\n']).to_string(), false))
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 /// `cloud devices show` as text.

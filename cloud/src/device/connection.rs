@@ -11,6 +11,9 @@ use futures::stream::SplitStream;
 use futures::StreamExt;
 use protocol::auth::StatusReport;
 use protocol::close_code;
+use protocol::cloud_keys::{DistrustCloudKey, TrustCloudKey, TrustedCloudKeys};
+use protocol::keys;
+use protocol::rotation;
 use protocol::{now_ms, ErrorCode, Message, RpcError};
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -53,6 +56,7 @@ pub(crate) async fn run_connection(
         ));
         state.fleet().register(session.clone()).await;
         reconcile_with_registry(&state, &session).await;
+        align_cloud_keys(&state, session.clone(), device.cloud_keys);
         read_loop(&state, &session, &mut stream).await;
         session.fail_in_flight();
         state.fleet().unregister(&session).await;
@@ -70,17 +74,124 @@ pub(crate) async fn run_connection(
 
 /// An operator may have decided between the handshake reading the registry and
 /// the session joining the fleet (where decisions are delivered); catch up.
-async fn reconcile_with_registry(state: &Devices, session: &DeviceSession) {
+async fn reconcile_with_registry(state: &Devices, session: &Arc<DeviceSession>) {
     match state.registry().device(session.device_id()).await {
         Ok(None) => session.close(close_code::DELETED, "device deleted"),
-        Ok(Some(record)) if record.status != session.status() => {
-            session.apply_status(record.status).await
+        Ok(Some(record)) => {
+            if record.status != session.status() {
+                session.apply_status(record.status).await;
+            }
+            if record.key_rotation_required_at.is_some() {
+                ask_to_rotate(state, session.clone());
+            }
         }
-        Ok(Some(_)) => {}
         Err(e) => {
             tracing::warn!(device_id = %session.device_id(), error = %e, "cannot re-read device status")
         }
     }
+}
+
+/// Brings the cloud keys the device trusts in line with the cloud's: asks
+/// it to trust the key the cloud is rotating to, and once it does, signs this
+/// session with that key; asks it to stop trusting retired keys. `trusted` is
+/// what the device said it trusts when it authenticated (a bridge too old to
+/// say is asked anyway, and answers that it serves no such method). In a task
+/// of its own, since the answers come through this connection's reader.
+fn align_cloud_keys(state: &Devices, session: Arc<DeviceSession>, trusted: Option<Vec<String>>) {
+    if session.status() != DeviceStatus::Accepted {
+        return;
+    }
+    let trusts = |fingerprint: &String| {
+        trusted
+            .as_ref()
+            .is_some_and(|list| list.contains(fingerprint))
+    };
+    let to_trust = state
+        .next_signer()
+        .filter(|next| !trusts(&keys::fingerprint(&next.public_key())))
+        .cloned();
+    let to_distrust: Vec<String> = state
+        .config()
+        .retired_key_fingerprints
+        .iter()
+        .filter(|fingerprint| trusted.is_none() || trusts(fingerprint))
+        .cloned()
+        .collect();
+    if to_trust.is_none() && to_distrust.is_empty() {
+        return;
+    }
+    let (state, timeout) = (state.clone(), state.config().rpc_timeout);
+    tokio::spawn(async move {
+        let device_id = session.device_id();
+        if let Some(next) = to_trust {
+            let fingerprint = keys::fingerprint(&next.public_key());
+            let request = TrustCloudKey {
+                key: next.public_key(),
+            };
+            let Message::Request { method, params, .. } = request.request(0) else {
+                unreachable!("a trust request is a request")
+            };
+            let trusted = session
+                .call(&method, params, timeout)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(TrustedCloudKeys::read);
+            match trusted {
+                Ok(trusted) if trusted.cloud_keys.contains(&fingerprint) => {
+                    session.peer.set_signer(next);
+                    tracing::info!(%device_id, %fingerprint, "device trusts the cloud's next key; signing with it");
+                    if let Err(e) = state
+                        .registry()
+                        .record_cloud_key(device_id, &fingerprint)
+                        .await
+                    {
+                        tracing::warn!(%device_id, error = %e, "cannot record the cloud key the device trusts");
+                    }
+                }
+                Ok(trusted) => {
+                    tracing::warn!(%device_id, ?trusted, "device did not take the cloud's next key")
+                }
+                Err(error) => {
+                    tracing::warn!(%device_id, %error, "device did not take the cloud's next key")
+                }
+            }
+        }
+        for fingerprint in to_distrust {
+            let request = DistrustCloudKey {
+                fingerprint: fingerprint.clone(),
+            };
+            let Message::Request { method, params, .. } = request.request(0) else {
+                unreachable!("a distrust request is a request")
+            };
+            match session.call(&method, params, timeout).await {
+                Ok(_) => {
+                    tracing::info!(%device_id, %fingerprint, "device no longer trusts a retired cloud key")
+                }
+                Err(error) => {
+                    tracing::warn!(%device_id, %fingerprint, %error, "device did not drop a retired cloud key")
+                }
+            }
+        }
+    });
+}
+
+/// Asks the device to rotate its key, as an operator required while it was
+/// away (see [`crate::ops`]'s `require_rotation`); in a task of its own, since
+/// the answer comes through this connection's reader. An accepted device only:
+/// nothing else is sent to a pending one.
+fn ask_to_rotate(state: &Devices, session: Arc<DeviceSession>) {
+    if session.status() != DeviceStatus::Accepted {
+        return;
+    }
+    let timeout = state.config().rpc_timeout;
+    tokio::spawn(async move {
+        let asked = session
+            .call(rotation::ROTATE_KEY_REQUIRED, Some(json!({})), timeout)
+            .await;
+        if let Err(error) = asked {
+            tracing::warn!(device_id = %session.device_id(), %error, "device did not take up the required key rotation");
+        }
+    });
 }
 
 async fn read_loop(state: &Devices, session: &DeviceSession, stream: &mut SplitStream<WebSocket>) {
@@ -156,15 +267,15 @@ async fn handle_text(state: &Devices, session: &DeviceSession, text: &str) {
     // A pending device's frames are never acted on, so they need no replay
     // check, and they take no room in the cloud-wide guard.
     let guard = (session.status() == DeviceStatus::Accepted).then(|| state.replay_guard());
-    let message = match session.peer.receive(text, now_ms(), guard) {
-        Ok(verified) => verified.message,
+    let verified = match session.peer.receive(text, now_ms(), guard) {
+        Ok(verified) => verified,
         Err(refused) => {
             return state
                 .refuse(&session.link, session.device_id(), refused)
                 .await
         }
     };
-    match message {
+    match verified.message {
         Message::Request { id, method, params } => {
             let result = if method == config.auth_rpc_method {
                 // Re-authenticating on a live connection just learns the status.
@@ -175,6 +286,9 @@ async fn handle_text(state: &Devices, session: &DeviceSession, text: &str) {
                     ErrorCode::NotAccepted,
                     "device is pending approval",
                 ))
+            } else if method == rotation::ROTATE_KEY {
+                let (key, nonce) = (&verified.key, &verified.meta.nonce);
+                served::rotate_key(state, session, key, nonce, params).await
             } else {
                 served::answer(state, session.device_id(), &method, params).await
             };

@@ -14,7 +14,7 @@ use protocol::auth::{AuthenticateParams, Challenge, StatusReport};
 use protocol::close_code;
 use protocol::keys;
 use protocol::peer::{Peer, Remote, Unverified};
-use protocol::{now_ms, ErrorCode, Message, RpcError, ANY_AUDIENCE};
+use protocol::{now_ms, ErrorCode, Message, RpcError, Signer, ANY_AUDIENCE};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -32,6 +32,8 @@ const UNAUTHENTICATED: &str = "(unauthenticated)";
 pub(crate) struct Authenticated {
     pub peer: Peer,
     pub status: DeviceStatus,
+    /// The cloud keys the device said it trusts (fingerprints), if it said.
+    pub cloud_keys: Option<Vec<String>>,
 }
 
 /// Why an attempt failed: the label counted, the error answered, the detail logged.
@@ -255,6 +257,11 @@ async fn decide(
         }
     };
 
+    // A device that trusts the key the cloud is rotating to hears it from
+    // this answer on.
+    if let Some(next) = state.next_signer().filter(|next| trusts(&params, next)) {
+        peer.set_signer(next.clone());
+    }
     let answer = StatusReport {
         status: status.into(),
     }
@@ -267,7 +274,29 @@ async fn decide(
         return None;
     }
     tracing::info!(%device_id, %status, "device authenticated");
-    Some(Authenticated { peer, status })
+    Some(Authenticated {
+        peer,
+        status,
+        cloud_keys: params.cloud_keys,
+    })
+}
+
+/// Whether the device said it trusts `signer`'s key.
+fn trusts(params: &AuthenticateParams, signer: &Signer) -> bool {
+    let fingerprint = keys::fingerprint(&signer.public_key());
+    params
+        .cloud_keys
+        .as_ref()
+        .is_some_and(|trusted| trusted.contains(&fingerprint))
+}
+
+/// The newest cloud key the device trusts, by fingerprint: the next key if
+/// it said so, or else the current one, which signed the challenge it answered.
+fn newest_trusted_cloud_key(state: &Devices, params: &AuthenticateParams) -> String {
+    match state.next_signer().filter(|next| trusts(params, next)) {
+        Some(next) => keys::fingerprint(&next.public_key()),
+        None => keys::fingerprint(&state.public_key()),
+    }
 }
 
 /// Looks the device up, registering an unknown one as pending (within the
@@ -303,6 +332,8 @@ async fn verdict(
             {
                 Registration::Registered(event) => {
                     state.publish_auth_event(&event);
+                    let newest = newest_trusted_cloud_key(state, params);
+                    registry.record_cloud_key(id, &newest).await?;
                     tracing::info!(device_id = %id, %fingerprint, "new device key; pending approval");
                     state.events().device(
                         "device.new_key",
@@ -336,9 +367,13 @@ async fn verdict(
         }
     }
     let event = registry
-        .record_authenticated(id, bridge_version, record.status, now)
+        .record_authenticated(&record, bridge_version, now)
         .await?;
     state.publish_auth_event(&event);
+    let newest = newest_trusted_cloud_key(state, params);
+    if record.cloud_key_fingerprint.as_deref() != Some(newest.as_str()) {
+        registry.record_cloud_key(id, &newest).await?;
+    }
     Ok(Verdict::Status(record.status))
 }
 

@@ -56,6 +56,9 @@ struct Shared {
     /// The cloud's end of every device connection: its signer and limits.
     side: Side,
     public_key: PublicKey,
+    /// The key the cloud is rotating to, if any: each session whose device
+    /// trusts it signs with it (see `connection::align_cloud_keys`).
+    next_signer: Option<Arc<Signer>>,
     registry: Registry,
     events: EventHub,
     admission: Admission,
@@ -78,6 +81,7 @@ impl Devices {
     pub fn new(
         config: Arc<CloudConfig>,
         signer: Signer,
+        next_signer: Option<Signer>,
         registry: Registry,
         events: EventHub,
         cluster: Option<Cluster>,
@@ -99,6 +103,7 @@ impl Devices {
                         .with_per_signer_capacity(config.replay_per_device),
                 ),
                 public_key: signer.public_key(),
+                next_signer: next_signer.map(Arc::new),
                 side: Side::cloud(Arc::new(signer))
                     .with_skew_ms(skew_ms)
                     .with_max_frame_bytes(config.max_frame_bytes),
@@ -132,6 +137,11 @@ impl Devices {
     /// The key devices verify the cloud's messages with.
     pub fn public_key(&self) -> PublicKey {
         self.inner.public_key
+    }
+
+    /// The key the cloud is rotating to, if any.
+    pub fn next_signer(&self) -> Option<&Arc<Signer>> {
+        self.inner.next_signer.as_ref()
     }
 
     /// Refused device frames so far, by [`protocol::Refusal::reason`], plus

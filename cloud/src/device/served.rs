@@ -1,10 +1,14 @@
 //! What the cloud serves to accepted devices: the requests it answers and the
 //! notifications it records. Inputs here are already verified.
 
+use protocol::keys::{self, PublicKey};
+use protocol::rotation::{RotateKeyParams, Rotated, RotationRefusal};
 use protocol::{ErrorCode, RpcError};
 use serde_json::{json, Value};
 
+use super::session::DeviceSession;
 use super::Devices;
+use crate::store::registry::AuthEventKind;
 use protocol::now_ms;
 
 /// Device → cloud liveness check.
@@ -35,6 +39,109 @@ pub(crate) async fn answer(
             ))
         }
     }
+}
+
+/// Replaces the key of the accepted device on `session` (see
+/// [`protocol::rotation`]): `signed_with` is the key that verified the
+/// request, `nonce` its `meta.nonce`. The registry switches only if that key
+/// is still the registered one; from then on this connection hears the new
+/// key (and the old one only until the first frame signed with the new), and
+/// a new connection presenting the old one is refused `key_mismatch`.
+pub(crate) async fn rotate_key(
+    state: &Devices,
+    session: &DeviceSession,
+    signed_with: &PublicKey,
+    nonce: &str,
+    params: Option<Value>,
+) -> Result<Value, RpcError> {
+    let device_id = session.device_id();
+    let current = session.peer.remote_keys()[0];
+    let checked = if *signed_with != current {
+        Err(RotationRefusal::Malformed(
+            "signed with a key this device has already replaced".into(),
+        ))
+    } else {
+        RotateKeyParams::read(params.as_ref()).and_then(|params| {
+            params
+                .verify(device_id, signed_with, nonce)
+                .map(|()| params)
+        })
+    };
+    let params = match checked {
+        Ok(params) => params,
+        Err(refusal) => return Err(refuse_rotation(state, device_id, &refusal).await),
+    };
+    let (old, new) = (
+        keys::fingerprint(signed_with),
+        keys::fingerprint(&params.key),
+    );
+    let rotated = state
+        .registry()
+        .rotate_key(
+            device_id,
+            &keys::public_key_to_pem(signed_with),
+            &params.public_key_pem,
+            &new,
+            &format!("{old} replaced by {new}"),
+            now_ms() as i64,
+        )
+        .await;
+    match rotated {
+        Ok(Some(event)) => {
+            session.peer.replace_remote_key(params.key);
+            tracing::info!(%device_id, %old, %new, "device rotated its key");
+            state.publish_auth_event(&event);
+            state.events().device(
+                "device.key_rotated",
+                device_id,
+                json!({ "old": old, "new": new }),
+            );
+            Ok(Rotated::new(&params.key).to_value())
+        }
+        Ok(None) => {
+            let mut error = RpcError::new(
+                ErrorCode::Refused,
+                "the registered key is no longer the one this request was signed with",
+            );
+            error.data = Some(json!({ "reason": "key_changed" }));
+            Err(error)
+        }
+        Err(e) => {
+            tracing::error!(%device_id, error = %e, "registry failed during a key rotation");
+            Err(RpcError::new(
+                ErrorCode::InternalError,
+                "registry unavailable; retry",
+            ))
+        }
+    }
+}
+
+/// Logs, counts and records a refused rotation; the error that answers it.
+async fn refuse_rotation(state: &Devices, device_id: &str, refusal: &RotationRefusal) -> RpcError {
+    let reason = refusal.reason();
+    tracing::warn!(%device_id, reason, %refusal, "key rotation refused");
+    state.refusal_counters().increment(reason);
+    let detail = format!("{reason}: {refusal}");
+    match state
+        .registry()
+        .add_refused_attempt(
+            device_id,
+            AuthEventKind::KeyRotationRefused,
+            &detail,
+            now_ms() as i64,
+        )
+        .await
+    {
+        Ok(event) => state.publish_auth_event(&event),
+        Err(e) => tracing::warn!(%device_id, error = %e, "cannot record a refused rotation"),
+    }
+    let code = match refusal {
+        RotationRefusal::Malformed(_) => ErrorCode::InvalidParams,
+        _ => ErrorCode::Refused,
+    };
+    let mut error = RpcError::new(code, format!("key rotation refused: {refusal}"));
+    error.data = Some(json!({ "reason": reason }));
+    error
 }
 
 /// Records a notification from an accepted device; unknown ones, and ones

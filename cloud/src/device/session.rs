@@ -61,7 +61,7 @@ impl DeviceSession {
     }
 
     pub(crate) fn device_id(&self) -> &str {
-        &self.peer.remote().id
+        self.peer.remote_id()
     }
 
     pub(crate) fn status(&self) -> DeviceStatus {

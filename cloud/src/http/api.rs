@@ -22,6 +22,7 @@ use crate::http::error::{AppError, ErrorBody};
 use crate::http::operators_api;
 use crate::http::state::AppState;
 use crate::ops::devices::{DeviceDetails, DeviceFilter, DeviceView, RpcRequest};
+use crate::ops::keys::RotationRequired;
 use crate::ops::Caller;
 use crate::store::registry::{AuthEvent, HealthSample};
 use crate::store::{AuditFilter, AuditPage, DeviceStatus};
@@ -30,10 +31,11 @@ pub(crate) fn routes(state: AppState) -> OpenApiRouter<AppState> {
     let authenticated = OpenApiRouter::new()
         .routes(routes!(auth::me))
         .routes(routes!(auth::logout))
-        .routes(routes!(list_devices))
+        .routes(routes!(list_devices, preauthorize_device))
         .routes(routes!(get_device, delete_device))
         .routes(routes!(accept_device))
         .routes(routes!(reject_device))
+        .routes(routes!(require_key_rotation))
         .routes(routes!(call_device))
         .routes(routes!(health_history))
         .routes(routes!(list_auth_events))
@@ -43,6 +45,11 @@ pub(crate) fn routes(state: AppState) -> OpenApiRouter<AppState> {
             operators_api::add_operator
         ))
         .routes(routes!(operators_api::remove_operator))
+        .routes(routes!(operators_api::set_role))
+        .routes(routes!(operators_api::reset_password))
+        .routes(routes!(operators_api::change_own_password))
+        .routes(routes!(operators_api::own_sessions))
+        .routes(routes!(operators_api::end_own_session))
         .routes(routes!(
             operators_api::list_tokens,
             operators_api::create_token
@@ -106,6 +113,42 @@ async fn list_devices(
     let Query(filter) = filter.map_err(|e| AppError::bad_request(e.body_text()))?;
     let devices = state.ops().devices(&filter).await?;
     Ok(Json(DeviceList { devices }))
+}
+
+/// A device an admin registers before it exists.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Preauthorization {
+    pub id: String,
+    /// The device's Ed25519 public key, SPKI PEM (its `device_public.pem`).
+    pub public_key: String,
+}
+
+/// Registers a device's id and key before it first connects (admins): its
+/// first connection with that key is accepted at once.
+#[utoipa::path(
+    post,
+    path = "/devices",
+    tag = "devices",
+    request_body = Preauthorization,
+    responses(
+        (status = 201, description = "The device, accepted, never connected", body = DeviceDecision),
+        (status = 400, description = "`bad_request`: bad id, or not an Ed25519 SPKI PEM key", body = ErrorBody),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ErrorBody),
+        (status = 409, description = "`device_exists`: the id is registered already", body = ErrorBody),
+    ),
+)]
+async fn preauthorize_device(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<Preauthorization>, JsonRejection>,
+) -> Result<(StatusCode, Json<DeviceDecision>), AppError> {
+    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let device = state
+        .ops()
+        .preauthorize(&caller, &body.id, &body.public_key)
+        .await?;
+    Ok((StatusCode::CREATED, Json(DeviceDecision { device })))
 }
 
 /// A device's health reports of the last hour, for a chart.
@@ -210,6 +253,7 @@ async fn get_device(
     tag = "devices",
     params(("id" = String, Path, description = "Device id")),
     responses(
+        (status = 403, description = "`forbidden`: needs the admin role", body = ErrorBody),
         (status = 200, description = "The device, now accepted", body = DeviceDecision),
         (status = 404, description = "`unknown_device`", body = ErrorBody),
     ),
@@ -233,6 +277,7 @@ async fn accept_device(
     tag = "devices",
     params(("id" = String, Path, description = "Device id")),
     responses(
+        (status = 403, description = "`forbidden`: needs the admin role", body = ErrorBody),
         (status = 200, description = "The device, now rejected", body = DeviceDecision),
         (status = 404, description = "`unknown_device`", body = ErrorBody),
     ),
@@ -249,6 +294,28 @@ async fn reject_device(
     Ok(Json(DeviceDecision { device }))
 }
 
+/// Requires a device to rotate its key (admins): asked at once if it is
+/// online, else when it next connects; the device view shows when it was
+/// required until the device has rotated.
+#[utoipa::path(
+    post,
+    path = "/devices/{id}/require-key-rotation",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "Required", body = RotationRequired),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ErrorBody),
+        (status = 404, description = "`unknown_device`", body = ErrorBody),
+    ),
+)]
+async fn require_key_rotation(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<RotationRequired>, AppError> {
+    Ok(Json(state.ops().require_rotation(&caller, &id).await?))
+}
+
 /// Forgets a device (the audit log keeps it); a connected device is cut off.
 #[utoipa::path(
     delete,
@@ -257,6 +324,7 @@ async fn reject_device(
     params(("id" = String, Path, description = "Device id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 403, description = "`forbidden`: needs the admin role", body = ErrorBody),
         (status = 404, description = "`unknown_device`", body = ErrorBody),
     ),
 )]
@@ -310,6 +378,7 @@ async fn list_auth_events(
     responses(
         (status = 200, description = "The device's result", body = RpcResult),
         (status = 400, description = "`bad_request`: unreadable body, bad method name, params or timeout", body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller's role may not call this method (`METHOD_ROLES`)", body = ErrorBody),
         (status = 404, description = "`unknown_device`", body = ErrorBody),
         (status = 409, description = "`not_accepted`: the device is pending or rejected", body = ErrorBody),
         (status = 502, description = "`device_error`: the device answered with a JSON-RPC error (in `rpc_error`); \

@@ -23,6 +23,7 @@ use crate::http::error::{AppError, ErrorBody};
 use crate::http::state::AppState;
 use crate::ops::{Caller, Credential, OpError};
 use crate::store::accounts::SESSION_IDLE;
+use crate::roles::Role;
 use crate::store::Operator;
 
 /// The session cookie's name.
@@ -106,11 +107,18 @@ pub struct LoginRequest {
 /// [`Operations::sign_in`]: crate::ops::Operations::sign_in
 pub async fn sign_in(
     state: &AppState,
+    headers: &HeaderMap,
     name: &str,
     password: &str,
     address: IpAddr,
 ) -> Result<(Operator, HeaderValue, String), OpError> {
-    let (operator, session) = state.ops().sign_in(name, password, address).await?;
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|value| value.to_str().ok());
+    let (operator, session) = state
+        .ops()
+        .sign_in(name, password, address, user_agent)
+        .await?;
     let cookie = session_cookie(state, &session.secret, SESSION_IDLE);
     Ok((operator, cookie, session.csrf_token))
 }
@@ -152,6 +160,8 @@ pub struct Me {
     pub operator: Option<Operator>,
     /// `session`, `api_token` or `admin_token`.
     pub via: &'static str,
+    /// What the caller may do (for a token: the lower of its and its operator's role).
+    pub role: Role,
     /// The session's CSRF token; null for bearer tokens.
     #[schema(required = true)]
     pub csrf_token: Option<String>,
@@ -176,11 +186,12 @@ pub struct Me {
 pub(crate) async fn login(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
     body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AppError> {
     let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
     let (operator, cookie, csrf_token) =
-        sign_in(&state, &body.name, &body.password, address).await?;
+        sign_in(&state, &headers, &body.name, &body.password, address).await?;
     Ok((
         [(header::SET_COOKIE, cookie)],
         Json(SignedIn {
@@ -222,9 +233,11 @@ pub(crate) async fn me(Extension(caller): Extension<Caller>) -> Json<Me> {
         Credential::Session { .. } => "session",
         Credential::ApiToken { .. } => "api_token",
         Credential::AdminToken => "admin_token",
+        Credential::Host => "host",
     };
     Json(Me {
         csrf_token: caller.csrf_token().map(str::to_owned),
+        role: caller.role,
         name: caller.name,
         operator: caller.operator,
         via,

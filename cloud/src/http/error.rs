@@ -55,13 +55,22 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
             StatusCode::UNAUTHORIZED
         }
         ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ErrorKind::Csrf | ErrorKind::CrossOrigin | ErrorKind::OperatorRequired => {
+        ErrorKind::Forbidden
+        | ErrorKind::Csrf
+        | ErrorKind::CrossOrigin
+        | ErrorKind::OperatorRequired => {
             StatusCode::FORBIDDEN
         }
-        ErrorKind::UnknownDevice | ErrorKind::UnknownOperator | ErrorKind::UnknownToken => {
+        ErrorKind::UnknownDevice
+        | ErrorKind::UnknownOperator
+        | ErrorKind::UnknownToken
+        | ErrorKind::UnknownSession => {
             StatusCode::NOT_FOUND
         }
-        ErrorKind::NotAccepted | ErrorKind::OperatorExists | ErrorKind::SelfRemoval => {
+        ErrorKind::NotAccepted
+        | ErrorKind::OperatorExists
+        | ErrorKind::SelfRemoval
+        | ErrorKind::DeviceExists => {
             StatusCode::CONFLICT
         }
         ErrorKind::Offline => StatusCode::SERVICE_UNAVAILABLE,

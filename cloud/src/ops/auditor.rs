@@ -1,8 +1,11 @@
 //! The audit log's writer for operations: each action is stored, then
-//! published live.
+//! published live; and the one check of a caller's permission, whose
+//! refusals are audited here too.
 
 use protocol::now_ms;
 
+use super::caller::{Caller, Permission};
+use super::error::{ErrorKind, OpError};
 use crate::events::EventHub;
 use crate::store::audit::RecordError;
 use crate::store::{Action, AuditEntry, AuditLog};
@@ -43,6 +46,37 @@ impl Auditor {
             latency_ms: None,
         })
         .await;
+    }
+
+    /// Refuses with `forbidden` unless `caller` has `permission`, and audits
+    /// the refusal (in aggregate: a row an hour per caller, action and
+    /// target; `what` adds to its detail, e.g. the method called).
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        permission: Permission,
+        action: &str,
+        target: &str,
+        what: &str,
+    ) -> Result<(), OpError> {
+        let Err(refused) = caller.require(permission) else {
+            return Ok(());
+        };
+        let detail = if what.is_empty() {
+            refused.message.clone()
+        } else {
+            format!("{what}: {}", refused.message)
+        };
+        self.record_refusal(&Action {
+            actor: &caller.name,
+            action,
+            target,
+            outcome: ErrorKind::Forbidden.as_str(),
+            detail: &detail,
+            latency_ms: None,
+        })
+        .await;
+        Err(refused)
     }
 
     fn publish(&self, action: &Action<'_>, stored: Result<AuditEntry, RecordError>) {

@@ -13,7 +13,7 @@ use crate::store::registry::{AuthEvent, DeviceEvent, HealthSample};
 use crate::store::{Action, AuditFilter, AuditPage, DeviceRecord, DeviceStatus};
 use protocol::now_ms;
 
-use super::{Caller, OpError, Operations};
+use super::{Caller, ErrorKind, OpError, Operations, Permission};
 
 /// Auth events shown with a device.
 const DEVICE_AUTH_EVENTS: i64 = 50;
@@ -21,6 +21,9 @@ const DEVICE_AUTH_EVENTS: i64 = 50;
 const DEVICE_CONTAINER_EVENTS: i64 = 50;
 /// Most auth events one read returns.
 const MAX_AUTH_EVENTS: i64 = 1000;
+/// Longest public key an admin may paste, in bytes; an Ed25519 SPKI PEM is
+/// about 113.
+const MAX_PUBLIC_KEY_PEM_BYTES: usize = 1024;
 
 /// A device as operators see it: the registry record plus live state.
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,6 +47,16 @@ pub struct DeviceView {
     pub last_health: Option<Value>,
     #[schema(required = true)]
     pub last_health_at: Option<i64>,
+    /// The admin who registered the key before the device first connected;
+    /// `last_seen` is 0 until it does.
+    #[schema(required = true)]
+    pub preauthorized_by: Option<String>,
+    /// When an admin required the device to rotate its key; null once it has.
+    #[schema(required = true)]
+    pub key_rotation_required_at: Option<i64>,
+    /// The newest cloud key the device said it trusts (null until it says).
+    #[schema(required = true)]
+    pub cloud_key_fingerprint: Option<String>,
 }
 
 impl DeviceView {
@@ -60,6 +73,9 @@ impl DeviceView {
             bridge_version: record.bridge_version,
             last_health: record.last_health,
             last_health_at: record.last_health_at,
+            preauthorized_by: record.preauthorized_by,
+            key_rotation_required_at: record.key_rotation_required_at,
+            cloud_key_fingerprint: record.cloud_key_fingerprint,
         }
     }
 }
@@ -187,6 +203,9 @@ impl Operations {
             DeviceStatus::Accepted => "device.accept",
             _ => "device.reject",
         };
+        self.auditor()
+            .authorize(caller, Permission::DecideKeys, action, id, "")
+            .await?;
         let detail = format!("by {}", caller.name);
         let record = self
             .store()
@@ -211,9 +230,80 @@ impl Operations {
         Ok(DeviceView::new(record, fleet.connection_of(id).await))
     }
 
+    /// Registers a device's id and public key (SPKI PEM) before the device
+    /// exists: its first connection with that key is accepted at once.
+    pub async fn preauthorize(
+        &self,
+        caller: &Caller,
+        id: &str,
+        public_key_pem: &str,
+    ) -> Result<DeviceView, OpError> {
+        let action = "device.preauthorize";
+        self.auditor()
+            .authorize(caller, Permission::DecideKeys, action, id, "")
+            .await?;
+        if !protocol::is_valid_device_id(id) {
+            return Err(OpError::bad_request(format!(
+                "a device id is 1 to {} characters of letters, digits, '.', '_' or '-'",
+                protocol::method::MAX_DEVICE_ID_LEN
+            )));
+        }
+        if public_key_pem.len() > MAX_PUBLIC_KEY_PEM_BYTES {
+            return Err(OpError::bad_request(format!(
+                "a public key is at most {MAX_PUBLIC_KEY_PEM_BYTES} bytes of PEM"
+            )));
+        }
+        let key = protocol::keys::public_key_from_pem(public_key_pem.trim()).map_err(|e| {
+            OpError::bad_request(format!("not an Ed25519 public key (SPKI PEM): {e}"))
+        })?;
+        let fingerprint = protocol::keys::fingerprint(&key);
+        let record = self
+            .store()
+            .registry
+            .preauthorize(
+                id,
+                &protocol::keys::public_key_to_pem(&key),
+                &fingerprint,
+                &caller.name,
+                now_ms() as i64,
+            )
+            .await?;
+        let outcome = if record.is_some() {
+            "ok"
+        } else {
+            "device_exists"
+        };
+        self.auditor()
+            .record(&Action {
+                actor: &caller.name,
+                action,
+                target: id,
+                outcome,
+                detail: &fingerprint,
+                latency_ms: None,
+            })
+            .await;
+        let Some(record) = record else {
+            return Err(OpError::new(
+                ErrorKind::DeviceExists,
+                format!("device {id:?} is registered already; accept, reject or delete it instead"),
+            ));
+        };
+        tracing::info!(device_id = %id, %fingerprint, operator = %caller.name, "device preauthorized");
+        self.device_layer().events().device(
+            "device.status",
+            id,
+            json!({ "status": DeviceStatus::Accepted, "preauthorized": true }),
+        );
+        Ok(DeviceView::new(record, None))
+    }
+
     /// Forgets a device (the audit log keeps it) and cuts its connection; it
     /// may register again as pending.
     pub async fn remove_device(&self, caller: &Caller, id: &str) -> Result<(), OpError> {
+        self.auditor()
+            .authorize(caller, Permission::DecideKeys, "device.delete", id, "")
+            .await?;
         let detail = format!("by {}", caller.name);
         let deleted = self
             .store()
@@ -244,6 +334,10 @@ impl Operations {
         request: RpcRequest,
     ) -> Result<Value, OpError> {
         let method = request.method.clone();
+        let needed = self.config().method_roles.needed_for(&method);
+        self.auditor()
+            .authorize(caller, Permission::Call(needed), "rpc", id, &method)
+            .await?;
         let started = Instant::now();
         let outcome = self.call_unaudited(id, request).await;
         self.auditor()

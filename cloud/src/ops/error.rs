@@ -18,6 +18,7 @@ use crate::store::{AccountError, RegistryError};
 pub enum ErrorKind {
     BadRequest,
     Unauthorized,
+    Forbidden,
     SessionExpired,
     WrongPassword,
     RateLimited,
@@ -34,14 +35,17 @@ pub enum ErrorKind {
     SelfRemoval,
     OperatorRequired,
     UnknownToken,
+    UnknownSession,
+    DeviceExists,
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ErrorKind; 19] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthorized,
+        ErrorKind::Forbidden,
         ErrorKind::SessionExpired,
         ErrorKind::WrongPassword,
         ErrorKind::RateLimited,
@@ -58,6 +62,8 @@ impl ErrorKind {
         ErrorKind::SelfRemoval,
         ErrorKind::OperatorRequired,
         ErrorKind::UnknownToken,
+        ErrorKind::UnknownSession,
+        ErrorKind::DeviceExists,
         ErrorKind::Internal,
     ];
 
@@ -66,6 +72,7 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
             ErrorKind::SessionExpired => "session_expired",
             ErrorKind::WrongPassword => "wrong_password",
             ErrorKind::RateLimited => "rate_limited",
@@ -82,6 +89,8 @@ impl ErrorKind {
             ErrorKind::SelfRemoval => "self_removal",
             ErrorKind::OperatorRequired => "operator_required",
             ErrorKind::UnknownToken => "unknown_token",
+            ErrorKind::UnknownSession => "unknown_session",
+            ErrorKind::DeviceExists => "device_exists",
             ErrorKind::Internal => "internal",
         }
     }
@@ -150,7 +159,10 @@ impl From<AccountError> for OpError {
             AccountError::OperatorExists(_) => ErrorKind::OperatorExists,
             AccountError::UnknownOperator(_) => ErrorKind::UnknownOperator,
             AccountError::UnknownToken(_) => ErrorKind::UnknownToken,
-            AccountError::BadName | AccountError::WeakPassword => ErrorKind::BadRequest,
+            AccountError::UnknownSession(_) => ErrorKind::UnknownSession,
+            AccountError::BadName | AccountError::WeakPassword | AccountError::BadRole(_) => {
+                ErrorKind::BadRequest
+            }
             AccountError::Database(_) | AccountError::Hash(_) => return OpError::internal(error),
         };
         OpError::new(kind, error.to_string())

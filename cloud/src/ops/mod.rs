@@ -10,6 +10,7 @@ mod auditor;
 pub mod caller;
 pub mod devices;
 mod error;
+pub mod keys;
 mod login_limiter;
 pub mod sign_in;
 pub mod team;
@@ -23,7 +24,7 @@ use login_limiter::LoginLimiter;
 use team::Team;
 
 pub use auditor::Auditor;
-pub use caller::{Caller, Credential, ADMIN_TOKEN_ACTOR};
+pub use caller::{Caller, Credential, Permission, ADMIN_TOKEN_ACTOR, HOST_ACTOR};
 pub use error::{ErrorKind, OpError};
 
 /// The operations, with what they act on; a cheap, cloneable handle.

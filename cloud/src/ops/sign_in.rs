@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use crate::roles::Role;
 use crate::store::accounts::{is_valid_name, same_secret, NewSession};
 use crate::store::{Action, Operator};
 use protocol::now_ms;
@@ -19,11 +20,13 @@ pub const UNKNOWN_OPERATOR: &str = "(unknown)";
 impl Operations {
     /// Checks a sign-in and starts a session. Refused with `wrong_password`,
     /// or `rate_limited` with the wait in [`OpError::retry_after`].
+    /// `user_agent` only labels the session for its operator.
     pub async fn sign_in(
         &self,
         name: &str,
         password: &str,
         address: IpAddr,
+        user_agent: Option<&str>,
     ) -> Result<(Operator, NewSession), OpError> {
         let accounts = &self.store().accounts;
         let name = name.trim();
@@ -91,8 +94,9 @@ impl Operations {
                 "unknown operator or wrong password",
             ));
         };
+        let client = session_client(address, user_agent);
         let session = accounts
-            .start_session(&operator, now_ms() as i64)
+            .start_session(&operator, &client, now_ms() as i64)
             .await
             .map_err(OpError::internal)?;
         self.auditor()
@@ -123,6 +127,7 @@ impl Operations {
                 name: ADMIN_TOKEN_ACTOR.into(),
                 operator: None,
                 credential: Credential::AdminToken,
+                role: Role::Admin,
             });
         }
         let (operator, api_token) = self
@@ -134,6 +139,7 @@ impl Operations {
             .ok_or_else(OpError::unauthorized)?;
         Ok(Caller {
             name: operator.name.clone(),
+            role: api_token.role.min(operator.role),
             operator: Some(operator),
             credential: Credential::ApiToken {
                 token_id: api_token.id,
@@ -170,10 +176,30 @@ impl Operations {
         }
         Ok(Caller {
             name: session.operator.name.clone(),
+            role: session.operator.role,
             operator: Some(session.operator),
             credential: Credential::Session {
                 csrf_token: session.csrf_token,
             },
         })
+    }
+}
+
+/// Longest browser name kept with a session, in characters.
+const MAX_USER_AGENT_CHARS: usize = 120;
+
+/// How a session is labelled for its operator: the address, and the browser
+/// (printable characters only, cut short).
+fn session_client(address: IpAddr, user_agent: Option<&str>) -> String {
+    let browser: String = user_agent
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_USER_AGENT_CHARS)
+        .collect();
+    if browser.trim().is_empty() {
+        address.to_string()
+    } else {
+        format!("{address} · {}", browser.trim())
     }
 }

@@ -14,6 +14,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::roles::{Role, UnknownRole};
 use crate::store::database::Pool;
 
 /// A session ends this long after its last use.
@@ -35,6 +36,10 @@ pub enum AccountError {
     BadName,
     #[error("passwords must have at least {MIN_PASSWORD_CHARS} characters")]
     WeakPassword,
+    #[error("no role {0:?}: roles are viewer, operator and admin")]
+    BadRole(String),
+    #[error("no session {0:?} of yours")]
+    UnknownSession(String),
     #[error("no API token {0}")]
     UnknownToken(i64),
     #[error("database error: {0}")]
@@ -43,12 +48,36 @@ pub enum AccountError {
     Hash(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Operator {
     pub id: i64,
     pub name: String,
+    pub role: Role,
     pub created_at: i64,
 }
+
+#[derive(sqlx::FromRow)]
+struct OperatorRow {
+    id: i64,
+    name: String,
+    role: String,
+    created_at: i64,
+}
+
+impl TryFrom<OperatorRow> for Operator {
+    type Error = AccountError;
+
+    fn try_from(row: OperatorRow) -> Result<Self, Self::Error> {
+        Ok(Operator {
+            role: parse_role(&row.role)?,
+            id: row.id,
+            name: row.name,
+            created_at: row.created_at,
+        })
+    }
+}
+
+const OPERATOR_COLUMNS: &str = "id, name, role, created_at";
 
 /// A live browser session.
 #[derive(Debug, Clone)]
@@ -66,15 +95,63 @@ pub struct NewSession {
 }
 
 /// An API token as it is listed; the secret is never stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: i64,
     pub operator: String,
     pub name: String,
+    /// The most it may do; it acts with the lower of this and its operator's role.
+    pub role: Role,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub revoked_at: Option<i64>,
 }
+
+#[derive(sqlx::FromRow)]
+struct ApiTokenRow {
+    id: i64,
+    operator: String,
+    name: String,
+    role: String,
+    created_at: i64,
+    last_used_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+impl TryFrom<ApiTokenRow> for ApiToken {
+    type Error = AccountError;
+
+    fn try_from(row: ApiTokenRow) -> Result<Self, Self::Error> {
+        Ok(ApiToken {
+            role: parse_role(&row.role)?,
+            id: row.id,
+            operator: row.operator,
+            name: row.name,
+            created_at: row.created_at,
+            last_used_at: row.last_used_at,
+            revoked_at: row.revoked_at,
+        })
+    }
+}
+
+const TOKEN_COLUMNS: &str =
+    "t.id, o.name AS operator, t.name, t.role, t.created_at, t.last_used_at, t.revoked_at";
+
+/// One of an operator's browser sessions, as they see it on their own page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct SessionInfo {
+    /// Names the session for revoking it: the start of its secret's digest,
+    /// which opens nothing.
+    pub id: String,
+    /// Address and browser it was started from.
+    pub client: String,
+    pub created_at: i64,
+    pub last_used_at: i64,
+    pub expires_at: i64,
+}
+
+/// How many characters of a session's digest name it.
+const SESSION_ID_CHARS: usize = 16;
 
 /// Password checks that run at once; more wait their turn. Each costs tens
 /// of milliseconds of CPU by design, so sign-ins from many addresses at once
@@ -100,28 +177,47 @@ impl Accounts {
         &self,
         name: &str,
         password: &str,
+        role: Role,
         now: i64,
     ) -> Result<Operator, AccountError> {
         check_name(name)?;
         let hash = hash_password(password).await?;
-        let inserted = sqlx::query_as(
-            "INSERT INTO operators (name, password_hash, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (name) DO NOTHING RETURNING id, name, created_at",
-        )
+        let inserted: Option<OperatorRow> = sqlx::query_as(&format!(
+            "INSERT INTO operators (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING RETURNING {OPERATOR_COLUMNS}"
+        ))
         .bind(name)
         .bind(hash)
+        .bind(role.as_str())
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        inserted.ok_or_else(|| AccountError::OperatorExists(name.to_owned()))
+        inserted
+            .ok_or_else(|| AccountError::OperatorExists(name.to_owned()))?
+            .try_into()
     }
 
     pub async fn operators(&self) -> Result<Vec<Operator>, AccountError> {
-        Ok(
-            sqlx::query_as("SELECT id, name, created_at FROM operators ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        let rows: Vec<OperatorRow> = sqlx::query_as(&format!(
+            "SELECT {OPERATOR_COLUMNS} FROM operators ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Operator::try_from).collect()
+    }
+
+    /// Changes an operator's role; their sessions and tokens act with the new
+    /// role from their next request.
+    pub async fn set_role(&self, name: &str, role: Role) -> Result<Operator, AccountError> {
+        let row: Option<OperatorRow> = sqlx::query_as(&format!(
+            "UPDATE operators SET role = $1 WHERE name = $2 RETURNING {OPERATOR_COLUMNS}"
+        ))
+        .bind(role.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or_else(|| AccountError::UnknownOperator(name.to_owned()))?
+            .try_into()
     }
 
     /// Removes an operator with their sessions and tokens.
@@ -157,44 +253,30 @@ impl Accounts {
         Ok(())
     }
 
-    /// The operator whose name and password these are. An unknown name costs
-    /// as much time as a wrong password, so timing does not reveal names.
     /// The operator of this name, if there is one.
     pub async fn operator(&self, name: &str) -> Result<Option<Operator>, AccountError> {
-        let row: Option<(i64, String, i64)> =
-            sqlx::query_as("SELECT id, name, created_at FROM operators WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.map(|(id, name, created_at)| Operator {
-            id,
-            name,
-            created_at,
-        }))
+        let row: Option<OperatorRow> = sqlx::query_as(&format!(
+            "SELECT {OPERATOR_COLUMNS} FROM operators WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Operator::try_from).transpose()
     }
 
+    /// The operator whose name and password these are. An unknown name costs
+    /// as much time as a wrong password, so timing does not reveal names.
     pub async fn check_password(
         &self,
         name: &str,
         password: &str,
     ) -> Result<Option<Operator>, AccountError> {
-        let row: Option<(i64, String, i64, String)> = sqlx::query_as(
-            "SELECT id, name, created_at, password_hash FROM operators WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        let (operator, hash) = match row {
-            Some((id, name, created_at, hash)) => (
-                Some(Operator {
-                    id,
-                    name,
-                    created_at,
-                }),
-                Some(hash),
-            ),
-            None => (None, None),
-        };
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT password_hash FROM operators WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        let hash = row.map(|(hash,)| hash);
         let password = password.to_owned();
         let _turn = self
             .password_checks
@@ -211,23 +293,30 @@ impl Accounts {
         })
         .await
         .map_err(|e| AccountError::Hash(e.to_string()))?;
-        Ok(operator.filter(|_| matches))
+        if !matches {
+            return Ok(None);
+        }
+        self.operator(name).await
     }
 
+    /// `client`: where the session was started from, as its operator will
+    /// see it (bounded by the caller).
     pub async fn start_session(
         &self,
         operator: &Operator,
+        client: &str,
         now: i64,
     ) -> Result<NewSession, AccountError> {
         let secret = random_secret();
         let csrf_token = random_secret();
         sqlx::query(
-            "INSERT INTO operator_sessions (token_hash, operator_id, csrf_token, created_at, last_used_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO operator_sessions (token_hash, operator_id, csrf_token, client, created_at, last_used_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(digest(&secret))
         .bind(operator.id)
         .bind(&csrf_token)
+        .bind(client)
         .bind(now)
         .bind(now)
         .bind(now + SESSION_IDLE.as_millis() as i64)
@@ -244,8 +333,8 @@ impl Accounts {
     /// The live session of a cookie secret; extends it while in use.
     pub async fn session(&self, secret: &str, now: i64) -> Result<Option<Session>, AccountError> {
         let hash = digest(secret);
-        let row: Option<(i64, String, i64, String, i64)> = sqlx::query_as(
-            "SELECT o.id, o.name, o.created_at, s.csrf_token, s.last_used_at \
+        let row: Option<SessionRow> = sqlx::query_as(
+            "SELECT o.id, o.name, o.role, o.created_at, s.csrf_token, s.last_used_at \
              FROM operator_sessions s JOIN operators o ON o.id = s.operator_id \
              WHERE s.token_hash = $1 AND s.expires_at >= $2",
         )
@@ -253,7 +342,15 @@ impl Accounts {
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((id, name, created_at, csrf_token, last_used_at)) = row else {
+        let Some(SessionRow {
+            id,
+            name,
+            role,
+            created_at,
+            csrf_token,
+            last_used_at,
+        }) = row
+        else {
             return Ok(None);
         };
         if now - last_used_at >= TOUCH_EVERY_MS {
@@ -267,13 +364,72 @@ impl Accounts {
             .await?;
         }
         Ok(Some(Session {
-            operator: Operator {
+            operator: Operator::try_from(OperatorRow {
                 id,
                 name,
+                role,
                 created_at,
-            },
+            })?,
             csrf_token,
         }))
+    }
+
+    /// The operator's live sessions, the latest used first.
+    pub async fn sessions_of(
+        &self,
+        operator: &Operator,
+        now: i64,
+    ) -> Result<Vec<SessionInfo>, AccountError> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT token_hash, client, created_at, last_used_at, expires_at FROM operator_sessions \
+             WHERE operator_id = $1 AND expires_at >= $2 ORDER BY last_used_at DESC",
+        )
+        .bind(operator.id)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(hash, client, created_at, last_used_at, expires_at)| SessionInfo {
+                    id: session_id(&hash),
+                    client,
+                    created_at,
+                    last_used_at,
+                    expires_at,
+                },
+            )
+            .collect())
+    }
+
+    /// Ends one of the operator's sessions, named as [`SessionInfo::id`].
+    pub async fn end_session_of(
+        &self,
+        operator: &Operator,
+        session_id: &str,
+    ) -> Result<(), AccountError> {
+        let unknown = || AccountError::UnknownSession(session_id.chars().take(32).collect());
+        let valid = session_id.len() == SESSION_ID_CHARS
+            && session_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(unknown());
+        }
+        // A prefix match: the id is the digest's start, and within one
+        // operator's handful of sessions 96 bits never collide.
+        let ended = sqlx::query(&format!(
+            "DELETE FROM operator_sessions WHERE operator_id = $1 AND substr(token_hash, 1, {SESSION_ID_CHARS}) = $2"
+        ))
+        .bind(operator.id)
+        .bind(session_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if ended == 0 {
+            return Err(unknown());
+        }
+        Ok(())
     }
 
     pub async fn end_session(&self, secret: &str) -> Result<(), AccountError> {
@@ -289,14 +445,16 @@ impl Accounts {
         &self,
         operator: &Operator,
         name: &str,
+        role: Role,
         now: i64,
     ) -> Result<(ApiToken, String), AccountError> {
         let secret = format!("{TOKEN_PREFIX}{}", random_secret());
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO api_tokens (operator_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            "INSERT INTO api_tokens (operator_id, name, role, token_hash, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )
         .bind(operator.id)
         .bind(name)
+        .bind(role.as_str())
         .bind(digest(&secret))
         .bind(now)
         .fetch_one(&self.pool)
@@ -305,6 +463,7 @@ impl Accounts {
             id,
             operator: operator.name.clone(),
             name: name.to_owned(),
+            role,
             created_at: now,
             last_used_at: None,
             revoked_at: None,
@@ -312,14 +471,27 @@ impl Accounts {
         Ok((token, secret))
     }
 
-    /// Every API token, newest first.
-    pub async fn tokens(&self) -> Result<Vec<ApiToken>, AccountError> {
-        Ok(sqlx::query_as(
-            "SELECT t.id, o.name AS operator, t.name, t.created_at, t.last_used_at, t.revoked_at \
-             FROM api_tokens t JOIN operators o ON o.id = t.operator_id ORDER BY t.id DESC",
-        )
+    /// The API tokens of `operator` (every operator's if None), newest first.
+    pub async fn tokens(&self, operator: Option<&Operator>) -> Result<Vec<ApiToken>, AccountError> {
+        let rows: Vec<ApiTokenRow> = sqlx::query_as(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN operators o ON o.id = t.operator_id \
+             WHERE $1 IS NULL OR t.operator_id = $1 ORDER BY t.id DESC"
+        ))
+        .bind(operator.map(|o| o.id))
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.into_iter().map(ApiToken::try_from).collect()
+    }
+
+    /// The token with this id, revoked or not.
+    pub async fn token(&self, id: i64) -> Result<ApiToken, AccountError> {
+        let row: Option<ApiTokenRow> = sqlx::query_as(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens t JOIN operators o ON o.id = t.operator_id WHERE t.id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.ok_or(AccountError::UnknownToken(id))?.try_into()
     }
 
     /// Revokes a token at once; revoking twice is harmless.
@@ -329,14 +501,7 @@ impl Accounts {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        let token = sqlx::query_as(
-            "SELECT t.id, o.name AS operator, t.name, t.created_at, t.last_used_at, t.revoked_at \
-             FROM api_tokens t JOIN operators o ON o.id = t.operator_id WHERE t.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        token.ok_or(AccountError::UnknownToken(id))
+        self.token(id).await
     }
 
     /// The operator and token a bearer secret stands for, unless revoked.
@@ -349,8 +514,8 @@ impl Accounts {
             return Ok(None);
         }
         let row: Option<TokenOwnerRow> = sqlx::query_as(
-            "SELECT o.id AS op_id, o.name AS op_name, o.created_at AS op_created, \
-                    t.id, t.name, t.created_at, t.last_used_at \
+            "SELECT o.id AS op_id, o.name AS op_name, o.role AS op_role, o.created_at AS op_created, \
+                    t.id, t.name, t.role, t.created_at, t.last_used_at \
              FROM api_tokens t JOIN operators o ON o.id = t.operator_id \
              WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
         )
@@ -360,9 +525,11 @@ impl Accounts {
         let Some(TokenOwnerRow {
             op_id,
             op_name,
+            op_role,
             op_created,
             id,
             name,
+            role,
             created_at,
             last_used_at,
         }) = row
@@ -376,15 +543,17 @@ impl Accounts {
                 .execute(&self.pool)
                 .await?;
         }
-        let operator = Operator {
+        let operator = Operator::try_from(OperatorRow {
             id: op_id,
             name: op_name,
+            role: op_role,
             created_at: op_created,
-        };
+        })?;
         let token = ApiToken {
             id,
             operator: operator.name.clone(),
             name,
+            role: parse_role(&role)?,
             created_at,
             last_used_at: Some(now),
             revoked_at: None,
@@ -445,14 +614,35 @@ impl Accounts {
 }
 
 #[derive(sqlx::FromRow)]
+struct SessionRow {
+    id: i64,
+    name: String,
+    role: String,
+    created_at: i64,
+    csrf_token: String,
+    last_used_at: i64,
+}
+
+fn session_id(token_hash: &str) -> String {
+    token_hash.chars().take(SESSION_ID_CHARS).collect()
+}
+
+#[derive(sqlx::FromRow)]
 struct TokenOwnerRow {
     op_id: i64,
     op_name: String,
+    op_role: String,
     op_created: i64,
     id: i64,
     name: String,
+    role: String,
     created_at: i64,
     last_used_at: Option<i64>,
+}
+
+fn parse_role(text: &str) -> Result<Role, AccountError> {
+    text.parse()
+        .map_err(|e: UnknownRole| AccountError::BadRole(e.0))
 }
 
 fn check_name(name: &str) -> Result<(), AccountError> {

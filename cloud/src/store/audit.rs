@@ -15,9 +15,16 @@ use crate::store::registry::{aggregation_bucket, AuthEvent};
 
 /// Device auth events the audit log shows. Accept, reject and delete are
 /// operator actions and appear once, as such.
-const DEVICE_EVENTS: [&str; 4] = ["new_key", "authenticated", "key_mismatch", "auth_failed"];
+const DEVICE_EVENTS: [&str; 6] = [
+    "new_key",
+    "authenticated",
+    "key_mismatch",
+    "auth_failed",
+    "key_rotated",
+    "key_rotation_refused",
+];
 /// Those whose outcome reads `refused`.
-const REFUSED_DEVICE_EVENTS: [&str; 2] = ["key_mismatch", "auth_failed"];
+const REFUSED_DEVICE_EVENTS: [&str; 3] = ["key_mismatch", "auth_failed", "key_rotation_refused"];
 /// Most entries one page may hold.
 pub const MAX_PAGE: i64 = 500;
 /// Most actions one group commit writes (7 bound values each, well within

@@ -8,7 +8,8 @@ pub mod database;
 pub mod housekeeping;
 pub mod registry;
 
-pub use accounts::{AccountError, Accounts, ApiToken, Operator};
+pub use crate::roles::Role;
+pub use accounts::{AccountError, Accounts, ApiToken, Operator, SessionInfo};
 pub use audit::{Action, AuditEntry, AuditFilter, AuditLog, AuditPage};
 pub use registry::{DeviceRecord, DeviceStatus, Registry, RegistryError};
 

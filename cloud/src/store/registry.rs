@@ -106,6 +106,12 @@ pub enum AuthEventKind {
     KeyMismatch,
     /// A known id failed to authenticate (the detail says why).
     AuthFailed,
+    /// The device replaced its key (the detail holds both fingerprints).
+    KeyRotated,
+    /// The device tried to replace its key and was refused (the detail says why).
+    KeyRotationRefused,
+    /// An admin registered the id with its key before it ever connected.
+    Preauthorized,
 }
 
 impl AuthEventKind {
@@ -118,6 +124,9 @@ impl AuthEventKind {
             AuthEventKind::Deleted => "deleted",
             AuthEventKind::KeyMismatch => "key_mismatch",
             AuthEventKind::AuthFailed => "auth_failed",
+            AuthEventKind::KeyRotated => "key_rotated",
+            AuthEventKind::KeyRotationRefused => "key_rotation_refused",
+            AuthEventKind::Preauthorized => "preauthorized",
         }
     }
 }
@@ -126,15 +135,31 @@ impl AuthEventKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeviceRecord {
     pub id: String,
-    /// SPKI PEM of the key the device first presented.
+    /// SPKI PEM of the device's key: the one it first presented, or the
+    /// one it rotated to since.
     pub public_key: String,
     pub fingerprint: String,
     pub status: DeviceStatus,
     pub first_seen: i64,
+    /// 0 until the device first authenticates (a preauthorized device).
     pub last_seen: i64,
     pub bridge_version: Option<String>,
     pub last_health: Option<Value>,
     pub last_health_at: Option<i64>,
+    /// The admin who registered the key before the device first connected.
+    pub preauthorized_by: Option<String>,
+    /// When an operator required the device to rotate its key; `None` once
+    /// it has (or when never required).
+    pub key_rotation_required_at: Option<i64>,
+    /// The newest cloud key the device trusts, as it last said.
+    pub cloud_key_fingerprint: Option<String>,
+}
+
+impl DeviceRecord {
+    /// Whether the device has never authenticated.
+    pub fn never_connected(&self) -> bool {
+        self.last_seen == 0
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -148,6 +173,9 @@ struct DeviceRow {
     bridge_version: Option<String>,
     last_health: Option<String>,
     last_health_at: Option<i64>,
+    key_rotation_required_at: Option<i64>,
+    cloud_key_fingerprint: Option<String>,
+    preauthorized_by: Option<String>,
 }
 
 impl TryFrom<DeviceRow> for DeviceRecord {
@@ -169,6 +197,9 @@ impl TryFrom<DeviceRow> for DeviceRecord {
             bridge_version: row.bridge_version,
             last_health,
             last_health_at: row.last_health_at,
+            key_rotation_required_at: row.key_rotation_required_at,
+            cloud_key_fingerprint: row.cloud_key_fingerprint,
+            preauthorized_by: row.preauthorized_by,
         })
     }
 }
@@ -233,7 +264,8 @@ pub struct Registry {
 const REGISTRATIONS_AT_ONCE: usize = 2;
 
 const DEVICE_COLUMNS: &str = "id, public_key, fingerprint, status, first_seen, last_seen, \
-                              bridge_version, last_health, last_health_at";
+                              bridge_version, last_health, last_health_at, \
+                              key_rotation_required_at, cloud_key_fingerprint, preauthorized_by";
 
 impl Registry {
     /// Opens and migrates the database at `url`: `sqlite://data/cloud.db`
@@ -387,17 +419,61 @@ impl Registry {
         Ok(Registration::Registered(event))
     }
 
-    /// A known device proved possession of its key: bumps last_seen, stores the
-    /// bridge version and logs (and returns) `authenticated`, in aggregate
-    /// for a device that is not accepted (it may reconnect all day).
-    pub async fn record_authenticated(
+    /// Registers a device an admin vouches for, before it ever connects:
+    /// accepted with this key, with a `preauthorized` event. Returns None
+    /// (and changes nothing) if the id is registered already.
+    pub async fn preauthorize(
         &self,
         id: &str,
+        public_key_pem: &str,
+        fingerprint: &str,
+        by: &str,
+        now: i64,
+    ) -> Result<Option<DeviceRecord>, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<DeviceRow> = sqlx::query_as(&format!(
+            "INSERT INTO devices (id, public_key, fingerprint, status, first_seen, last_seen, preauthorized_by) \
+             VALUES ($1, $2, $3, 'accepted', $4, 0, $5) \
+             ON CONFLICT (id) DO NOTHING RETURNING {DEVICE_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(public_key_pem)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(by)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let detail = format!("{fingerprint} by {by}");
+        insert_auth_event(&mut tx, id, AuthEventKind::Preauthorized, &detail, now).await?;
+        tx.commit().await?;
+        Ok(Some(row.try_into()?))
+    }
+
+    /// A known device proved possession of its key: bumps last_seen, stores the
+    /// bridge version and logs (and returns) `authenticated`, in aggregate
+    /// for a device that is not accepted (it may reconnect all day). The
+    /// first connection of a preauthorized device says so in its detail.
+    pub async fn record_authenticated(
+        &self,
+        record: &DeviceRecord,
         bridge_version: Option<&str>,
-        status: DeviceStatus,
         now: i64,
     ) -> Result<AuthEvent, RegistryError> {
-        let detail = status.as_str();
+        let (id, status) = (record.id.as_str(), record.status);
+        let detail = match &record.preauthorized_by {
+            Some(admin) if record.never_connected() => {
+                format!(
+                    "{}; first connection, preauthorized by {admin}",
+                    status.as_str()
+                )
+            }
+            _ => status.as_str().to_owned(),
+        };
+        let detail = detail.as_str();
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE devices SET last_seen = $1, bridge_version = COALESCE($2, bridge_version) WHERE id = $3",
@@ -457,6 +533,72 @@ impl Registry {
         .await?;
         tx.commit().await?;
         Ok(Some(row.try_into()?))
+    }
+
+    /// The device replaced its key `old_public_key` with `new_public_key`
+    /// (SPKI PEM, canonical): switches the key, forgets any rotation an
+    /// operator required, and logs `key_rotated` with `detail`, in one
+    /// transaction. Only while the registered key is still `old_public_key`:
+    /// `None` when it is not (another rotation came first, or the device was
+    /// deleted), and then nothing changes.
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        old_public_key: &str,
+        new_public_key: &str,
+        new_fingerprint: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<Option<AuthEvent>, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let switched = sqlx::query(
+            "UPDATE devices SET public_key = $1, fingerprint = $2, key_rotation_required_at = NULL, \
+             last_seen = CASE WHEN last_seen < $3 THEN $3 ELSE last_seen END \
+             WHERE id = $4 AND public_key = $5",
+        )
+        .bind(new_public_key)
+        .bind(new_fingerprint)
+        .bind(now)
+        .bind(id)
+        .bind(old_public_key)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !switched {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let event = insert_auth_event(&mut tx, id, AuthEventKind::KeyRotated, detail, now).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    /// Records that an operator requires the device to rotate its key (kept
+    /// until it has). Returns the device, or `None` if unknown.
+    pub async fn require_key_rotation(
+        &self,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<DeviceRecord>, RegistryError> {
+        let row: Option<DeviceRow> = sqlx::query_as(&format!(
+            "UPDATE devices SET key_rotation_required_at = $1 WHERE id = $2 RETURNING {DEVICE_COLUMNS}"
+        ))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(DeviceRecord::try_from).transpose()
+    }
+
+    /// Records the newest cloud key the device trusts, by its fingerprint.
+    pub async fn record_cloud_key(&self, id: &str, fingerprint: &str) -> Result<(), RegistryError> {
+        sqlx::query("UPDATE devices SET cloud_key_fingerprint = $1 WHERE id = $2")
+            .bind(fingerprint)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Forgets a device and its container events; the audit log keeps a

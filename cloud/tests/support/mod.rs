@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cloud::client::ApiClient;
+use cloud::roles::Role;
 use cloud::{AppState, CloudConfig, Registry};
 use protocol::keys::{self, PrivateKey, PublicKey};
 use serde_json::json;
@@ -214,14 +215,20 @@ impl TestCloud {
             .sum()
     }
 
-    /// Adds an operator account straight to the store (as `cloud operators
+    /// Adds an admin account straight to the store (as `cloud operators
     /// add` would, without its audit entry).
     pub async fn add_operator(&self, name: &str, password: &str) {
+        self.add_operator_with_role(name, password, Role::Admin)
+            .await;
+    }
+
+    /// Adds an operator account with `role` straight to the store.
+    pub async fn add_operator_with_role(&self, name: &str, password: &str, role: Role) {
         self.state
             .ops()
             .store()
             .accounts
-            .add_operator(name, password, protocol::now_ms() as i64)
+            .add_operator(name, password, role, protocol::now_ms() as i64)
             .await
             .unwrap();
     }

@@ -33,7 +33,19 @@ struct DevicePage {
     first_seen: String,
     first_seen_ms: i64,
     auth_events: Vec<AuthEventRow>,
+    /// The device methods this page calls that the caller's role allows,
+    /// space-separated: the script offers only these.
+    may_call: String,
 }
+
+/// Every device method the page and the logs page call (`app.js`).
+const PAGE_METHODS: [&str; 5] = [
+    "containers.list",
+    "containers.logs",
+    "containers.start",
+    "containers.stop",
+    "containers.restart",
+];
 
 /// `GET /devices/{id}`.
 pub(super) async fn show(
@@ -59,7 +71,13 @@ pub(super) async fn show(
     let first_seen_ms = details.device.first_seen;
     let device = DeviceRow::new(details.device);
     let auth_events = details.auth_events.into_iter().take(AUTH_EVENTS_SHOWN);
+    let may_call = PAGE_METHODS
+        .into_iter()
+        .filter(|method| signed_in.may_call(&state, method))
+        .collect::<Vec<_>>()
+        .join(" ");
     render(&DevicePage {
+        may_call,
         chrome: signed_in.chrome("devices"),
         device,
         first_seen: utc_time(first_seen_ms),

@@ -12,12 +12,12 @@ use serde::Deserialize;
 
 use super::format::{utc_time, HealthView};
 use super::page::{
-    csrf_refused, local_path, render, render_with_status, Chrome, MessagePage, SignedIn,
+    csrf_refused, local_path, render, render_with_status, sentence, Chrome, MessagePage, SignedIn,
 };
 use crate::http::error::{status_of, AppError};
 use crate::http::state::AppState;
 use crate::ops::devices::{DeviceFilter, DeviceView};
-use crate::ops::{ErrorKind, OpError};
+use crate::ops::{ErrorKind, OpError, Permission};
 use crate::store::registry::DeviceStatus;
 
 /// One row of the table.
@@ -30,6 +30,10 @@ pub(super) struct DeviceRow {
     pub last_seen: String,
     pub bridge_version: String,
     pub health: Option<HealthView>,
+    /// The admin who registered its key before it first connected.
+    pub preauthorized_by: Option<String>,
+    /// A preauthorized device that has not connected yet (`last_seen` is 0).
+    pub never_connected: bool,
 }
 
 impl DeviceRow {
@@ -39,6 +43,8 @@ impl DeviceRow {
             status: device.status.as_str(),
             last_seen: utc_time(device.last_seen),
             last_seen_ms: device.last_seen,
+            never_connected: device.last_seen == 0,
+            preauthorized_by: device.preauthorized_by,
             bridge_version: device.bridge_version.unwrap_or_default(),
             fingerprint: device.fingerprint,
             online: device.online,
@@ -57,6 +63,8 @@ pub(super) struct DeviceList {
     csrf_token: String,
     /// Where the row forms come back to: this page with its filter.
     back: String,
+    /// Admins: the accept, reject and delete buttons.
+    may_decide_keys: bool,
 }
 
 #[derive(Template)]
@@ -66,6 +74,21 @@ struct DevicesPage {
     list: DeviceList,
     q: String,
     state: String,
+    preauthorize: PreauthorizeForm,
+}
+
+/// The preauthorize form as it is shown: empty, or as submitted with what
+/// was wrong with it.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct PreauthorizeForm {
+    #[serde(default)]
+    csrf_token: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    public_key: String,
+    #[serde(skip)]
+    error: Option<String>,
 }
 
 /// `GET /` and `GET /devices?state=&q=`.
@@ -80,6 +103,7 @@ pub(super) async fn show(
             list,
             q: filter.q.unwrap_or_default(),
             state: filter.state.unwrap_or_default(),
+            preauthorize: PreauthorizeForm::default(),
         }),
         // A hand-typed filter the API refuses gets a page, not JSON.
         Err(e) if e.kind == ErrorKind::BadRequest => render_with_status(
@@ -125,7 +149,59 @@ async fn device_list(
         rows,
         csrf_token: signed_in.chrome("").csrf_token,
         back: format!("/devices?{query}"),
+        may_decide_keys: signed_in.caller.may(Permission::DecideKeys),
     })
+}
+
+/// `POST /devices`: registers a device's id and key before it first
+/// connects (admins). On success the device's page; otherwise the list
+/// again with the form as it was sent and what was wrong, in a sentence.
+pub(super) async fn preauthorize(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    Form(mut form): Form<PreauthorizeForm>,
+) -> Response {
+    if !signed_in.csrf_ok(&form.csrf_token) {
+        return csrf_refused(&signed_in, "/devices");
+    }
+    let id = form.id.trim().to_owned();
+    let done = state
+        .ops()
+        .preauthorize(&signed_in.caller, &id, &form.public_key)
+        .await;
+    let error = match done {
+        Ok(device) => return Redirect::to(&format!("/devices/{}", device.id)).into_response(),
+        Err(e) if matches!(e.kind, ErrorKind::BadRequest | ErrorKind::DeviceExists) => e,
+        // Not an admin: the page they came from had no such form to show it on.
+        Err(e) if e.kind == ErrorKind::Forbidden => {
+            return render_with_status(
+                StatusCode::FORBIDDEN,
+                &MessagePage {
+                    chrome: signed_in.chrome("devices"),
+                    title: format!("Could not preauthorize {id}"),
+                    message: sentence(&e.message),
+                    back: "/devices".into(),
+                },
+            )
+        }
+        Err(e) => return AppError(e).into_response(),
+    };
+    let filter = DeviceFilter::default();
+    let list = match device_list(&state, &signed_in, &filter).await {
+        Ok(list) => list,
+        Err(e) => return AppError(e).into_response(),
+    };
+    form.error = Some(sentence(&error.message));
+    render_with_status(
+        status_of(error.kind),
+        &DevicesPage {
+            chrome: signed_in.chrome("devices"),
+            list,
+            q: String::new(),
+            state: String::new(),
+            preauthorize: form,
+        },
+    )
 }
 
 /// The hidden fields of a row's forms.

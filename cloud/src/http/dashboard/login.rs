@@ -36,12 +36,29 @@ struct LoginPage {
     next: String,
     name: String,
     error: Option<String>,
+    /// Why the browser is here, when it was signed out on purpose.
+    notice: Option<&'static str>,
     assets: &'static str,
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct NextQuery {
     next: Option<String>,
+    /// What ended the session (see [`notice_of`]).
+    done: Option<String>,
+}
+
+/// A fixed sentence per `done` value: the query names a message, never
+/// carries its text, so a link cannot put words on this page.
+fn notice_of(done: Option<&str>) -> Option<&'static str> {
+    match done? {
+        "password" => Some(
+            "Your password has changed and every session of yours has ended. \
+             Sign in with the new password.",
+        ),
+        "session" => Some("You ended this session from your account page."),
+        _ => None,
+    }
 }
 
 /// `GET /login`: the form; a signed-in operator goes straight on.
@@ -54,7 +71,8 @@ pub(super) async fn form(
     if caller_from_headers(&state, &headers, false).await.is_ok() {
         return Redirect::to(&next).into_response();
     }
-    login_page(&state, StatusCode::OK, next, String::new(), None)
+    let notice = notice_of(query.done.as_deref());
+    login_page(&state, StatusCode::OK, next, String::new(), None, notice)
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,9 +103,10 @@ pub(super) async fn submit(
             next,
             form.name,
             Some(error),
+            None,
         );
     }
-    match sign_in(&state, &form.name, &form.password, address).await {
+    match sign_in(&state, &headers, &form.name, &form.password, address).await {
         Ok((_, session_cookie, _)) => {
             let mut response = Redirect::to(&next).into_response();
             let headers = response.headers_mut();
@@ -101,6 +120,7 @@ pub(super) async fn submit(
             next,
             form.name,
             Some("Unknown operator or wrong password.".into()),
+            None,
         ),
         Err(e) if e.kind == ErrorKind::RateLimited => {
             let wait = e.retry_after.unwrap_or_default();
@@ -114,6 +134,7 @@ pub(super) async fn submit(
                 next,
                 form.name,
                 Some(error),
+                None,
             );
             response
                 .headers_mut()
@@ -154,6 +175,7 @@ fn login_page(
     next: String,
     name: String,
     error: Option<String>,
+    notice: Option<&'static str>,
 ) -> Response {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -164,6 +186,7 @@ fn login_page(
         next,
         name,
         error,
+        notice,
         assets: assets::version(),
     };
     let mut response = render_with_status(status, &page);

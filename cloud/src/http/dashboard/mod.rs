@@ -7,6 +7,7 @@
 //! Every response carries a strict Content-Security-Policy: no inline script
 //! or style, nothing from another origin.
 
+mod account_page;
 mod assets;
 mod audit_page;
 mod device_page;
@@ -14,6 +15,7 @@ mod devices_page;
 mod format;
 mod login;
 mod logs_page;
+mod operators_page;
 mod page;
 mod tokens_page;
 
@@ -30,7 +32,10 @@ use crate::http::state::AppState;
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(devices_page::show))
-        .route("/devices", get(devices_page::show))
+        .route(
+            "/devices",
+            get(devices_page::show).post(devices_page::preauthorize),
+        )
         .route("/fragments/devices", get(devices_page::fragment))
         .route("/devices/{id}", get(device_page::show))
         .route("/devices/{id}/accept", post(devices_page::accept))
@@ -43,6 +48,22 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/audit", get(audit_page::show))
         .route("/tokens", get(tokens_page::show).post(tokens_page::create))
         .route("/tokens/{id}/revoke", post(tokens_page::revoke))
+        .route(
+            "/operators",
+            get(operators_page::show).post(operators_page::add),
+        )
+        .route("/operators/{name}/role", post(operators_page::set_role))
+        .route(
+            "/operators/{name}/password",
+            post(operators_page::reset_password),
+        )
+        .route("/operators/{name}/remove", post(operators_page::remove))
+        .route("/account", get(account_page::show))
+        .route("/account/password", post(account_page::change_password))
+        .route(
+            "/account/sessions/{id}/end",
+            post(account_page::end_session),
+        )
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/assets/{file}", get(assets::serve))

@@ -10,7 +10,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::http::auth::caller_from_headers;
 use crate::http::state::AppState;
-use crate::ops::Caller;
+use crate::ops::{Caller, Permission};
+use crate::roles::Role;
 use crate::store::accounts::same_secret;
 
 /// A signed-in operator. HTML pages that need one redirect to `/login`
@@ -48,10 +49,22 @@ impl SignedIn {
     pub fn chrome(&self, nav: &'static str) -> Chrome {
         Chrome {
             operator: self.caller.name.clone(),
+            role: self.caller.role,
+            has_account: self.caller.operator.is_some(),
+            may_manage_team: self.caller.may(Permission::ManageTeam),
+            may_decide_keys: self.caller.may(Permission::DecideKeys),
             csrf_token: self.caller.csrf_token().unwrap_or_default().to_owned(),
             nav,
             assets: super::assets::version(),
         }
+    }
+
+    /// Whether this caller's role may call `method` on a device, by the
+    /// cloud's method-roles setting: pages offer only the calls that the
+    /// operations layer would let through.
+    pub fn may_call(&self, state: &AppState, method: &str) -> bool {
+        let needed = state.ops().config().method_roles.needed_for(method);
+        self.caller.may(Permission::Call(needed))
     }
 
     /// Whether a form's CSRF field is this session's token (constant time).
@@ -65,9 +78,19 @@ impl SignedIn {
 /// What `base.html` needs from every page.
 pub(super) struct Chrome {
     pub operator: String,
+    /// Shown beside the name, so that everyone knows what the page will let them do.
+    pub role: Role,
+    /// Whether the caller signed in as an operator (the admin token has no
+    /// account, so no password or sessions of its own).
+    pub has_account: bool,
+    /// Admins: the Operators page.
+    pub may_manage_team: bool,
+    /// Admins: accept, reject, delete and preauthorize devices.
+    pub may_decide_keys: bool,
     /// Forms carry it as a hidden field; the script sends it as `X-CSRF-Token`.
     pub csrf_token: String,
-    /// Which navigation entry is the current page: `devices`, `audit` or `tokens`.
+    /// Which navigation entry is the current page: `devices`, `audit`,
+    /// `tokens`, `operators` or `account`.
     pub nav: &'static str,
     /// Cache-busting version of the embedded assets.
     pub assets: &'static str,
@@ -98,6 +121,15 @@ pub(super) struct MessagePage {
     pub title: String,
     pub message: String,
     pub back: String,
+}
+
+/// An operation's message as a sentence on the page.
+pub(super) fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
+        None => String::new(),
+    }
 }
 
 /// Longest path a sign-in may go on to.

@@ -10,10 +10,11 @@ use axum::Form;
 use serde::Deserialize;
 
 use super::format::utc_time;
-use super::page::{csrf_refused, render, render_with_status, Chrome, SignedIn};
+use super::page::{csrf_refused, render, render_with_status, sentence, Chrome, SignedIn};
 use crate::http::error::{status_of, AppError};
 use crate::http::state::AppState;
-use crate::ops::ErrorKind;
+use crate::ops::{ErrorKind, OpError};
+use crate::roles::Role;
 use crate::store::ApiToken;
 
 struct TokenRow {
@@ -30,6 +31,9 @@ struct TokenRow {
 struct TokensPage {
     chrome: Chrome,
     rows: Vec<TokenRow>,
+    /// The roles a new token may have: the caller's and those below it
+    /// (a token never does more than its creator).
+    roles: Vec<Role>,
     /// The name and secret of a token created just now.
     created: Option<(String, String)>,
     error: Option<String>,
@@ -46,6 +50,9 @@ pub(super) struct CreateForm {
     csrf_token: String,
     #[serde(default)]
     name: String,
+    /// Empty: the caller's own role.
+    #[serde(default)]
+    role: String,
 }
 
 /// `POST /tokens`: answers with the list and the new secret (not a
@@ -58,17 +65,34 @@ pub(super) async fn create(
     if !signed_in.csrf_ok(&form.csrf_token) {
         return csrf_refused(&signed_in, "/tokens");
     }
-    match state
-        .ops()
-        .team()
-        .create_token(&signed_in.caller, &form.name)
-        .await
-    {
+    let role = match form.role.as_str() {
+        "" => Ok(None),
+        text => text
+            .parse::<Role>()
+            .map(Some)
+            .map_err(|e| OpError::bad_request(e.to_string())),
+    };
+    let created = match role {
+        Ok(role) => {
+            state
+                .ops()
+                .team()
+                .create_token(&signed_in.caller, &form.name, role)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match created {
         Ok((token, secret)) => {
             let created = Some((token.name, secret));
             page(&state, &signed_in, StatusCode::CREATED, created, None).await
         }
-        Err(e) if matches!(e.kind, ErrorKind::BadRequest | ErrorKind::OperatorRequired) => {
+        Err(e)
+            if matches!(
+                e.kind,
+                ErrorKind::BadRequest | ErrorKind::OperatorRequired | ErrorKind::Forbidden
+            ) =>
+        {
             let status = status_of(e.kind);
             page(&state, &signed_in, status, None, Some(sentence(&e.message))).await
         }
@@ -98,15 +122,6 @@ pub(super) async fn revoke(
     }
 }
 
-/// An operation's message as a sentence on the page.
-fn sentence(message: &str) -> String {
-    let mut chars = message.chars();
-    match chars.next() {
-        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
-        None => String::new(),
-    }
-}
-
 async fn page(
     state: &AppState,
     signed_in: &SignedIn,
@@ -114,7 +129,7 @@ async fn page(
     created: Option<(String, String)>,
     error: Option<String>,
 ) -> Response {
-    let tokens = match state.ops().team().tokens().await {
+    let tokens = match state.ops().team().tokens(&signed_in.caller).await {
         Ok(tokens) => tokens,
         Err(e) => return AppError::from(e).into_response(),
     };
@@ -130,6 +145,10 @@ async fn page(
                 revoked: token.revoked_at.map(utc_time).unwrap_or_default(),
                 token,
             })
+            .collect(),
+        roles: Role::ALL
+            .into_iter()
+            .filter(|role| *role <= signed_in.caller.role)
             .collect(),
         created,
         error,
