@@ -134,7 +134,7 @@ fn write_directory(dir: &Path, keys: &[PublicKey]) -> Result<(), KeyError> {
                 source,
             })?
             .path();
-        if !path.extension().is_some_and(|ext| ext == "pem") {
+        if path.extension().is_none_or(|ext| ext != "pem") {
             continue;
         }
         let held = keys::read_public_keys(&path)?;

@@ -34,7 +34,7 @@ pub use status::read_state_file;
 
 use cloud_trust::CloudTrust;
 use rotation::DeviceIdentity;
-use session::{run_session, LiveLink, SessionEnd};
+use session::{run_session, Keys, LiveLink, SessionEnd};
 
 /// Most nonces the replay guard holds; one cloud's message rate over the skew
 /// window stays far below this.
@@ -85,11 +85,13 @@ impl Bridge {
             live.clone(),
             uplinks.clone(),
         ));
-        let trust = CloudTrust::new(config.cloud_keys.clone(), config.cloud_keys_file.clone());
-        let identity = Arc::new(DeviceIdentity::new(
-            config.signer.clone(),
-            config.key_file.clone(),
-        ));
+        let keys = Keys {
+            identity: Arc::new(DeviceIdentity::new(
+                config.signer.clone(),
+                config.key_file.clone(),
+            )),
+            trust: CloudTrust::new(config.cloud_keys.clone(), config.cloud_keys_file.clone()),
+        };
 
         // Kept across reconnects: a frame heard on one connection is not
         // heard again on the next.
@@ -105,10 +107,7 @@ impl Bridge {
         );
         loop {
             status::announce(&nats, &config, LinkState::Connecting).await;
-            let end = run_session(
-                &config, &identity, &trust, &nats, &guard, &stats, &live, &shutdown,
-            )
-            .await;
+            let end = run_session(&config, &keys, &nats, &guard, &stats, &live, &shutdown).await;
             let wait = match end {
                 SessionEnd::Shutdown => break,
                 SessionEnd::Rejected(reason) => {
@@ -119,7 +118,7 @@ impl Bridge {
                 }
                 SessionEnd::KeyMismatch(reason) => {
                     status::announce(&nats, &config, LinkState::Disconnected).await;
-                    let other_key = identity.key_mismatch();
+                    let other_key = keys.identity.key_mismatch();
                     let wait = reconnect.after_close(false);
                     tracing::warn!(%device_id, %reason, other_key, wait_ms = wait.as_millis() as u64, "the cloud has another key registered for this device");
                     wait

@@ -98,9 +98,7 @@ pub struct Session<'a> {
     guard: &'a Mutex<ReplayGuard>,
     stats: &'a BridgeStats,
     live: &'a LiveLink,
-    identity: &'a Arc<DeviceIdentity>,
-    /// The cloud keys trusted, kept across connections.
-    trust: &'a CloudTrust,
+    keys: &'a Keys,
     /// Set while a key rotation is in flight on this connection.
     rotating: Arc<AtomicBool>,
     /// This end of the connection; shared with the tasks answering relayed
@@ -186,11 +184,17 @@ async fn finish_rotation(
     }
 }
 
+/// The keys, kept across connections: this device's own, and the cloud's
+/// it trusts.
+pub(crate) struct Keys {
+    pub identity: Arc<DeviceIdentity>,
+    pub trust: CloudTrust,
+}
+
 /// Connects, authenticates and serves until the connection ends.
-pub async fn run_session(
+pub(crate) async fn run_session(
     config: &BridgeConfig,
-    identity: &Arc<DeviceIdentity>,
-    trust: &CloudTrust,
+    keys: &Keys,
     nats: &async_nats::Client,
     guard: &Mutex<ReplayGuard>,
     stats: &BridgeStats,
@@ -259,10 +263,9 @@ pub async fn run_session(
         guard,
         stats,
         live,
-        identity,
-        trust,
+        keys,
         rotating: Arc::default(),
-        peer: Arc::new(config.peer(identity.signer(), trust.keys())),
+        peer: Arc::new(config.peer(keys.identity.signer(), keys.trust.keys())),
         stage: Stage::AwaitChallenge,
         writer,
         uplink,
@@ -377,7 +380,7 @@ impl Session<'_> {
                     Ok(result) => {
                         let report = StatusReport::read(Some(result));
                         if report.is_ok() {
-                            self.identity.authenticated();
+                            self.keys.identity.authenticated();
                         }
                         self.on_status(report).await
                     }
@@ -402,7 +405,7 @@ impl Session<'_> {
             (Stage::Live, Message::Request { id, method, .. })
                 if method == rotation::ROTATE_KEY_REQUIRED =>
             {
-                let answer = match self.identity.rotatable() {
+                let answer = match self.keys.identity.rotatable() {
                     true => Ok(json!({ "status": "rotating" })),
                     false => Err(RpcError::new(
                         ErrorCode::Unavailable,
@@ -471,7 +474,7 @@ impl Session<'_> {
                     *self.live.lock().expect("live link lock") = Some(self.uplink.clone());
                     tracing::info!(device_id, "accepted by the cloud; live");
                     announce(self.nats, self.config, LinkState::Live).await;
-                    if self.identity.has_next() {
+                    if self.keys.identity.has_next() {
                         tracing::info!("a key rotation was begun and not finished; resuming it");
                         self.rotate_key(None).await;
                     }
@@ -507,14 +510,14 @@ impl Session<'_> {
         let invalid = |message: String| RpcError::new(ErrorCode::InvalidParams, message);
         let (status, trusted) = if method == TRUST_CLOUD_KEY {
             let TrustCloudKey { key } = TrustCloudKey::read(params).map_err(invalid)?;
-            let trusted = self.trust.trust(key)?;
+            let trusted = self.keys.trust.trust(key)?;
             self.peer.trust_remote_key(key);
             ("trusted", trusted)
         } else {
             let DistrustCloudKey { fingerprint } =
                 DistrustCloudKey::read(params).map_err(invalid)?;
-            let before = self.trust.keys();
-            let trusted = self.trust.distrust(&fingerprint, signed_with)?;
+            let before = self.keys.trust.keys();
+            let trusted = self.keys.trust.distrust(&fingerprint, signed_with)?;
             for gone in before.iter().filter(|key| !trusted.contains(key)) {
                 self.peer.distrust_remote_key(gone);
             }
@@ -601,7 +604,7 @@ impl Session<'_> {
             let error = RpcError::new(ErrorCode::NotAccepted, "not live on the cloud yet");
             return refuse(reply, error);
         }
-        if !self.identity.rotatable() {
+        if !self.keys.identity.rotatable() {
             let error = RpcError::new(
                 ErrorCode::Unavailable,
                 "this bridge has no key file to rotate",
@@ -615,7 +618,7 @@ impl Session<'_> {
             );
             return refuse(reply, error);
         }
-        let next = match self.identity.next_key() {
+        let next = match self.keys.identity.next_key() {
             Ok(next) => next,
             Err(error) => {
                 self.rotating.store(false, Ordering::SeqCst);
@@ -649,7 +652,7 @@ impl Session<'_> {
         tokio::spawn(finish_rotation(
             Rotation {
                 peer: self.peer.clone(),
-                identity: self.identity.clone(),
+                identity: self.keys.identity.clone(),
                 rotating: self.rotating.clone(),
                 next,
                 timeout: self.config.cloud_call_timeout,

@@ -455,7 +455,7 @@
       const logs = mayCall.has('containers.logs')
         ? h('a', { href: `/devices/${encodeURIComponent(deviceId)}/containers/${encodeURIComponent(name)}/logs`, class: 'logs-link' }, 'Logs')
         : null;
-      const offered = (action, label) => button(action, label);
+      const offered = (action, label) => (mayCall.has(`containers.${action}`) ? button(action, label) : null);
       return h('tr', { 'data-container': name },
         h('td', {}, h('strong', {}, name)),
         h('td', {}, c.image || ''),

@@ -245,7 +245,14 @@ async fn a_token_made_in_the_dashboard_is_shown_once_and_works_until_revoked() {
         .unwrap();
     assert!(list.contains("ci-deploy") && !list.contains(&secret));
 
-    let id = cloud.state.ops().team().tokens(&cloud::ops::Caller::host()).await.unwrap()[0].id;
+    let id = cloud
+        .state
+        .ops()
+        .team()
+        .tokens(&cloud::ops::Caller::host())
+        .await
+        .unwrap()[0]
+        .id;
     let revoked = http
         .post(cloud.url(&format!("/tokens/{id}/revoke")))
         .header(COOKIE, &session)
@@ -277,4 +284,43 @@ async fn a_filter_the_list_does_not_know_gets_a_page_that_says_so() {
     let html = response.text().await.unwrap();
     assert!(html.contains("unknown state"), "{html}");
     assert!(html.contains("href=\"/devices\""), "{html}");
+}
+
+#[tokio::test]
+async fn an_admin_requires_a_key_rotation_from_the_device_page() {
+    let cloud = cloud_with_operator().await;
+    // Offline: it is asked when it next connects.
+    let key = protocol::keys::generate().verifying_key();
+    cloud
+        .api()
+        .preauthorize("dev-1", &protocol::keys::public_key_to_pem(&key))
+        .await
+        .unwrap();
+    let http = browser();
+    let (session, csrf) = signed_in(&cloud, &http).await;
+    let page = |session: String| {
+        let request = http
+            .get(cloud.url("/devices/dev-1"))
+            .header(COOKIE, session);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    assert!(page(session.clone())
+        .await
+        .contains("/devices/dev-1/require-key-rotation"));
+    let response = http
+        .post(cloud.url("/devices/dev-1/require-key-rotation"))
+        .header(COOKIE, &session)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(form(&[("csrf_token", &csrf)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert!(page(session).await.contains("id=\"key-rotation-required\""));
+    let audit = cloud
+        .api()
+        .audit("action=device.require_key_rotation")
+        .await
+        .unwrap();
+    assert_eq!(audit["entries"][0]["actor"], NAME);
 }

@@ -11,6 +11,7 @@ use e2e::stack::{RunningCloud, RunningDevice, SOON};
 use futures::StreamExt;
 use protocol::keys::{self, PublicKey};
 use serde_json::{json, Value};
+use testkit::fake_device::FakeDevice;
 use testkit::wait_until;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -159,4 +160,41 @@ async fn the_cloud_key_is_rotated_across_the_fleet_and_no_device_is_lost() {
     devices[0].running.stop_bridge().await;
     devices[0].running.start_bridge().await;
     answers(&cloud, "device-001").await;
+}
+
+#[tokio::test]
+async fn a_session_is_signed_with_the_newest_cloud_key_its_device_trusts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (next_path, next) = write_key(dir.path(), "cloud_next.pem");
+    let cloud =
+        RunningCloud::start_with(|config| config.next_private_key_path = Some(next_path)).await;
+    let current = cloud.public_key();
+
+    // A device that trusts the next key hears it from the answer on: it is
+    // made to hear nothing else once the challenge (signed with the current
+    // key, before the cloud knows who connected) is in.
+    let mut trusting = FakeDevice::connect(&cloud.endpoint(), "trusting", keys::generate(), None)
+        .await
+        .unwrap();
+    trusting.hear_cloud_keys(&[next]);
+    let answer = trusting.authenticate_trusting(&[next, current]).await;
+    assert_eq!(answer["status"], "pending", "{answer}");
+
+    // A device that does not say (an older bridge) hears the current key.
+    let mut older = FakeDevice::connect(&cloud.endpoint(), "older", keys::generate(), None)
+        .await
+        .unwrap();
+    assert_eq!(older.authenticate().await["status"], "pending");
+
+    let registry = cloud.state().devices().registry();
+    let newest = |id: &'static str| async move {
+        registry
+            .device(id)
+            .await
+            .unwrap()
+            .unwrap()
+            .cloud_key_fingerprint
+    };
+    assert_eq!(newest("trusting").await, Some(keys::fingerprint(&next)));
+    assert_eq!(newest("older").await, Some(keys::fingerprint(&current)));
 }

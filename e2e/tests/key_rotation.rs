@@ -156,6 +156,21 @@ async fn wait_until_settled(cloud: &RunningCloud, id: &str, key_file: &Path) -> 
     .await
 }
 
+/// Waits until the device has rotated away from `before` and settled on
+/// the new key; returns its fingerprint.
+async fn wait_until_rotated_from(
+    cloud: &RunningCloud,
+    id: &str,
+    key_file: &Path,
+    before: &str,
+) -> String {
+    wait_until("the device rotated its key", SOON, || async {
+        (registered(cloud, id).await != before).then_some(())
+    })
+    .await;
+    wait_until_settled(cloud, id, key_file).await
+}
+
 #[tokio::test]
 async fn a_device_rotates_its_key_while_calls_to_it_continue() {
     let dir = tempfile::tempdir().unwrap();
@@ -407,8 +422,7 @@ async fn an_admin_requires_a_rotation_of_an_online_and_of_an_offline_device() {
         .unwrap();
     assert!(required.asked_now);
     assert_eq!(required.fingerprint, before);
-    let after = wait_until_settled(&cloud, "online", &dir.path().join("online.pem")).await;
-    assert_ne!(after, before);
+    wait_until_rotated_from(&cloud, "online", &dir.path().join("online.pem"), &before).await;
     let record = cloud
         .state()
         .devices()
@@ -443,8 +457,7 @@ async fn an_admin_requires_a_rotation_of_an_online_and_of_an_offline_device() {
         .unwrap();
     assert_eq!(record.key_rotation_required_at, Some(required.required_at));
     offline.start_bridge().await;
-    let after = wait_until_settled(&cloud, "offline", &dir.path().join("offline.pem")).await;
-    assert_ne!(after, before);
+    wait_until_rotated_from(&cloud, "offline", &dir.path().join("offline.pem"), &before).await;
     wait_for_echo(&cloud, "offline").await;
 
     let unknown = ops

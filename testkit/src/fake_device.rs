@@ -172,13 +172,42 @@ impl FakeDevice {
     /// Answers the challenge reporting `bridge_version`; returns the cloud's
     /// result (or error) value.
     pub async fn authenticate_reporting(&mut self, bridge_version: &str) -> Value {
-        let id = self.new_request_id();
         let params = AuthenticateParams::new(
             &self.id,
             self.key.verifying_key(),
             &self.challenge,
             bridge_version,
         );
+        self.authenticate_with(params).await
+    }
+
+    /// Answers the challenge saying it trusts `cloud_keys` (as a bridge
+    /// does); returns the cloud's result (or error) value.
+    pub async fn authenticate_trusting(&mut self, cloud_keys: &[PublicKey]) -> Value {
+        let params = AuthenticateParams::new(
+            &self.id,
+            self.key.verifying_key(),
+            &self.challenge,
+            "test-0.1",
+        )
+        .trusting(cloud_keys);
+        self.authenticate_with(params).await
+    }
+
+    /// Hears the cloud only when it signs with one of `keys` from now on.
+    pub fn hear_cloud_keys(&self, keys: &[PublicKey]) {
+        for key in keys.iter().rev() {
+            self.peer.trust_remote_key(*key);
+        }
+        for key in self.peer.remote_keys() {
+            if !keys.contains(&key) {
+                self.peer.distrust_remote_key(&key);
+            }
+        }
+    }
+
+    async fn authenticate_with(&mut self, params: AuthenticateParams) -> Value {
+        let id = self.new_request_id();
         let request = params.request(id.as_str(), auth::DEFAULT_AUTHENTICATE);
         self.send_message(&request).await;
         match self.recv_for_me_or_anyone().await {

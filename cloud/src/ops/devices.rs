@@ -253,8 +253,13 @@ impl Operations {
                 "a public key is at most {MAX_PUBLIC_KEY_PEM_BYTES} bytes of PEM"
             )));
         }
-        let key = protocol::keys::public_key_from_pem(public_key_pem.trim()).map_err(|e| {
-            OpError::bad_request(format!("not an Ed25519 public key (SPKI PEM): {e}"))
+        // The parser's own words (e.g. about a PEM preamble) mean nothing to
+        // whoever pasted the wrong file.
+        let key = protocol::keys::public_key_from_pem(public_key_pem.trim()).map_err(|_| {
+            OpError::bad_request(
+                "not an Ed25519 public key: paste the device's device_public.pem \
+                 (-----BEGIN PUBLIC KEY-----)",
+            )
         })?;
         let fingerprint = protocol::keys::fingerprint(&key);
         let record = self

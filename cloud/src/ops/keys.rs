@@ -13,6 +13,10 @@ use crate::device::CallError;
 
 use super::{Caller, OpError, Operations, Permission};
 
+/// How long an admin's request waits for the device to take the rotation
+/// up; a device slower than that is asked again when it next connects.
+const ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The audit log's name of [`Operations::require_rotation`].
 const REQUIRE_ROTATION: &str = "device.require_key_rotation";
 
@@ -65,7 +69,7 @@ impl Operations {
                 id,
                 ROTATE_KEY_REQUIRED,
                 Some(json!({})),
-                self.config().rpc_timeout,
+                ASK_TIMEOUT.min(self.config().rpc_timeout),
             )
             .await;
         let asked_now = match asked {

@@ -627,6 +627,12 @@ fn session_id(token_hash: &str) -> String {
     token_hash.chars().take(SESSION_ID_CHARS).collect()
 }
 
+/// The [`SessionInfo::id`] of the session whose cookie secret this is, so a
+/// page can mark the session it was asked from.
+pub fn session_id_of(secret: &str) -> String {
+    session_id(&digest(secret))
+}
+
 #[derive(sqlx::FromRow)]
 struct TokenOwnerRow {
     op_id: i64,

@@ -7,10 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::format::utc_time;
 use super::page::{csrf_refused, render_with_status, sentence, Chrome, MessagePage, SignedIn};
@@ -18,7 +15,7 @@ use crate::http::auth::session_secret;
 use crate::http::error::{status_of, AppError};
 use crate::http::state::AppState;
 use crate::ops::ErrorKind;
-use crate::store::accounts::MIN_PASSWORD_CHARS;
+use crate::store::accounts::{session_id_of, MIN_PASSWORD_CHARS};
 use crate::store::SessionInfo;
 
 /// Where a changed password sends the browser: its session has ended.
@@ -154,14 +151,9 @@ pub(super) async fn end_session(
     }
 }
 
-/// The id under which `SessionInfo` lists the session of this request's
-/// cookie: the start of `URL_SAFE_NO_PAD(SHA-256(secret))`, as the store
-/// names sessions (`store::accounts`, `SESSION_ID_CHARS`).
+/// The id under which `SessionInfo` lists the session of this request's cookie.
 fn current_session_id(headers: &HeaderMap) -> Option<String> {
-    const SESSION_ID_CHARS: usize = 16;
-    let secret = session_secret(headers)?;
-    let digest = URL_SAFE_NO_PAD.encode(Sha256::digest(secret.as_bytes()));
-    Some(digest.chars().take(SESSION_ID_CHARS).collect())
+    session_secret(headers).map(|secret| session_id_of(&secret))
 }
 
 async fn page(

@@ -34,6 +34,8 @@ pub(super) struct DeviceRow {
     pub preauthorized_by: Option<String>,
     /// A preauthorized device that has not connected yet (`last_seen` is 0).
     pub never_connected: bool,
+    /// When an admin required it to rotate its key, until it has.
+    pub key_rotation_required: Option<String>,
 }
 
 impl DeviceRow {
@@ -44,6 +46,7 @@ impl DeviceRow {
             last_seen: utc_time(device.last_seen),
             last_seen_ms: device.last_seen,
             never_connected: device.last_seen == 0,
+            key_rotation_required: device.key_rotation_required_at.map(utc_time),
             preauthorized_by: device.preauthorized_by,
             bridge_version: device.bridge_version.unwrap_or_default(),
             fingerprint: device.fingerprint,
@@ -242,11 +245,22 @@ pub(super) async fn delete(
     decide(state, signed_in, id, form, Decision::Delete).await
 }
 
+/// `POST /devices/{id}/require-key-rotation`.
+pub(super) async fn require_key_rotation(
+    state: State<AppState>,
+    signed_in: SignedIn,
+    id: Path<String>,
+    form: Form<DecisionForm>,
+) -> Response {
+    decide(state, signed_in, id, form, Decision::RequireRotation).await
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Decision {
     Accept,
     Reject,
     Delete,
+    RequireRotation,
 }
 
 async fn decide(
@@ -279,6 +293,7 @@ async fn decide(
             .await
             .map(drop),
         Decision::Delete => ops.remove_device(caller, &id).await,
+        Decision::RequireRotation => ops.require_rotation(caller, &id).await.map(drop),
     };
     match done {
         Ok(()) => Redirect::to(&back).into_response(),
@@ -299,5 +314,6 @@ fn decision_verb(decision: Decision) -> &'static str {
         Decision::Accept => "accept",
         Decision::Reject => "reject",
         Decision::Delete => "delete",
+        Decision::RequireRotation => "require a key rotation of",
     }
 }

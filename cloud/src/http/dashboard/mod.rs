@@ -42,6 +42,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/devices/{id}/reject", post(devices_page::reject))
         .route("/devices/{id}/delete", post(devices_page::delete))
         .route(
+            "/devices/{id}/require-key-rotation",
+            post(devices_page::require_key_rotation),
+        )
+        .route(
             "/devices/{id}/containers/{container}/logs",
             get(logs_page::show),
         )
