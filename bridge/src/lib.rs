@@ -11,6 +11,7 @@
 mod cloud_trust;
 mod config;
 mod liveness;
+mod outbound;
 mod relay;
 pub mod rotation;
 mod session;
@@ -33,8 +34,9 @@ pub use stats::BridgeStats;
 pub use status::read_state_file;
 
 use cloud_trust::CloudTrust;
+use outbound::LiveLink;
 use rotation::DeviceIdentity;
-use session::{run_session, Keys, LiveLink, SessionEnd};
+use session::{run_session, Keys, SessionEnd};
 
 /// Most nonces the replay guard holds; one cloud's message rate over the skew
 /// window stays far below this.

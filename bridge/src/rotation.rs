@@ -28,10 +28,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{LiveLink, Outbound};
-
-/// Where a rotation's outcome goes: the new key's fingerprint, or why not.
-pub(crate) type RotationReply = oneshot::Sender<Result<String, RpcError>>;
+use crate::outbound::{LiveLink, Outbound};
 
 /// The device's signing identity, shared by every connection of the bridge:
 /// it changes when a rotation completes, and while an interrupted one is
@@ -115,32 +112,40 @@ impl DeviceIdentity {
 
     /// The cloud refused the current key as not the one registered. If a
     /// rotation was interrupted after the cloud switched, the `.next` key is
-    /// the registered one: the next connection tries it (and, if that is
-    /// refused too, the key file again). Returns whether the key changed.
+    /// the registered one: the next connection tries it, and if that is
+    /// refused too, the key file again (read anew: it may have changed).
+    /// Returns whether the key changed.
     pub(crate) fn key_mismatch(&self) -> bool {
         let (Some(key_file), Some(next_file)) = (&self.key_file, self.next_file()) else {
             return false;
         };
         let mut current = self.lock();
-        let (path, from_next_file) = match current.from_next_file {
-            true => (key_file.clone(), false),
-            false if next_file.exists() => (next_file, true),
-            false => return false,
-        };
-        match keys::read_private_key(&path) {
-            Ok(key) => {
-                tracing::warn!(path = %path.display(), fingerprint = %keys::fingerprint(&key.verifying_key()), "the cloud refused this key; trying the other");
-                *current = Current {
-                    signer: Arc::new(Signer::new(self.device_id.clone(), key)),
-                    from_next_file,
-                };
-                true
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot read the other key");
-                false
-            }
+        let mut candidates = vec![(key_file.clone(), false)];
+        if !current.from_next_file {
+            candidates.insert(0, (next_file, true));
         }
+        for (path, from_next_file) in candidates {
+            if !path.exists() {
+                continue;
+            }
+            let key = match keys::read_private_key(&path) {
+                Ok(key) => key,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read another key to try");
+                    continue;
+                }
+            };
+            if key.verifying_key() == current.signer.public_key() {
+                continue;
+            }
+            tracing::warn!(path = %path.display(), fingerprint = %keys::fingerprint(&key.verifying_key()), "the cloud refused this key; trying another");
+            *current = Current {
+                signer: Arc::new(Signer::new(self.device_id.clone(), key)),
+                from_next_file,
+            };
+            return true;
+        }
+        false
     }
 
     /// The cloud accepted the current key (pending or accepted): if it is

@@ -3,7 +3,6 @@
 //! cloud. What a frame must pass, and how a refusal is answered, is the
 //! protocol's [`Peer`]; this is its I/O.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
@@ -32,8 +31,9 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cloud_trust::CloudTrust;
 use crate::config::BridgeConfig;
 use crate::liveness::{Due, Liveness};
+use crate::outbound::{CallReply, LiveLink, Outbound, RotationReply};
 use crate::relay::call_worker;
-use crate::rotation::{DeviceIdentity, RotationReply};
+use crate::rotation::DeviceIdentity;
 use crate::stats::BridgeStats;
 use crate::status::announce;
 
@@ -47,28 +47,6 @@ const CALL_PREFIX: &str = "d-";
 const WRITE_QUEUE: usize = 256;
 /// Device → cloud calls and notifications queued for this session.
 pub const UPLINK_QUEUE: usize = 256;
-
-/// Where a device → cloud call waits for the cloud's answer.
-type CallReply = oneshot::Sender<Result<Value, RpcError>>;
-
-/// The live session's uplink queue, when there is a live session.
-pub(crate) type LiveLink = Arc<Mutex<Option<mpsc::Sender<Outbound>>>>;
-
-/// A device-side call or notification for the cloud, from the NATS uplink.
-pub enum Outbound {
-    Call {
-        method: String,
-        params: Option<Value>,
-        reply: CallReply,
-    },
-    Notify {
-        method: String,
-        params: Option<Value>,
-    },
-    /// Rotate the device's key (see [`crate::rotation`]); the outcome goes
-    /// to `reply`, if someone waits for it.
-    RotateKey { reply: Option<RotationReply> },
-}
 
 /// How a session ended, which decides how long to wait before the next.
 #[derive(Debug)]
@@ -99,8 +77,10 @@ pub struct Session<'a> {
     stats: &'a BridgeStats,
     live: &'a LiveLink,
     keys: &'a Keys,
-    /// Set while a key rotation is in flight on this connection.
-    rotating: Arc<AtomicBool>,
+    /// The key rotation in flight on this connection, if any: waiting for the
+    /// cloud's answer, to finish it. It ends with the connection (as with a
+    /// crash, the next connection finds out where the rotation stands).
+    rotation: Option<AbortOnDropHandle<()>>,
     /// This end of the connection; shared with the tasks answering relayed
     /// requests.
     peer: Arc<Peer>,
@@ -117,7 +97,6 @@ pub struct Session<'a> {
 struct Rotation {
     peer: Arc<Peer>,
     identity: Arc<DeviceIdentity>,
-    rotating: Arc<AtomicBool>,
     next: PrivateKey,
     timeout: std::time::Duration,
 }
@@ -134,7 +113,6 @@ async fn finish_rotation(
     let Rotation {
         peer,
         identity,
-        rotating,
         next,
         timeout,
     } = rotation;
@@ -178,7 +156,6 @@ async fn finish_rotation(
             "the cloud did not answer the rotation in time; it resumes on the next connection",
         )),
     };
-    rotating.store(false, Ordering::SeqCst);
     if let Some(reply) = reply {
         let _ = reply.send(outcome);
     }
@@ -264,7 +241,7 @@ pub(crate) async fn run_session(
         stats,
         live,
         keys,
-        rotating: Arc::default(),
+        rotation: None,
         peer: Arc::new(config.peer(keys.identity.signer(), keys.trust.keys())),
         stage: Stage::AwaitChallenge,
         writer,
@@ -611,7 +588,11 @@ impl Session<'_> {
             );
             return refuse(reply, error);
         }
-        if self.rotating.swap(true, Ordering::SeqCst) {
+        if self
+            .rotation
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+        {
             let error = RpcError::new(
                 ErrorCode::Unavailable,
                 "a key rotation is in progress already",
@@ -621,7 +602,6 @@ impl Session<'_> {
         let next = match self.keys.identity.next_key() {
             Ok(next) => next,
             Err(error) => {
-                self.rotating.store(false, Ordering::SeqCst);
                 let error = RpcError::new(
                     ErrorCode::InternalError,
                     format!("cannot write the new key: {error}"),
@@ -632,7 +612,6 @@ impl Session<'_> {
         let (answer, answered) = oneshot::channel();
         self.calls.forget_if(CallReply::is_closed);
         let Some(call_id) = self.calls.start(answer) else {
-            self.rotating.store(false, Ordering::SeqCst);
             let error = RpcError::new(ErrorCode::Unavailable, "connection to the cloud closed");
             return refuse(reply, error);
         };
@@ -649,17 +628,17 @@ impl Session<'_> {
             .peer
             .sign_with_nonce(&params.request(call_id), nonce, now_ms());
         let _ = self.writer.send(Frame::text(request)).await;
-        tokio::spawn(finish_rotation(
+        let finish = finish_rotation(
             Rotation {
                 peer: self.peer.clone(),
                 identity: self.keys.identity.clone(),
-                rotating: self.rotating.clone(),
                 next,
                 timeout: self.config.cloud_call_timeout,
             },
             answered,
             reply,
-        ));
+        );
+        self.rotation = Some(AbortOnDropHandle::new(tokio::spawn(finish)));
     }
 
     /// Logs and counts a refusal, and sends its signed answer, if it has one.

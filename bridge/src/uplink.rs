@@ -10,7 +10,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{LiveLink, Outbound};
+use crate::outbound::{LiveLink, Outbound};
 
 /// Serves `cloud.call.>` until shutdown; each call in its own task.
 pub async fn serve_calls(

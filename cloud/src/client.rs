@@ -158,8 +158,12 @@ impl ApiClient {
 
     /// Requires a device to rotate its key (`{"device_id", "asked_now", …}`).
     pub async fn require_rotation(&self, id: &str) -> Result<Value, ApiError> {
-        self.send(Method::POST, &device_path(id, "/require-key-rotation"), None)
-            .await
+        self.send(
+            Method::POST,
+            &device_path(id, "/require-key-rotation"),
+            None,
+        )
+        .await
     }
 
     pub async fn accept(&self, id: &str) -> Result<Value, ApiError> {

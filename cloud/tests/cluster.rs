@@ -415,3 +415,29 @@ async fn failed_sign_ins_spread_over_instances_meet_one_limit() {
         assert!(refused.headers().contains_key("retry-after"));
     }
 }
+
+/// A device rotating its key on one instance: the registry the instances
+/// share holds the new key, so another refuses the old key and takes the new.
+#[tokio::test]
+async fn a_key_rotated_on_one_instance_holds_on_every_instance() {
+    let fleet = fleet_of_three().await;
+    let [first, second, _] = &fleet.instances[..] else {
+        unreachable!()
+    };
+    let mut device = accepted_on(first, first, "device-1").await;
+    let old = device.key.clone();
+    let next = protocol::keys::generate();
+    let id = device.send_rotation(next.verifying_key(), &next).await;
+    let rotated = device.expect_response(json!(id)).await.unwrap();
+    assert_eq!(
+        rotated["fingerprint"],
+        protocol::keys::fingerprint(&next.verifying_key())
+    );
+
+    let mut stale = second.connect_with_key("device-1", old).await;
+    assert_eq!(stale.authenticate().await["data"]["reason"], "key_mismatch");
+    assert_eq!(stale.expect_close().await.0, close_code::KEY_MISMATCH);
+    let mut moved = second.connect_with_key("device-1", next).await;
+    assert_eq!(moved.authenticate().await, json!({"status": "accepted"}));
+    call_answered(second, &mut moved, "device-1").await;
+}

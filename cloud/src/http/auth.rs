@@ -22,8 +22,8 @@ use crate::client_address::ClientAddress;
 use crate::http::error::{AppError, ErrorBody};
 use crate::http::state::AppState;
 use crate::ops::{Caller, Credential, OpError};
-use crate::store::accounts::SESSION_IDLE;
 use crate::roles::Role;
+use crate::store::accounts::SESSION_IDLE;
 use crate::store::Operator;
 
 /// The session cookie's name.

@@ -58,21 +58,15 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Forbidden
         | ErrorKind::Csrf
         | ErrorKind::CrossOrigin
-        | ErrorKind::OperatorRequired => {
-            StatusCode::FORBIDDEN
-        }
+        | ErrorKind::OperatorRequired => StatusCode::FORBIDDEN,
         ErrorKind::UnknownDevice
         | ErrorKind::UnknownOperator
         | ErrorKind::UnknownToken
-        | ErrorKind::UnknownSession => {
-            StatusCode::NOT_FOUND
-        }
+        | ErrorKind::UnknownSession => StatusCode::NOT_FOUND,
         ErrorKind::NotAccepted
         | ErrorKind::OperatorExists
         | ErrorKind::SelfRemoval
-        | ErrorKind::DeviceExists => {
-            StatusCode::CONFLICT
-        }
+        | ErrorKind::DeviceExists => StatusCode::CONFLICT,
         ErrorKind::Offline => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Disconnected | ErrorKind::DeviceError => StatusCode::BAD_GATEWAY,
