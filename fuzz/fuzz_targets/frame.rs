@@ -17,7 +17,7 @@ fuzz_target!(|text: &str| {
     let public = key.verifying_key();
     let expect = Expectation {
         signer_id: "cloud-dashboard",
-        key: &public,
+        keys: std::slice::from_ref(&public),
         audience_id: "device-001",
         direction: Direction::CloudToDevice,
         skew_ms: 60_000,
