@@ -279,3 +279,59 @@ async fn an_operator_decision_reaches_a_device_that_is_still_connecting() {
     assert_eq!(device.authenticate().await, json!({"status": "accepted"}));
     device.ping_cloud().await;
 }
+
+/// A rotation the device sent on a connection that died before the answer
+/// came back is done in the registry; the device resumes it on its next
+/// connection, which authenticated with the old key: the cloud finishes it
+/// there too instead of refusing `key_changed`.
+#[tokio::test]
+async fn a_rotation_already_done_is_finished_when_the_device_resumes_it() {
+    let cloud = TestCloud::start().await;
+    let mut device = cloud.accepted_device("dev-1").await;
+    let old = protocol::keys::public_key_to_pem(&device.key.verifying_key());
+    let next = protocol::keys::generate();
+    let new_pem = protocol::keys::public_key_to_pem(&next.verifying_key());
+    let new = protocol::keys::fingerprint(&next.verifying_key());
+    // The earlier connection's rotation, done while this one was authenticating.
+    cloud
+        .state
+        .devices()
+        .registry()
+        .rotate_key("dev-1", &old, &new_pem, &new, "earlier connection", 1)
+        .await
+        .unwrap()
+        .expect("switched");
+
+    let id = device.send_rotation(next.verifying_key(), &next).await;
+    let rotated = device.expect_response(json!(id)).await.unwrap();
+    assert_eq!(rotated["fingerprint"], new);
+    device.use_key(next);
+    device.ping_cloud().await;
+
+    // Another key entirely is still refused as changed.
+    let mut other = cloud.connect("dev-2").await;
+    other.authenticate().await;
+    cloud.api().accept("dev-2").await.unwrap();
+    other.expect_status_notification("accepted").await;
+    let other_old = protocol::keys::public_key_to_pem(&other.key.verifying_key());
+    let elsewhere = protocol::keys::generate().verifying_key();
+    cloud
+        .state
+        .devices()
+        .registry()
+        .rotate_key(
+            "dev-2",
+            &other_old,
+            &protocol::keys::public_key_to_pem(&elsewhere),
+            &protocol::keys::fingerprint(&elsewhere),
+            "someone else",
+            1,
+        )
+        .await
+        .unwrap()
+        .expect("switched");
+    let mine = protocol::keys::generate();
+    let id = other.send_rotation(mine.verifying_key(), &mine).await;
+    let refused = other.expect_response(json!(id)).await.unwrap_err();
+    assert_eq!(refused.data.unwrap()["reason"], "key_changed");
+}

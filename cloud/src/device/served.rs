@@ -99,6 +99,16 @@ pub(crate) async fn rotate_key(
             Ok(Rotated::new(&params.key).to_value())
         }
         Ok(None) => {
+            // This very rotation may be done already: the device sent it on a
+            // connection that died before the answer came back, and resumed
+            // it on this one, which still trusts the old key. The request
+            // proves both keys, so finish it here too.
+            let registered = state.registry().device(device_id).await.ok().flatten();
+            if registered.is_some_and(|record| record.fingerprint == new) {
+                session.peer.replace_remote_key(params.key);
+                tracing::info!(%device_id, %new, "device resumed a key rotation already done");
+                return Ok(Rotated::new(&params.key).to_value());
+            }
             let mut error = RpcError::new(
                 ErrorCode::Refused,
                 "the registered key is no longer the one this request was signed with",
