@@ -174,15 +174,24 @@ impl Browser {
         .await
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the first element matching `css`. A live page may redraw the
+    /// element between finding and clicking it; then it is found again.
     pub async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("finding {css:?} to click: {e}"))
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("clicking {css:?}: {e}"));
+        const REDRAWS_TOLERATED: usize = 5;
+        for attempt in 1.. {
+            let element = self
+                .client
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("finding {css:?} to click: {e}"));
+            match element.click().await {
+                Ok(()) => return,
+                Err(e) if e.is_stale_element_reference() && attempt < REDRAWS_TOLERATED => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("clicking {css:?}: {e}"),
+            }
+        }
     }
 
     /// Replaces the value of the input matching `css` with `text`.
