@@ -22,6 +22,9 @@
 #                      so a second, isolated copy can run beside the first
 #   COMPOSE            the compose command (default: `docker compose`, else `docker-compose`)
 #   HEALTH_TIMEOUT     seconds to wait for the stacks to become healthy (default 180)
+#   EXAMPLE_WORKER=1   also build the example second worker and run it in every
+#                      device stack (compose profile "example"; README, "Adding
+#                      a worker method")
 # Keys (keys/) and data (data/cloud/, data/dev/; scaled: data/postgres/,
 # data/cloud-scaled/) are kept between runs.
 set -euo pipefail
@@ -39,6 +42,12 @@ devices=${DEVICES:-1}
 [[ $devices =~ ^[0-9]+$ ]] && [ "$devices" -ge 1 ] && [ "$devices" -le 999 ] || die "DEVICES must be a number from 1 to 999"
 clouds=${CLOUDS:-1}
 [[ $clouds =~ ^[1-9]$ ]] || die "CLOUDS must be a number from 1 to 9"
+
+example_worker=${EXAMPLE_WORKER:-0}
+[[ $example_worker =~ ^[01]$ ]] || die "EXAMPLE_WORKER must be 0 or 1"
+if [ "$example_worker" -eq 1 ]; then
+  export COMPOSE_PROFILES=example
+fi
 
 # Read by the compose files.
 export CLOUD_PORT=${CLOUD_PORT:-8080}
@@ -274,6 +283,7 @@ up() {
   command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] ||
     scripts/apt-install.sh nats-server
   local images=(cloud bridge worker nats)
+  [ "$example_worker" -eq 0 ] || images+=(example-worker)
   if [ "$scaled" -eq 1 ]; then
     # Theirs go into the postgres and haproxy images.
     compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || scripts/apt-install.sh postgresql
@@ -293,6 +303,10 @@ up() {
   triple=$(rustc -vV | sed -n 's/^host: //p')
   RUSTFLAGS='-C target-feature=+crt-static' \
     cargo build --release --target "$triple" -p cloud -p bridge -p worker
+  if [ "$example_worker" -eq 1 ]; then
+    RUSTFLAGS='-C target-feature=+crt-static' \
+      cargo build --release --target "$triple" -p worker --example example_worker
+  fi
   docker/build-images.sh "${CARGO_TARGET_DIR:-$root/target}/$triple/release" "$prefix" "${images[@]}"
 
   if [ "$scaled" -eq 1 ]; then

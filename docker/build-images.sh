@@ -5,8 +5,11 @@
 # is built from a small staging folder, never from the repository.
 #   docker/build-images.sh BIN_DIR [IMAGE_PREFIX [IMAGE...]]
 # BIN_DIR holds static `cloud`, `bridge` and `worker` (built with
-# RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu).
-# IMAGE: cloud, bridge, worker, nats, postgres, haproxy (default: all of them;
+# RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu),
+# and for the example-worker image `examples/example_worker` (the same, with
+# `-p worker --example example_worker`).
+# IMAGE: cloud, bridge, worker, nats, postgres, haproxy, example-worker
+# (default: all of them but example-worker;
 # postgres and haproxy, for the scaled cloud stack, need Debian's postgresql
 # and haproxy: scripts/apt-install.sh postgresql haproxy).
 # Tags: IMAGE_PREFIX/IMAGE:latest (default prefix devbridge).
@@ -70,6 +73,13 @@ for name in "${images[@]}"; do
       mkdir -p "$rootfs/usr/local/bin"
       cp "$bin_dir/$name" "$rootfs/usr/local/bin/$name"
       ;;
+    example-worker)
+      [ -f "$bin_dir/examples/example_worker" ] ||
+        die "$bin_dir/examples/example_worker is missing: cargo build --release -p worker --example example_worker"
+      rootfs=$(new_rootfs "$name")
+      mkdir -p "$rootfs/usr/local/bin"
+      cp "$bin_dir/examples/example_worker" "$rootfs/usr/local/bin/example-worker"
+      ;;
     nats)
       nats_server=$(command -v nats-server || echo /usr/sbin/nats-server)
       [ -x "$nats_server" ] || die "nats-server is missing: apt-get install nats-server"
@@ -123,7 +133,7 @@ for name in "${images[@]}"; do
       mkdir -p "$rootfs/usr/local/etc/haproxy"
       cp docker/haproxy.cfg "$rootfs/usr/local/etc/haproxy/haproxy.cfg"
       ;;
-    *) die "unknown image $name (cloud, bridge, worker, nats, postgres, haproxy)" ;;
+    *) die "unknown image $name (cloud, bridge, worker, nats, postgres, haproxy, example-worker)" ;;
   esac
 done
 

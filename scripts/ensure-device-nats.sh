@@ -16,6 +16,12 @@
 #           "workers", to bridge.status and to its own inbox; publish
 #           cloud.call.> and cloud.notify.>, and rpc.rpc.discover (its health
 #           check); answer the requests it receives.
+#   example the example second worker (worker/examples/example_worker.rs, the
+#           compose profile "example"; README, "Adding a worker method"):
+#           subscribe to its methods in the queue group "workers", to the
+#           cloud event it listens to outside any group (every worker hears
+#           every event) and to its own inbox; publish rpc.example.echo (its
+#           health check); answer the requests it receives.
 # Each client's inbox is _INBOX_<user>, so neither can read the other's answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +31,13 @@ mkdir -p "$dir"
 # The methods the worker serves (worker/src/methods); a test starts the worker
 # with this configuration and calls each of them, so the lists cannot drift.
 worker_methods=(containers.list containers.inspect containers.logs containers.start
-  containers.stop containers.restart system.health rpc.discover)
+  containers.stop containers.restart system.health system.info rpc.discover)
 
-for user in bridge worker; do
+# The example worker's methods, and the cloud events it listens to.
+example_methods=(example.echo example.events)
+example_events=(example.notice)
+
+for user in bridge worker example; do
   file="$dir/$user.password"
   if [ ! -f "$file" ]; then
     (umask 077 && openssl rand -hex 32 >"$file")
@@ -39,6 +49,14 @@ done
 subscriptions=""
 for method in "${worker_methods[@]}"; do
   subscriptions+="\"rpc.$method workers\", "
+done
+
+example_subscriptions=""
+for method in "${example_methods[@]}"; do
+  example_subscriptions+="\"rpc.$method workers\", "
+done
+for event in "${example_events[@]}"; do
+  example_subscriptions+="\"rpc.$event\", "
 done
 
 conf="$dir/nats.conf"
@@ -62,6 +80,15 @@ authorization {
       permissions: {
         publish: { allow: ["cloud.call.>", "cloud.notify.>", "rpc.rpc.discover"] }
         subscribe: { allow: [${subscriptions}"bridge.status", "_INBOX_worker.>"] }
+        allow_responses: true
+      }
+    }
+    {
+      user: example
+      password: "$(cat "$dir/example.password")"
+      permissions: {
+        publish: { allow: ["rpc.example.echo"] }
+        subscribe: { allow: [${example_subscriptions}"_INBOX_example.>"] }
         allow_responses: true
       }
     }

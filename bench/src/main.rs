@@ -6,6 +6,7 @@ mod cloud_child;
 mod floor;
 mod gauge;
 mod idle;
+mod job;
 mod latency;
 mod load;
 mod procfs;
@@ -50,13 +51,17 @@ enum Bench {
     /// A connect storm: N devices connect at once, are accepted and stay;
     /// the cloud's memory per device and the time until all are live.
     Idle(idle::IdleArgs),
+    /// One job (`POST /jobs`) calling every device of a simulated fleet,
+    /// beside the same calls made by a client through the API.
+    Job(job::JobArgs),
     /// Minutes of calls across many devices: no call may be lost or
     /// answered with another's answer; the cloud's memory over time.
     Soak(soak::SoakArgs),
     /// The standard set, each with its defaults: floor (5,000 round trips of
     /// each kind), rpc (100 devices; 10 s one call at a time, then 30 s with
     /// 32 in flight), idle (50,000 devices), soak (100 devices, 16 in
-    /// flight, 5 minutes); about 10 minutes in all on 2 cores.
+    /// flight, 5 minutes), job (10,000 devices, 256 in flight); about 12
+    /// minutes in all on 2 cores.
     All {
         /// Each with tiny sizes, a few seconds each (for CI).
         #[arg(long)]
@@ -142,6 +147,7 @@ impl Bench {
             Bench::Rpc(_) => "rpc",
             Bench::Idle(_) => "idle",
             Bench::Soak(_) => "soak",
+            Bench::Job(_) => "job",
             Bench::All { .. } => "all",
         }
     }
@@ -152,7 +158,7 @@ impl Bench {
 fn plan(bench: Bench) -> Vec<Bench> {
     match bench {
         Bench::Rpc(args) => vec![standard("floor", args.smoke), Bench::Rpc(args)],
-        Bench::All { smoke } => ["floor", "rpc", "idle", "soak"]
+        Bench::All { smoke } => ["floor", "rpc", "idle", "soak", "job"]
             .into_iter()
             .map(|name| standard(name, smoke))
             .collect(),
@@ -173,6 +179,7 @@ async fn run(bench: &Bench) -> anyhow::Result<Map<String, Value>> {
         Bench::Rpc(args) => rpc::run(args).await,
         Bench::Idle(args) => idle::run(args).await,
         Bench::Soak(args) => soak::run(args).await,
+        Bench::Job(args) => job::run(args).await,
         Bench::All { .. } => unreachable!("`all` is planned as the benches it runs"),
     }
 }

@@ -2,8 +2,9 @@
 //! one process: each is one task holding one WebSocket (small buffers) and
 //! the protocol's [`Peer`], driven as the bridge drives it: challenge →
 //! `device.authenticate` → status, then it reads on, which answers the
-//! cloud's pings (tungstenite does as it reads). It relays nothing: no NATS,
-//! no worker. A connection that fails or ends is tried again with the
+//! cloud's pings (tungstenite does as it reads). It relays nothing (no NATS,
+//! no worker): it answers each cloud request itself with
+//! `{"device": <its id>, "method": <the method>}`, signed. A connection that fails or ends is tried again with the
 //! bridge's own backoff, so a storm the cloud turns partly away heals as a
 //! real fleet's would.
 //!
@@ -20,6 +21,7 @@ use futures::{SinkExt, StreamExt};
 use protocol::auth::{self, AuthStatus, AuthenticateParams, Challenge, StatusReport};
 use protocol::keys;
 use protocol::{now_ms, Message, Peer, Remote, Side, Signer};
+use serde_json::{json, Value};
 use testkit::CloudEndpoint;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
@@ -92,6 +94,17 @@ impl Fleet {
             .map(|cloud| Ok(Arc::new(Target::new(cloud)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Fleet { targets, devices })
+    }
+
+    /// Each device's id and public key (SPKI PEM), to preauthorize them.
+    pub fn keys(&self) -> Vec<(String, String)> {
+        self.devices
+            .iter()
+            .map(|device| {
+                let id = device.signer.id().to_owned();
+                (id, keys::public_key_to_pem(&device.signer.public_key()))
+            })
+            .collect()
     }
 
     /// Connects every device at once: a connect storm. Each reports what
@@ -211,14 +224,31 @@ impl Device {
             };
         let mut was_live = false;
         loop {
-            let status = match next_status(&mut ws, &peer).await {
-                Ok(status) => status,
+            let heard = match next_heard(&mut ws, &peer).await {
+                Ok(heard) => heard,
                 Err(error) => {
                     return Ended {
                         was_live,
                         rejected: false,
                         reason: format!("{error:#}"),
                     }
+                }
+            };
+            let status = match heard {
+                Heard::Status(status) => status,
+                Heard::Request { id, method } => {
+                    let answer = Message::result(
+                        id,
+                        json!({ "device": self.signer.id(), "method": method }),
+                    );
+                    if let Err(error) = ws.send(Frame::text(peer.sign(&answer, now_ms()))).await {
+                        return Ended {
+                            was_live,
+                            rejected: false,
+                            reason: format!("answering: {error}"),
+                        };
+                    }
+                    continue;
                 }
             };
             match status {
@@ -297,13 +327,18 @@ impl Ended {
     }
 }
 
-/// The next status the cloud tells: the authentication's answer or an
-/// `auth.status`. Nothing else comes to an idle device.
-async fn next_status(
-    ws: &mut WebSocketStream<TcpStream>,
-    peer: &Peer,
-) -> anyhow::Result<AuthStatus> {
+/// What the cloud tells a simulated device.
+enum Heard {
+    /// The authentication's answer or an `auth.status`.
+    Status(AuthStatus),
+    /// A call, to answer.
+    Request { id: Value, method: String },
+}
+
+/// The next status the cloud tells, or a request it makes.
+async fn next_heard(ws: &mut WebSocketStream<TcpStream>, peer: &Peer) -> anyhow::Result<Heard> {
     let report = match hear(peer, &next_text(ws).await?)? {
+        Message::Request { id, method, .. } => return Ok(Heard::Request { id, method }),
         Message::Response { id, result } if id == AUTH_REQUEST_ID => {
             let result = result.map_err(|e| anyhow!("authentication refused: {}", e.message))?;
             StatusReport::read(Some(result))
@@ -313,9 +348,11 @@ async fn next_status(
         }
         other => bail!("unexpected message {:?}", other.method()),
     };
-    Ok(report
-        .map_err(|e| anyhow!("unreadable status: {e}"))?
-        .status)
+    Ok(Heard::Status(
+        report
+            .map_err(|e| anyhow!("unreadable status: {e}"))?
+            .status,
+    ))
 }
 
 /// A cloud frame, checked as a device checks it. No replay guard: a

@@ -395,6 +395,176 @@
     }).join(', ');
   }
 
+  /** Fills the System card from `system.info`; device text only as textContent. */
+  function systemInfo(deviceId, mayCall) {
+    const message = $('system-message');
+    const tell = (text, kind) => {
+      message.textContent = text;
+      message.className = 'small ' + (kind === 'error' ? 'message error' : 'muted');
+      message.hidden = !text;
+    };
+    const set = (id, value) => { $(id).textContent = value === null || value === undefined || value === '' ? '—' : String(value); };
+    return async function load() {
+      if (!mayCall.has('system.info')) { tell('Your role does not allow asking the device what system it is.'); return; }
+      try {
+        const info = (await rpc(deviceId, 'system.info', {})) || {};
+        set('system-hostname', info.hostname);
+        set('system-os', [info.os_name, info.os_version && !(info.os_name || '').includes(info.os_version) ? `(${info.os_version})` : ''].filter(Boolean).join(' '));
+        set('system-kernel', info.kernel_version);
+        set('system-architecture', info.architecture);
+        set('system-cpus', info.cpu_count);
+        set('system-memory', typeof info.memory_total_bytes === 'number' ? fmtBytes(info.memory_total_bytes) : null);
+        set('system-docker', info.docker_version);
+        tell(info.docker_error ? `As the worker sees it; Docker did not answer: ${info.docker_error}` : '');
+      } catch (error) {
+        tell(error.kind === 'device_error' && error.rpcError && error.rpcError.code === -32601
+          ? 'This device\'s worker does not tell what system it is (no system.info).'
+          : errorSentence(error), 'error');
+      }
+    };
+  }
+
+  const CONTAINER_EVENTS_SHOWN = 50;
+
+  /** Prepends a container event the device just reported to the list. */
+  function addContainerEvent(event) {
+    const body = $('container-events-body');
+    const data = event.data || {};
+    const text = (value) => (typeof value === 'string' ? value.slice(0, 200) : '');
+    const row = h('tr', {},
+      h('td', {}, h('time', { 'data-ms': event.at }, String(event.at))),
+      h('td', {}, text(data.action)),
+      h('td', {}, text(data.name)),
+      h('td', {}, text(data.image)),
+      h('td', {}, text(data.health)));
+    localizeTimes(row);
+    body.prepend(row);
+    while (body.childElementCount > CONTAINER_EVENTS_SHOWN) body.lastElementChild.remove();
+    $('container-events').hidden = false;
+    $('container-events-none').hidden = true;
+  }
+
+  /** Most bytes of params the console sends (the cloud takes up to its body limit). */
+  const MAX_CONSOLE_PARAMS_BYTES = 64 * 1024;
+  const ROLE_RANK = { viewer: 0, operator: 1, admin: 2 };
+
+  /** The least role `method` needs under METHOD_ROLES rules (`pattern=role,…`), as roles.rs reads them. */
+  function neededRole(rules, method) {
+    for (const rule of rules) {
+      const [pattern, role] = rule.split('=');
+      const matches = pattern.endsWith('*') ? method.startsWith(pattern.slice(0, -1)) : method === pattern;
+      if (matches) return role;
+    }
+    return 'operator';
+  }
+
+  /**
+   * The RPC console: the methods the device's rpc.discover lists that the
+   * caller's role allows, params edited as JSON, the answer or the error.
+   */
+  function rpcConsole(deviceId, mayCall) {
+    const section = $('rpc-console');
+    const details = $('console-details');
+    const form = $('console-form');
+    const select = $('console-method');
+    const textarea = $('console-params');
+    const button = $('console-call');
+    const names = $('console-param-names');
+    const message = $('console-message');
+    const output = $('console-result');
+    const rules = (section.dataset.methodRoles || '').split(',').filter(Boolean);
+    const rank = ROLE_RANK[section.dataset.role] || 0;
+    const allowed = (method) => rank >= (ROLE_RANK[neededRole(rules, method)] || 0);
+    let described = {};
+    let loading = false;
+    let loaded = false;
+
+    const tell = (text, kind) => {
+      message.textContent = text;
+      message.className = 'message' + (kind ? ' ' + kind : '');
+      message.hidden = !text;
+    };
+    const show = (value) => {
+      output.textContent = value === undefined ? '' : JSON.stringify(value, null, 2);
+      output.hidden = value === undefined;
+    };
+
+    function describe() {
+      const method = select.value;
+      const params = described[method];
+      if (!method) names.textContent = '';
+      else if (!Array.isArray(params)) names.textContent = 'The device does not describe this method\'s params.';
+      else if (params.length === 0) names.textContent = 'This method takes no params: send {}.';
+      else names.textContent = `Params: ${params.join(', ')}`;
+    }
+
+    async function discover() {
+      if (loading || loaded) return;
+      if (!mayCall.has('rpc.discover')) {
+        select.replaceChildren(h('option', { value: '' }, 'Not allowed'));
+        tell('Your role does not allow asking the device which methods it serves (rpc.discover).', 'error');
+        return;
+      }
+      loading = true;
+      tell('Asking the device which methods it serves…');
+      try {
+        const answer = (await rpc(deviceId, 'rpc.discover', {})) || {};
+        const methods = (Array.isArray(answer.methods) ? answer.methods : []).filter((m) => typeof m === 'string');
+        described = answer.params && typeof answer.params === 'object' ? answer.params : {};
+        const offered = methods.filter(allowed);
+        select.replaceChildren(...offered.map((m) => h('option', { value: m }, m)));
+        select.disabled = button.disabled = offered.length === 0;
+        loaded = true;
+        const hidden = methods.length - offered.length;
+        tell(offered.length === 0 ? 'Your role allows none of the methods this device serves.'
+          : hidden > 0 ? `${hidden} method${hidden === 1 ? '' : 's'} the device serves need${hidden === 1 ? 's' : ''} a higher role and ${hidden === 1 ? 'is' : 'are'} not offered.` : '');
+        describe();
+      } catch (error) {
+        select.replaceChildren(h('option', { value: '' }, 'Unavailable'));
+        tell(`${errorSentence(error)} Close and open the console to try again.`, 'error');
+      } finally {
+        loading = false;
+      }
+    }
+
+    /** The params the textarea holds, or why they cannot be sent. */
+    function params() {
+      const text = textarea.value.trim() || '{}';
+      const size = new Blob([text]).size;
+      if (size > MAX_CONSOLE_PARAMS_BYTES) throw new Error(`The params are ${size} bytes; at most ${MAX_CONSOLE_PARAMS_BYTES}.`);
+      let value;
+      try { value = JSON.parse(text); } catch (e) { throw new Error(`The params are not JSON: ${e.message}`); }
+      if (value === null || typeof value !== 'object') throw new Error('The params must be a JSON object or array.');
+      return value;
+    }
+
+    details.addEventListener('toggle', () => {
+      if (details.open) discover();
+      if (!details.open && !loaded) tell('');
+    });
+    select.addEventListener('change', describe);
+    form.addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const method = select.value;
+      if (!method || !allowed(method)) { tell('Choose a method.', 'error'); return; }
+      let value;
+      try { value = params(); } catch (e) { tell(e.message, 'error'); show(undefined); return; }
+      button.disabled = true;
+      tell(`Calling ${method}…`);
+      show(undefined);
+      try {
+        const result = await rpc(deviceId, method, value);
+        tell(`${method} answered.`, 'ok');
+        show(result === undefined ? null : result);
+      } catch (error) {
+        tell(`${error.kind}: ${error.message}`, 'error');
+        if (error.rpcError) show(error.rpcError);
+      } finally {
+        button.disabled = false;
+      }
+    });
+  }
+
   function devicePage() {
     const head = $('device-head');
     const deviceId = head.dataset.deviceId;
@@ -508,6 +678,9 @@
     setInterval(chart.redraw, 60 * 1000);
     loadHealth();
     loadContainers(false);
+    const loadSystemInfo = systemInfo(deviceId, mayCall);
+    loadSystemInfo();
+    rpcConsole(deviceId, mayCall);
 
     liveEvents([`device.${deviceId}`], (event) => {
       switch (event.type) {
@@ -518,10 +691,15 @@
           if (seen) { seen.dataset.ms = String(event.at); localizeTimes(seen.parentNode); }
           break;
         }
+        case 'snapshot':
+          // Sent first on every (re)connect: the state now, whatever was missed.
+          if (event.device) { setStatus(event.device.status); setOnline(event.device.online); }
+          break;
         case 'device.online':
           setOnline(true);
           if (event.data && event.data.status) setStatus(event.data.status);
           refreshContainers(300);
+          loadSystemInfo();
           break;
         case 'device.offline':
           setOnline(false);
@@ -530,8 +708,10 @@
         case 'device.status':
           setStatus(event.data.status);
           refreshContainers(300);
+          loadSystemInfo();
           break;
         case 'device.container_event':
+          addContainerEvent(event);
           refreshContainers(300);
           break;
         case 'device.deleted':

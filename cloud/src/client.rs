@@ -203,6 +203,22 @@ impl ApiClient {
         Ok(answer["result"].clone())
     }
 
+    /// Sends a device the event `event` (a notification, no answer);
+    /// answers with `{"status": "sent"}` once its connection took it.
+    pub async fn notify(
+        &self,
+        id: &str,
+        event: &str,
+        params: Option<Value>,
+    ) -> Result<Value, ApiError> {
+        let mut body = json!({ "event": event });
+        if let Some(params) = params {
+            body["params"] = params;
+        }
+        self.send(Method::POST, &device_path(id, "/events"), Some(&body))
+            .await
+    }
+
     /// One page of the audit log; `query` is the URL query (`actor=…&limit=…`).
     pub async fn audit(&self, query: &str) -> Result<Value, ApiError> {
         self.get(&format!("/audit?{query}")).await
@@ -231,7 +247,7 @@ impl ApiClient {
 const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-');
 
 /// `/devices/{id}{rest}`, the id percent-encoded as one path segment.
-fn device_path(id: &str, rest: &str) -> String {
+pub fn device_path(id: &str, rest: &str) -> String {
     format!("/devices/{}{rest}", utf8_percent_encode(id, PATH_SEGMENT))
 }
 

@@ -30,7 +30,7 @@ pub const QUEUE_PER_CLIENT: usize = 256;
 pub const RELAY_QUEUE: usize = 4096;
 
 /// Every kind of event, so that one relayed from another instance is known.
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 11] = [
     "device.new_key",
     "device.status",
     "device.online",
@@ -38,6 +38,9 @@ pub const KINDS: [&str; 8] = [
     "device.deleted",
     "device.health",
     "device.container_event",
+    "device.tags",
+    "device.queued_call",
+    "job.progress",
     "audit.entry",
 ];
 
@@ -50,6 +53,8 @@ pub enum Topic {
     Device(String),
     /// `audit`: each new audit log entry.
     Audit,
+    /// `job.<id>`: one job's outcomes as they come.
+    Job(i64),
 }
 
 impl Topic {
@@ -57,6 +62,7 @@ impl Topic {
         match text {
             "devices" => Some(Topic::Devices),
             "audit" => Some(Topic::Audit),
+            _ if text.starts_with("job.") => text["job.".len()..].parse().ok().map(Topic::Job),
             _ => text
                 .strip_prefix("device.")
                 .filter(|id| protocol::is_valid_device_id(id))
@@ -64,12 +70,28 @@ impl Topic {
         }
     }
 
+    /// Whether `event` is about this topic.
     pub fn matches(&self, event: &LiveEvent) -> bool {
         match (self, &event.device_id) {
             (Topic::Audit, _) => event.kind.starts_with("audit."),
+            (Topic::Job(id), _) => {
+                event.kind.starts_with("job.") && event.data["job"].as_i64() == Some(*id)
+            }
             (Topic::Devices, Some(_)) => true,
             (Topic::Device(id), Some(device_id)) => id == device_id,
             (_, None) => false,
+        }
+    }
+}
+
+/// The topic's name, as [`Topic::parse`] reads it.
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topic::Devices => f.write_str("devices"),
+            Topic::Audit => f.write_str("audit"),
+            Topic::Device(id) => write!(f, "device.{id}"),
+            Topic::Job(id) => write!(f, "job.{id}"),
         }
     }
 }
@@ -110,6 +132,16 @@ impl EventHub {
         self.publish(LiveEvent {
             kind,
             device_id: Some(device_id.to_owned()),
+            at: now_ms(),
+            data,
+        });
+    }
+
+    /// A job's progress; `data.job` is its id.
+    pub fn job(&self, data: Value) {
+        self.publish(LiveEvent {
+            kind: "job.progress",
+            device_id: None,
             at: now_ms(),
             data,
         });

@@ -123,6 +123,17 @@ pub async fn assemble(config: CloudConfig, registry: Registry) -> anyhow::Result
         events,
         cluster,
     );
+    // Jobs this instance ran before it stopped will never finish.
+    let interrupted = store
+        .jobs
+        .interrupt_all_of(&config.instance, protocol::now_ms() as i64)
+        .await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            jobs = interrupted,
+            "jobs interrupted by this instance's last stop"
+        );
+    }
     let ops = Operations::new(config, store, devices.clone(), admin_token);
     Ok(AppState::new(ops, devices))
 }
@@ -160,6 +171,11 @@ pub async fn serve(
         let stop = shutdown.clone();
         tokio::spawn(async move { devices.fleet().keep_presence(stop).await })
     };
+    let queued_calls = {
+        let ops = state.ops().clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move { ops.keep_queued_calls(stop).await })
+    };
     tokio::select! {
         // Shutdown first: the server also ends on it, and that is no failure.
         biased;
@@ -171,6 +187,7 @@ pub async fn serve(
     }
     pruning.abort();
     presence.abort();
+    queued_calls.abort();
     tracing::info!("shutting down");
     let devices = state.devices();
     devices.close_all();

@@ -33,6 +33,8 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(*args).await,
         Command::Devices(args) => cloud::cli::devices(args).await,
         Command::Rpc(args) => cloud::cli::rpc(args).await,
+        Command::Jobs(args) => cloud::cli::fleet::jobs(args).await,
+        Command::Calls(args) => cloud::cli::fleet::calls(args).await,
         Command::Audit(args) => cloud::cli::audit(args).await,
         Command::Tokens(args) => cloud::cli::tokens(args).await,
         Command::Operators(args) => cloud::cli::operators(args).await,

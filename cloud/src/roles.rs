@@ -65,7 +65,7 @@ impl std::str::FromStr for Role {
 /// The methods that only read, which a viewer may call unless the setting
 /// says otherwise; every other method needs an operator.
 pub const DEFAULT_METHOD_ROLES: &str = "containers.list=viewer,containers.logs=viewer,\
-containers.inspect=viewer,system.health=viewer,rpc.discover=viewer,*=operator";
+containers.inspect=viewer,system.health=viewer,system.info=viewer,rpc.discover=viewer,*=operator";
 
 /// The least role that may call each device method: `pattern=role` rules,
 /// the first whose pattern matches wins. A pattern is a method name, or a
@@ -88,6 +88,14 @@ impl MethodRoles {
                 None => method == pattern,
             })
             .map_or(Role::Operator, |(_, role)| *role)
+    }
+
+    /// The rules in order: each pattern and the least role it needs (a
+    /// method no rule matches needs an operator).
+    pub fn rules(&self) -> impl Iterator<Item = (&str, Role)> {
+        self.rules
+            .iter()
+            .map(|(pattern, role)| (pattern.as_str(), *role))
     }
 }
 
@@ -150,6 +158,7 @@ mod tests {
             "containers.logs",
             "containers.inspect",
             "system.health",
+            "system.info",
             "rpc.discover",
         ] {
             assert_eq!(roles.needed_for(method), Role::Viewer, "{method}");

@@ -383,3 +383,113 @@ async fn the_host_gives_roles_and_an_admin_preauthorizes_a_device_that_a_viewer_
     let mut device = cloud.connect_with_key("dev-7", key).await;
     assert_eq!(device.authenticate().await, json!({"status": "accepted"}));
 }
+
+#[tokio::test]
+async fn tags_a_job_over_a_tag_and_a_queued_call_from_the_command_line() {
+    let cloud = TestCloud::start().await;
+    let (called, _calls) = tokio::sync::mpsc::unbounded_channel();
+    for id in ["berlin-1", "berlin-2", "paris-1"] {
+        support::answer_calls(cloud.accepted_device(id).await, id, called.clone());
+    }
+    for (id, site) in [
+        ("berlin-1", "berlin"),
+        ("berlin-2", "berlin"),
+        ("paris-1", "paris"),
+    ] {
+        let (ok, stdout, stderr) = cloud_cli(
+            &cloud,
+            &["devices", "tag", id, &format!("site={site}"), "env=prod"],
+        )
+        .await;
+        assert!(ok, "{stderr}");
+        assert_eq!(stdout.trim(), format!("{id}: env=prod,site={site}"));
+    }
+    let (ok, stdout, _) = cloud_cli(&cloud, &["devices", "untag", "paris-1", "env"]).await;
+    assert!(ok);
+    assert_eq!(stdout.trim(), "paris-1: site=paris");
+    let (ok, _, stderr) = cloud_cli(&cloud, &["devices", "tag", "paris-1", "site"]).await;
+    assert!(!ok && stderr.contains("key=value"), "{stderr}");
+
+    let (ok, stdout, stderr) =
+        cloud_cli(&cloud, &["devices", "list", "--tag", "site=berlin"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("berlin-1") && stdout.contains("berlin-2"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("paris-1"), "{stdout}");
+    assert!(
+        stdout.contains("env=prod,site=berlin"),
+        "the TAGS column: {stdout}"
+    );
+
+    // One method on every matching device, each outcome printed as it comes.
+    let (ok, stdout, stderr) =
+        cloud_cli(&cloud, &["rpc", "--tag", "site=berlin", "containers.list"]).await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for id in ["berlin-1", "berlin-2"] {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with(id))
+            .expect("a line each");
+        assert!(
+            line.contains("\tok\t") && line.contains(&format!("\"device\":\"{id}\"")),
+            "{line}"
+        );
+    }
+    assert!(
+        stderr.contains("on 2 devices") && stderr.contains("finished"),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = cloud_cli(&cloud, &["jobs"]).await;
+    assert!(
+        ok && stdout.contains("containers.list") && stdout.contains("tag=site%3Dberlin"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = cloud_cli(
+        &cloud,
+        &["rpc", "--tag", "site=berlin", "berlin-1", "containers.list"],
+    )
+    .await;
+    assert!(!ok && stderr.contains("no device"), "{stderr}");
+
+    // A call queued for an offline device, submitted twice with one key.
+    let key = protocol::keys::generate();
+    cloud
+        .api()
+        .preauthorize(
+            "van-1",
+            &protocol::keys::public_key_to_pem(&key.verifying_key()),
+        )
+        .await
+        .unwrap();
+    let queue = [
+        "rpc",
+        "van-1",
+        "containers.restart",
+        r#"{"id": "web"}"#,
+        "--ttl",
+        "2h",
+        "--idempotency-key",
+        "restart-web",
+    ];
+    let (ok, first, stderr) = cloud_cli(&cloud, &queue).await;
+    assert!(ok, "{stderr}");
+    let (ok, second, _) = cloud_cli(&cloud, &queue).await;
+    assert!(ok);
+    let (first, second): (Value, Value) = (
+        serde_json::from_str(&first).unwrap(),
+        serde_json::from_str(&second).unwrap(),
+    );
+    assert_eq!(first["state"], "queued");
+    assert_eq!(first["id"], second["id"], "one call for one key");
+    let ttl = first["expires_at"].as_i64().unwrap() - first["created_at"].as_i64().unwrap();
+    assert_eq!(ttl, 2 * 3_600_000);
+    let (ok, stdout, _) = cloud_cli(&cloud, &["calls", "van-1"]).await;
+    assert!(
+        ok && stdout.contains("containers.restart") && stdout.contains("queued"),
+        "{stdout}"
+    );
+}

@@ -1,5 +1,8 @@
 //! Live events on `/ws/events`: what subscribers see, by topic; who may
-//! subscribe; and a slow subscriber lags alone.
+//! subscribe; a slow subscriber lags alone; topics named in the query (repeated
+//! or comma-separated) or changed in-band, each starting with a snapshot of
+//! the current state; and what a client may send is bounded, a socket that
+//! sends more closed with the reason while the others carry on.
 
 mod support;
 
@@ -34,9 +37,21 @@ async fn subscribe_with(
         .map(|(ws, _)| ws)
 }
 
+/// A socket subscribed to the query's topics, past the snapshot each
+/// `devices` or `device.<id>` topic starts with.
 async fn subscribe(cloud: &TestCloud, query: &str) -> EventStream {
     let bearer = ("authorization", format!("Bearer {}", cloud.token));
-    subscribe_with(cloud, query, &[bearer]).await.unwrap()
+    let mut events = subscribe_with(cloud, query, &[bearer]).await.unwrap();
+    let with_snapshot = query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("topic="))
+        .flat_map(|topics| topics.split(','))
+        .filter(|topic| *topic == "devices" || topic.starts_with("device."))
+        .count();
+    for _ in 0..with_snapshot {
+        assert_eq!(next_event(&mut events).await["type"], "snapshot");
+    }
+    events
 }
 
 /// The next event, within a deadline.
@@ -159,10 +174,11 @@ async fn subscribing_needs_credentials_a_known_topic_and_the_same_origin() {
     );
     let bearer = ("authorization", format!("Bearer {}", cloud.token));
     for query in [
-        "",
         "topic=everything",
         "topic=device.",
         "topic=device.a%20b",
+        "topic=devices,",
+        "topic=devices,everything",
     ] {
         assert_eq!(
             http_status_of_refusal(&cloud, query, std::slice::from_ref(&bearer)).await,
@@ -176,9 +192,13 @@ async fn subscribing_needs_credentials_a_known_topic_and_the_same_origin() {
         403
     );
     let same = ("origin", format!("http://{}", cloud.addr));
-    assert!(subscribe_with(&cloud, "topic=devices", &[bearer, same])
-        .await
-        .is_ok());
+    assert!(
+        subscribe_with(&cloud, "topic=devices", &[bearer.clone(), same])
+            .await
+            .is_ok()
+    );
+    // No topic yet is allowed: the socket subscribes in-band.
+    assert!(subscribe_with(&cloud, "", &[bearer]).await.is_ok());
 }
 
 #[tokio::test]
@@ -206,6 +226,7 @@ async fn a_browser_session_subscribes_with_its_cookie() {
     let mut events = subscribe_with(&cloud, "topic=devices", &headers)
         .await
         .unwrap();
+    assert_eq!(next_event(&mut events).await["type"], "snapshot");
     let mut device = cloud.connect("dev-1").await;
     device.authenticate().await;
     assert_eq!(next_event(&mut events).await["type"], "device.new_key");
@@ -252,4 +273,284 @@ async fn a_stalled_subscriber_lags_alone_and_is_told_so() {
     assert_eq!(after["type"], "device.health");
     assert!(after["data"]["n"].as_u64().unwrap() as usize > received);
     stalled.close(None).await.ok();
+}
+
+/// Sends a client message as text.
+async fn send(events: &mut EventStream, message: Value) {
+    use futures::SinkExt;
+    events
+        .send(WsMessage::text(message.to_string()))
+        .await
+        .expect("the socket takes a message");
+}
+
+/// Publishes a `device.health` event about `device_id` carrying `n`.
+fn publish(cloud: &TestCloud, device_id: &str, n: u64) {
+    cloud
+        .state
+        .devices()
+        .events()
+        .device("device.health", device_id, json!({ "n": n }));
+}
+
+/// The close frame the server ends the socket with (after any messages).
+async fn close_frame(events: &mut EventStream) -> (u16, String) {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the socket closes within 10 s");
+        match frame {
+            Some(Ok(WsMessage::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string())
+            }
+            Some(Ok(WsMessage::Close(None))) => panic!("closed without a reason"),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn comma_separated_topics_are_each_followed() {
+    let cloud = TestCloud::start().await;
+    let mut events = subscribe(&cloud, "topic=device.dev-1,audit").await;
+    publish(&cloud, "dev-2", 0); // neither topic
+    publish(&cloud, "dev-1", 1);
+    let health = next_event(&mut events).await;
+    assert_eq!(health["device_id"], "dev-1");
+    assert_eq!(health["data"]["n"], 1);
+    let mut device = cloud.connect("dev-1").await;
+    device.authenticate().await;
+    // The device's own events and its audit entry both arrive.
+    let mut kinds = Vec::new();
+    while !(kinds.contains(&"audit.entry".to_owned())
+        && kinds.contains(&"device.new_key".to_owned()))
+    {
+        kinds.push(
+            next_event(&mut events).await["type"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_snapshot_of_the_current_state_comes_before_the_live_events() {
+    let cloud = TestCloud::start().await;
+    let _online = cloud.accepted_device("dev-1").await;
+    let mut pending = cloud.connect("dev-2").await;
+    pending.authenticate().await;
+    pending.drop_connection();
+    testkit::wait_until("dev-2 offline", testkit::PROMPTLY, || async {
+        let device = cloud.api().device("dev-2").await.ok()?;
+        (device["device"]["online"] == false).then_some(())
+    })
+    .await;
+
+    let bearer = ("authorization", format!("Bearer {}", cloud.token));
+    let mut events = subscribe_with(&cloud, "topic=devices&topic=device.dev-1", &[bearer])
+        .await
+        .unwrap();
+    publish(&cloud, "dev-1", 7);
+
+    let all = next_event(&mut events).await;
+    assert_eq!(all["type"], "snapshot");
+    assert_eq!(all["topic"], "devices");
+    assert_eq!(all["total"], 2);
+    assert_eq!(all["truncated"], false);
+    let state_of = |id: &str| {
+        all["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} in {all}"))
+    };
+    assert_eq!(state_of("dev-1")["status"], "accepted");
+    assert_eq!(state_of("dev-1")["online"], true);
+    assert_eq!(state_of("dev-2")["status"], "pending");
+    assert_eq!(state_of("dev-2")["online"], false);
+
+    let one = next_event(&mut events).await;
+    assert_eq!(one["type"], "snapshot");
+    assert_eq!(one["topic"], "device.dev-1");
+    assert_eq!(one["device"]["id"], "dev-1");
+    assert_eq!(one["device"]["status"], "accepted");
+    assert_eq!(one["device"]["online"], true);
+
+    let live = next_event(&mut events).await;
+    assert_eq!(live["type"], "device.health");
+    assert_eq!(live["data"]["n"], 7);
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_in_band_change_what_arrives() {
+    let cloud = TestCloud::start().await;
+    let _device = cloud.accepted_device("dev-1").await;
+    // No topic at the start: nothing arrives until it subscribes.
+    let mut events = subscribe(&cloud, "").await;
+    publish(&cloud, "dev-1", 1);
+
+    send(
+        &mut events,
+        json!({ "subscribe": ["device.dev-1", "device.dev-9"] }),
+    )
+    .await;
+    let ack = next_event(&mut events).await;
+    assert_eq!(ack["type"], "subscribed");
+    assert_eq!(ack["topics"], json!(["device.dev-1", "device.dev-9"]));
+    assert_eq!(ack["now"], json!(["device.dev-1", "device.dev-9"]));
+    let known = next_event(&mut events).await;
+    assert_eq!(known["type"], "snapshot");
+    assert_eq!(known["device"]["status"], "accepted");
+    // A device not registered (yet) has no state, but may be followed.
+    let unknown = next_event(&mut events).await;
+    assert_eq!(unknown["type"], "snapshot");
+    assert_eq!(unknown["topic"], "device.dev-9");
+    assert_eq!(unknown["device"], Value::Null);
+
+    publish(&cloud, "dev-1", 2);
+    assert_eq!(next_event(&mut events).await["data"]["n"], 2);
+    publish(&cloud, "dev-9", 3);
+    assert_eq!(next_event(&mut events).await["data"]["n"], 3);
+
+    send(&mut events, json!({ "unsubscribe": ["device.dev-1"] })).await;
+    let ack = next_event(&mut events).await;
+    assert_eq!(ack["type"], "unsubscribed");
+    assert_eq!(ack["topics"], json!(["device.dev-1"]));
+    assert_eq!(ack["now"], json!(["device.dev-9"]));
+    publish(&cloud, "dev-1", 4); // no longer followed
+    publish(&cloud, "dev-9", 5);
+    let next = next_event(&mut events).await;
+    assert_eq!(next["device_id"], "dev-9");
+    assert_eq!(next["data"]["n"], 5);
+
+    // Subscribing to `devices` again sends its snapshot, then its events.
+    send(&mut events, json!({ "subscribe": ["devices"] })).await;
+    assert_eq!(next_event(&mut events).await["type"], "subscribed");
+    let snapshot = next_event(&mut events).await;
+    assert_eq!(snapshot["topic"], "devices");
+    assert_eq!(snapshot["devices"][0]["id"], "dev-1");
+    publish(&cloud, "dev-1", 6);
+    assert_eq!(next_event(&mut events).await["data"]["n"], 6);
+}
+
+#[tokio::test]
+async fn bad_requests_are_answered_with_the_reason_and_the_socket_stays() {
+    let cloud = TestCloud::start().await;
+    let mut events = subscribe(&cloud, "topic=device.dev-1").await;
+    let refusals = [
+        (json!("subscribe"), "not a message this socket understands"),
+        (
+            json!({ "subscribe": "devices" }),
+            "not a message this socket understands",
+        ),
+        (
+            json!({ "subscribe": ["devices"], "unsubscribe": ["audit"] }),
+            "either",
+        ),
+        (json!({ "follow": ["devices"] }), "unknown field"),
+        (
+            json!({ "subscribe": ["devices", "everything"] }),
+            "unknown topic \"everything\"",
+        ),
+    ];
+    for (message, says) in refusals {
+        send(&mut events, message.clone()).await;
+        let answer = next_event(&mut events).await;
+        assert_eq!(answer["type"], "error", "{message}");
+        let text = answer["message"].as_str().unwrap();
+        assert!(text.contains(says), "{message}: {text}");
+    }
+    // The bad topic is named, and nothing of that message took effect.
+    send(&mut events, json!({ "subscribe": ["audit", "device."] })).await;
+    let answer = next_event(&mut events).await;
+    assert_eq!(answer["topic"], "device.");
+    // Not JSON at all.
+    {
+        use futures::SinkExt;
+        events.send(WsMessage::text("{subscribe")).await.unwrap();
+    }
+    let answer = next_event(&mut events).await;
+    assert_eq!(answer["type"], "error");
+    // Past the cap on topics: refused whole, the socket keeps what it had.
+    let many: Vec<String> = (0..64).map(|n| format!("device.d{n}")).collect();
+    send(&mut events, json!({ "subscribe": many })).await;
+    let answer = next_event(&mut events).await;
+    assert_eq!(answer["type"], "error");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 64 topics"),
+        "{answer}"
+    );
+    publish(&cloud, "d0", 0);
+    publish(&cloud, "dev-1", 1);
+    let still = next_event(&mut events).await;
+    assert_eq!(still["device_id"], "dev-1");
+    assert_eq!(still["data"]["n"], 1);
+}
+
+/// Each way of abusing a socket closes it with its reason, while a
+/// bystander's socket keeps receiving.
+#[tokio::test]
+async fn an_abusive_socket_is_closed_with_the_reason_and_a_bystander_carries_on() {
+    let cloud = TestCloud::start().await;
+    let mut bystander = subscribe(&cloud, "topic=device.dev-1").await;
+    let mut published = 0;
+
+    let mut oversize = subscribe(&cloud, "").await;
+    let padding = "x".repeat(5000);
+    send(
+        &mut oversize,
+        json!({ "subscribe": ["devices"], "pad": padding }),
+    )
+    .await;
+    let (code, reason) = close_frame(&mut oversize).await;
+    assert_eq!(code, 1009);
+    assert_eq!(reason, "message too large: at most 4096 bytes");
+
+    let mut binary = subscribe(&cloud, "").await;
+    {
+        use futures::SinkExt;
+        binary
+            .send(WsMessage::binary(b"{\"subscribe\":[]}".to_vec()))
+            .await
+            .unwrap();
+    }
+    let (code, reason) = close_frame(&mut binary).await;
+    assert_eq!(code, 1003);
+    assert!(
+        reason.contains("binary messages are not accepted"),
+        "{reason}"
+    );
+
+    let mut chatty = subscribe(&cloud, "").await;
+    for _ in 0..100 {
+        use futures::SinkExt;
+        if chatty
+            .send(WsMessage::text(
+                json!({ "unsubscribe": ["audit"] }).to_string(),
+            ))
+            .await
+            .is_err()
+        {
+            break; // closed already
+        }
+    }
+    let (code, reason) = close_frame(&mut chatty).await;
+    assert_eq!(code, 1008);
+    assert!(
+        reason.starts_with("too many messages: at most 5 a second"),
+        "{reason}"
+    );
+
+    for _ in 0..3 {
+        publish(&cloud, "dev-1", published);
+        assert_eq!(next_event(&mut bystander).await["data"]["n"], published);
+        published += 1;
+    }
 }

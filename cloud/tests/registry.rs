@@ -44,6 +44,9 @@ store_tests!(
     roles_sessions_and_tokens_are_kept_per_operator,
     a_preauthorized_device_is_accepted_before_it_first_connects,
     a_key_is_rotated_only_away_from_the_registered_key,
+    tags_change_in_one_transaction_within_their_cap,
+    a_queued_call_is_claimed_once_and_expires_unclaimed,
+    job_outcomes_read_in_order_and_old_jobs_are_forgotten,
 );
 
 async fn open(db: &TestDatabase) -> Registry {
@@ -690,4 +693,224 @@ async fn where_each_device_is_connected_follows_its_instances(db: TestDatabase) 
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn tags_change_in_one_transaction_within_their_cap(db: TestDatabase) {
+    use cloud::store::tags::{DeviceTags, TagUpdate};
+    use cloud::store::TagSet;
+    let registry = open(&db).await;
+    registry
+        .register_new_key("dev-1", "PEM-1", "SHA256:one", None, 10, 1)
+        .await
+        .unwrap();
+    let tags = DeviceTags::new(registry.pool().clone());
+    let set = |pairs: &[(&str, &str)]| -> TagSet {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let update = tags
+        .update(
+            "dev-1",
+            &set(&[("site", "berlin"), ("env", "prod")]),
+            &[],
+            false,
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        update,
+        TagUpdate::Updated(set(&[("env", "prod"), ("site", "berlin")]))
+    );
+    // Over the cap: nothing changes.
+    let update = tags
+        .update("dev-1", &set(&[("rack", "7")]), &[], false, 2)
+        .await
+        .unwrap();
+    assert_eq!(update, TagUpdate::TooMany);
+    assert_eq!(tags.of("dev-1").await.unwrap().len(), 2);
+    // A value replaced, a key removed, in one change.
+    let update = tags
+        .update(
+            "dev-1",
+            &set(&[("site", "paris")]),
+            &["env".into()],
+            false,
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(update, TagUpdate::Updated(set(&[("site", "paris")])));
+    let update = tags
+        .update("nobody", &set(&[("a", "b")]), &[], true, 2)
+        .await
+        .unwrap();
+    assert_eq!(update, TagUpdate::UnknownDevice);
+    assert_eq!(
+        tags.all().await.unwrap()["dev-1"],
+        set(&[("site", "paris")])
+    );
+    // A deleted device's tags go with it.
+    registry.delete("dev-1", "by test", 2).await.unwrap();
+    assert!(tags.all().await.unwrap().is_empty());
+}
+
+async fn a_queued_call_is_claimed_once_and_expires_unclaimed(db: TestDatabase) {
+    use cloud::store::queued_calls::{Enqueued, NewQueuedCall, QueuedCalls};
+    let registry = open(&db).await;
+    let calls = QueuedCalls::new(registry.pool().clone());
+    let params = json!({"id": "web"});
+    let call = |key: Option<&'static str>, expires_at| NewQueuedCall {
+        device_id: "dev-1",
+        method: "containers.restart",
+        params: Some(&params),
+        timeout_ms: 1000,
+        created_by: "ann",
+        expires_at,
+        idempotency_key: key,
+    };
+    let Enqueued::New(first) = calls
+        .enqueue(&call(Some("k"), 100), 2, 10, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("stored");
+    };
+    assert_eq!(
+        (first.state.as_str(), first.params.as_ref()),
+        ("queued", Some(&params))
+    );
+    let Enqueued::Existing(again) = calls
+        .enqueue(&call(Some("k"), 100), 2, 10, 1)
+        .await
+        .unwrap()
+    else {
+        panic!("the key names the first call");
+    };
+    assert_eq!(again.id, first.id);
+    let Enqueued::New(second) = calls.enqueue(&call(None, 5), 2, 10, 1).await.unwrap() else {
+        panic!("no key: a new call");
+    };
+    assert!(matches!(
+        calls.enqueue(&call(None, 5), 2, 10, 1).await.unwrap(),
+        Enqueued::DeviceFull
+    ));
+    assert_eq!(calls.devices_waiting(2).await.unwrap(), ["dev-1"]);
+    assert_eq!(
+        calls.waiting_for("dev-1", 2).await.unwrap(),
+        [first.id, second.id]
+    );
+
+    // Claimed once: a second claim (another instance) gets nothing.
+    let sent = calls.claim(first.id, 3).await.unwrap().expect("claimed");
+    assert_eq!((sent.state.as_str(), sent.sent_at), ("sent", Some(3)));
+    assert!(calls.claim(first.id, 3).await.unwrap().is_none());
+    let done = calls
+        .complete(first.id, Ok(&json!({"ok": true})), 4)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.result),
+        ("successful", Some(json!({"ok": true})))
+    );
+    assert!(
+        calls
+            .complete(first.id, Err(("timed_out", "late")), 5)
+            .await
+            .unwrap()
+            .is_none(),
+        "ended once"
+    );
+
+    // Past its time, the other expires and can no longer be claimed.
+    let expired = calls.expire(6).await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        (expired[0].id, expired[0].state.as_str()),
+        (second.id, "expired")
+    );
+    assert!(calls.claim(second.id, 7).await.unwrap().is_none());
+
+    // A sent call nobody answered fails `lost` once its timeout has passed.
+    let Enqueued::New(third) = calls.enqueue(&call(None, 10_000), 5, 10, 10).await.unwrap() else {
+        panic!("stored");
+    };
+    calls.claim(third.id, 10).await.unwrap().unwrap();
+    assert!(
+        calls.fail_lost(1000, 11).await.unwrap().is_empty(),
+        "within its timeout"
+    );
+    let lost = calls.fail_lost(1011, 1011).await.unwrap();
+    assert_eq!(
+        (lost[0].state.as_str(), lost[0].outcome.as_deref()),
+        ("failed", Some("lost"))
+    );
+    assert_eq!(calls.prune(1012).await.unwrap(), 3);
+    assert!(calls.of_device("dev-1", 10).await.unwrap().is_empty());
+}
+
+async fn job_outcomes_read_in_order_and_old_jobs_are_forgotten(db: TestDatabase) {
+    use cloud::store::jobs::{JobOutcome, Jobs, NewJob};
+    let registry = open(&db).await;
+    let jobs = Jobs::new(registry.pool().clone());
+    let new_job = NewJob {
+        created_by: "ann",
+        instance: "cloud-1",
+        method: "containers.list",
+        params: None,
+        filter: "tag=site%3Dberlin",
+        total: 600,
+    };
+    let id = jobs.create(&new_job, 1).await.unwrap();
+    let outcomes: Vec<JobOutcome> = (1..=600)
+        .map(|seq| JobOutcome {
+            seq,
+            device_id: format!("dev-{seq}"),
+            outcome: if seq % 3 == 0 {
+                "timed_out".into()
+            } else {
+                "ok".into()
+            },
+            result: json!({"n": seq}),
+            latency_ms: 5,
+            finished_at: 2,
+        })
+        .collect();
+    // More than one insert holds.
+    jobs.record(id, &outcomes).await.unwrap();
+    let page = jobs.outcomes(id, 550, 1000).await.unwrap();
+    assert_eq!(page.len(), 50);
+    assert_eq!(
+        (page[0].seq, page[0].result.clone()),
+        (551, json!({"n": 551}))
+    );
+    assert_eq!(
+        jobs.tally(id).await.unwrap(),
+        [("ok".to_owned(), 400), ("timed_out".to_owned(), 200)]
+    );
+    assert_eq!(jobs.job(id).await.unwrap().unwrap().state, "running");
+    assert_eq!(jobs.interrupt_all_of("cloud-2", 3).await.unwrap(), 0);
+    assert_eq!(jobs.interrupt_all_of("cloud-1", 3).await.unwrap(), 1);
+    jobs.finish(id, "finished", 4).await.unwrap();
+    assert_eq!(
+        jobs.job(id).await.unwrap().unwrap().state,
+        "interrupted",
+        "ended once"
+    );
+    let newer = jobs.create(&new_job, 5).await.unwrap();
+    let newest = jobs.create(&new_job, 6).await.unwrap();
+    assert_eq!(jobs.prune(2).await.unwrap(), 1);
+    assert!(jobs.job(id).await.unwrap().is_none());
+    assert!(jobs.outcomes(id, 0, 10).await.unwrap().is_empty());
+    let latest: Vec<i64> = jobs
+        .latest(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(latest, [newest, newer]);
 }

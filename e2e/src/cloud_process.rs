@@ -196,7 +196,7 @@ fn build_cloud_binary() -> PathBuf {
 
 /// The target directory this test binary was built in
 /// (`<target>/debug/deps/<test>`), else `CARGO_TARGET_DIR` or `target/`.
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     let from_exe = std::env::current_exe().ok().and_then(|exe| {
         let deps = exe.parent()?;
         let profile = deps.parent()?;

@@ -8,7 +8,9 @@
 
 pub mod browser;
 pub mod cloud_process;
+pub mod dashboard;
 pub mod dev_stack;
+pub mod example_worker;
 pub mod fault_proxy;
 pub mod log_capture;
 pub mod stack;

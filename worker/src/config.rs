@@ -23,6 +23,31 @@ pub struct WorkerConfig {
     pub stack_project: Option<String>,
 }
 
+/// The shortest health interval: more often would be a steady load on the
+/// device, its uplink and the cloud's database for little news.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The longest health interval: beyond a day the dashboard's hour of health
+/// is always empty.
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+/// Reads `HEALTH_INTERVAL_SECS`: whole seconds from [`MIN_HEALTH_INTERVAL`]
+/// to [`MAX_HEALTH_INTERVAL`], refused otherwise with the bounds named.
+pub fn parse_health_interval_secs(text: &str) -> Result<Duration, String> {
+    let secs: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of seconds (e.g. 30)"))?;
+    let interval = Duration::from_secs(secs);
+    let (min, max) = (MIN_HEALTH_INTERVAL.as_secs(), MAX_HEALTH_INTERVAL.as_secs());
+    if !(MIN_HEALTH_INTERVAL..=MAX_HEALTH_INTERVAL).contains(&interval) {
+        return Err(format!(
+            "{secs} s is out of range: health is reported every {min} to {max} seconds"
+        ));
+    }
+    Ok(interval)
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
@@ -30,6 +55,38 @@ impl Default for WorkerConfig {
             log_max_bytes: 512 * 1024,
             cloud_call_timeout: Duration::from_secs(20),
             stack_project: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_health_interval_is_five_seconds_or_more() {
+        assert_eq!(parse_health_interval_secs("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(
+            parse_health_interval_secs("30"),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_health_interval_secs("86400"),
+            Ok(Duration::from_secs(86400))
+        );
+        for (text, says) in [
+            (
+                "4",
+                "4 s is out of range: health is reported every 5 to 86400 seconds",
+            ),
+            ("0", "0 s is out of range"),
+            ("86401", "86401 s is out of range"),
+            ("-5", "not a whole number of seconds"),
+            ("2.5", "not a whole number of seconds"),
+            ("", "not a whole number of seconds"),
+        ] {
+            let error = parse_health_interval_secs(text).unwrap_err();
+            assert!(error.contains(says), "{text:?}: {error}");
         }
     }
 }

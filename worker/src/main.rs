@@ -33,9 +33,10 @@ struct Args {
     #[arg(long, env = "DOCKER_HOST")]
     docker_host: Option<String>,
 
-    /// Seconds between health reports to the cloud.
-    #[arg(long, env = "HEALTH_INTERVAL_SECS", default_value_t = 30)]
-    health_interval_secs: u64,
+    /// Seconds between health reports to the cloud: 5 to 86400.
+    #[arg(long = "health-interval-secs", env = "HEALTH_INTERVAL_SECS", default_value = "30",
+          value_parser = worker::config::parse_health_interval_secs)]
+    health_interval: Duration,
 
     /// Cap on one containers.logs answer as serialized, in bytes (also cut to
     /// fit what NATS carries).
@@ -99,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
         "worker starting"
     );
     let config = WorkerConfig {
-        health_interval: Duration::from_secs(args.health_interval_secs.max(1)),
+        health_interval: args.health_interval,
         log_max_bytes: args.log_max_bytes,
         cloud_call_timeout: Duration::from_millis(args.cloud_call_timeout_ms),
         stack_project: args.stack_project.clone(),

@@ -276,6 +276,27 @@ async fn system_health_has_sane_numbers() {
     assert!(health.get("docker_error").is_none());
 }
 
+/// `system.info` describes the Docker engine's host, as `docker info` does.
+#[tokio::test]
+async fn system_info_is_what_the_docker_engine_says_of_its_host() {
+    let module = module().await;
+    let info = call_ok(&module, "system.info", json!({})).await;
+    let host = testkit::docker::docker()
+        .await
+        .info()
+        .await
+        .expect("docker info");
+    assert_eq!(info["source"], "docker", "{info}");
+    assert_eq!(info["hostname"], json!(host.name), "{info}");
+    assert_eq!(info["os_name"], json!(host.operating_system), "{info}");
+    assert_eq!(info["kernel_version"], json!(host.kernel_version), "{info}");
+    assert_eq!(info["architecture"], json!(host.architecture), "{info}");
+    assert_eq!(info["docker_version"], json!(host.server_version), "{info}");
+    assert!(info["cpu_count"].as_u64().unwrap() >= 1, "{info}");
+    assert!(info["memory_total_bytes"].as_u64().unwrap() > 0, "{info}");
+    assert!(info.get("docker_error").is_none(), "{info}");
+}
+
 #[tokio::test]
 async fn rpc_discover_lists_the_served_methods() {
     let module = module().await;

@@ -3,6 +3,7 @@
 //! `operators`, which edits the accounts in the database directly, so that the
 //! first operator can be created on the cloud's host.
 
+pub mod fleet;
 pub mod healthcheck;
 
 use std::path::PathBuf;
@@ -39,8 +40,13 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// List, accept, reject or delete devices.
     Devices(DevicesArgs),
-    /// Call a JSON-RPC method on an accepted, connected device.
+    /// Call a JSON-RPC method on a device, on every device a filter matches
+    /// (--tag, --state: a job), or queue it for an offline device (--ttl).
     Rpc(RpcArgs),
+    /// List the latest jobs, or show one with every device's outcome.
+    Jobs(fleet::JobsArgs),
+    /// List a device's queued calls, or show one.
+    Calls(fleet::CallsArgs),
     /// Read the audit log: operator actions and device auth events.
     Audit(AuditArgs),
     /// Create, list or revoke API tokens.
@@ -91,6 +97,20 @@ pub enum DevicesCommand {
         /// Print the devices as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        filter: fleet::FilterArgs,
+    },
+    /// Set tags on a device: key=value… (its other tags stay).
+    Tag {
+        id: String,
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// Remove tags from a device.
+    Untag {
+        id: String,
+        #[arg(required = true, value_name = "KEY")]
+        keys: Vec<String>,
     },
     /// Register a device's id and public key before it first connects: that
     /// connection is accepted at once (admins).
@@ -109,6 +129,17 @@ pub enum DevicesCommand {
     Reject { id: String },
     /// Forget a device (its next connection registers as pending again).
     Delete { id: String },
+    /// Send a device an event: a signed notification, no answer, which the
+    /// bridge publishes on the device's NATS as rpc.EVENT for the workers
+    /// that subscribe to it.
+    Notify {
+        id: String,
+        /// Event name, dotted like a method's, e.g. example.notice.
+        event: String,
+        /// Params as a JSON object or array, e.g. '{"text": "hello"}'.
+        #[arg(long)]
+        params: Option<String>,
+    },
     /// Show one device: state, key, health and its recent auth events.
     Show {
         id: String,
@@ -223,15 +254,28 @@ pub enum OperatorsCommand {
 pub struct RpcArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Device id.
-    pub device: String,
-    /// Method, e.g. containers.list.
-    pub method: String,
-    /// Params as a JSON object or array, e.g. '{"all": true}'.
-    pub params: Option<String>,
+    /// DEVICE METHOD [PARAMS]; with a filter (--tag, --state, --id-contains)
+    /// METHOD [PARAMS]. METHOD e.g. containers.list; PARAMS a JSON object or
+    /// array, e.g. '{"all": true}'.
+    #[arg(required = true, num_args = 1..=3, value_name = "DEVICE METHOD [PARAMS]")]
+    pub words: Vec<String>,
+    /// Call every accepted device the filter matches, as one job.
+    #[command(flatten)]
+    pub filter: fleet::FilterArgs,
     /// How long the device has to answer, in milliseconds (default: the cloud's).
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// A job's calls in flight at once (default 32).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Queue the call until the device is online, for at most this long
+    /// (e.g. 30m, 2h, 7d); prints the queued call.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// With --ttl: names this submission, so running the command again does
+    /// not call twice.
+    #[arg(long, requires = "ttl")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The server bounds every call itself; this only guards against a hung server.
@@ -256,8 +300,12 @@ impl ClientArgs {
 pub async fn devices(args: DevicesArgs) -> anyhow::Result<()> {
     let client = args.client.client()?;
     match args.command {
-        DevicesCommand::List { json } => {
-            let answer = client.devices().await?;
+        DevicesCommand::Tag { id, tags } => fleet::tag(&client, &id, &tags).await?,
+        DevicesCommand::Untag { id, keys } => fleet::untag(&client, &id, &keys).await?,
+        DevicesCommand::List { json, filter } => {
+            let answer = client
+                .get(&format!("/devices?{}", filter.to_query()))
+                .await?;
             let devices = answer["devices"].as_array().cloned().unwrap_or_default();
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
@@ -299,6 +347,19 @@ pub async fn devices(args: DevicesArgs) -> anyhow::Result<()> {
         DevicesCommand::Delete { id } => {
             client.delete(&id).await?;
             println!("deleted {id}");
+        }
+        DevicesCommand::Notify { id, event, params } => {
+            let params = match params {
+                Some(params) => {
+                    Some(serde_json::from_str(&params).context("--params is not valid JSON")?)
+                }
+                None => None,
+            };
+            let answer = client.notify(&id, &event, params).await?;
+            println!(
+                "{} {event} to {id}",
+                answer["status"].as_str().unwrap_or("sent")
+            );
         }
         DevicesCommand::Show { id, json } => {
             let answer = client.device(&id).await?;
@@ -557,16 +618,52 @@ fn device_details(answer: &Value, now_ms: i64) -> String {
 
 pub async fn rpc(args: RpcArgs) -> anyhow::Result<()> {
     let client = args.client.client()?;
-    let params = match &args.params {
-        Some(params) => {
-            Some(serde_json::from_str(params).context("PARAMS_JSON is not valid JSON")?)
+    let job = !args.filter.is_empty();
+    let (device, method, params) = match (job, args.words.as_slice()) {
+        (true, [method]) => (None, method, None),
+        (true, [method, params]) => (None, method, Some(params)),
+        (false, [device, method]) => (Some(device), method, None),
+        (false, [device, method, params]) => (Some(device), method, Some(params)),
+        (true, _) => anyhow::bail!("with a filter, give METHOD [PARAMS] (no device)"),
+        (false, _) => {
+            anyhow::bail!("give DEVICE METHOD [PARAMS], or a filter such as --tag site=berlin")
         }
+    };
+    let params = match params {
+        Some(params) => Some(serde_json::from_str(params).with_context(|| match job {
+            true => "PARAMS is not valid JSON (with a filter, give METHOD [PARAMS], no device)",
+            false => "PARAMS is not valid JSON",
+        })?),
         None => None,
     };
+    let Some(device) = device else {
+        if args.ttl.is_some() {
+            anyhow::bail!("--ttl queues a call for one device; a job calls the devices online now");
+        }
+        return fleet::job(
+            &client,
+            &args.filter,
+            method,
+            params,
+            args.concurrency,
+            args.timeout_ms,
+        )
+        .await;
+    };
+    if let Some(ttl) = args.ttl {
+        return fleet::queue_call(
+            &client,
+            device,
+            method,
+            params,
+            ttl,
+            args.idempotency_key.as_deref(),
+            args.timeout_ms,
+        )
+        .await;
+    }
     let timeout = args.timeout_ms.map(Duration::from_millis);
-    let result = client
-        .rpc(&args.device, &args.method, params, timeout)
-        .await?;
+    let result = client.rpc(device, method, params, timeout).await?;
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }
@@ -595,6 +692,7 @@ fn device_table(devices: &[Value], now_ms: i64) -> String {
                 .as_i64()
                 .map_or("-".into(), |at| ago(now_ms - at)),
             text("bridge_version"),
+            fleet::tags_text(&device["tags"]),
         ]
     });
     let mut out = table(
@@ -605,6 +703,7 @@ fn device_table(devices: &[Value], now_ms: i64) -> String {
             "FINGERPRINT",
             "LAST SEEN",
             "BRIDGE",
+            "TAGS",
         ],
         rows,
     );

@@ -11,6 +11,10 @@
 //!   for [`SILENCE`] knows the holder is gone: the call fails with
 //!   `disconnected`, as it would had the device dropped. No subscriber at
 //!   all (NATS's "no responders") means no instance holds the device.
+//! - `notify`: an event (a notification, no answer from the device) that
+//!   arrived at another instance. The holder sends it and answers at once
+//!   with whether the device's link took it; no answer within [`SILENCE`]
+//!   counts as `disconnected`, no subscriber as `offline`, as for a call.
 //! - `status`: an operator's decision, already stored, to apply at once.
 //! - `disconnect`: the device was deleted; its socket is closed.
 //! - `takeover`: the device authenticated on another instance, whose
@@ -27,7 +31,7 @@ use async_nats::{HeaderMap, StatusCode, Subscriber};
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use protocol::close_code;
-use protocol::RpcError;
+use protocol::{Message, RpcError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -69,6 +73,13 @@ struct RemoteCall {
     method: String,
     params: Option<Value>,
     timeout_ms: u64,
+}
+
+/// An event as it travels to the holder.
+#[derive(Serialize, Deserialize)]
+struct RemoteNotification {
+    event: String,
+    params: Option<Value>,
 }
 
 /// What the holder tells a waiting caller.
@@ -171,6 +182,44 @@ impl Cluster {
                 Ok(Progress::NotAccepted(status)) => return Err(CallError::NotAccepted(status)),
                 Err(e) => return Err(CallError::Cluster(format!("unreadable answer: {e}"))),
             }
+        }
+    }
+
+    /// Sends the event `event` to a device another instance may hold, and
+    /// waits until that instance has handed it to the device's link.
+    /// `Offline` if no instance holds the device.
+    pub(crate) async fn notify(
+        &self,
+        device_id: &str,
+        event: &str,
+        params: Option<Value>,
+    ) -> Result<(), CallError> {
+        let client = &self.inner.client;
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| CallError::Cluster(e.to_string()))?;
+        let notification = RemoteNotification {
+            event: event.to_owned(),
+            params,
+        };
+        let payload = serde_json::to_vec(&notification).expect("an event serializes");
+        client
+            .publish_with_reply(device_subject(device_id, "notify"), inbox, payload.into())
+            .await
+            .map_err(|e| CallError::Cluster(e.to_string()))?;
+        let Ok(Some(reply)) = tokio::time::timeout(SILENCE, replies.next()).await else {
+            return Err(CallError::Disconnected);
+        };
+        if reply.status == Some(StatusCode::NO_RESPONDERS) {
+            return Err(CallError::Offline);
+        }
+        match serde_json::from_slice(&reply.payload) {
+            Ok(Progress::Answered(_)) => Ok(()),
+            Ok(Progress::NotAccepted(status)) => Err(CallError::NotAccepted(status)),
+            Ok(_) => Err(CallError::Disconnected),
+            Err(e) => Err(CallError::Cluster(format!("unreadable answer: {e}"))),
         }
     }
 
@@ -277,6 +326,25 @@ impl Cluster {
                         }
                     }
                 }
+                "notify" => {
+                    let Some(inbox) = message.reply.clone() else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<RemoteNotification>(&message.payload) {
+                        Ok(notification) => {
+                            // Its own task: a full outbox must not hold up
+                            // this device's other subjects.
+                            tokio::spawn(self.clone().deliver(
+                                session.clone(),
+                                notification,
+                                inbox.to_string(),
+                            ));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "dropped an unreadable event from another instance")
+                        }
+                    }
+                }
                 "status" => match serde_json::from_slice::<DeviceStatus>(&message.payload) {
                     Ok(status) => session.apply_status(status).await,
                     Err(e) => {
@@ -306,6 +374,30 @@ impl Cluster {
                 _ => {}
             }
         }
+    }
+
+    /// Sends an event from another instance to `session`'s device, and tells
+    /// that instance whether the device's link took it.
+    async fn deliver(
+        self,
+        session: Arc<DeviceSession>,
+        notification: RemoteNotification,
+        inbox: String,
+    ) {
+        let progress = if session.status() != DeviceStatus::Accepted {
+            Progress::NotAccepted(session.status())
+        } else {
+            let event = Message::Notification {
+                method: notification.event,
+                params: notification.params,
+            };
+            match session.send(&event).await {
+                Ok(()) => Progress::Answered(Value::Null),
+                Err(_) => Progress::Disconnected,
+            }
+        };
+        let payload = serde_json::to_vec(&progress).expect("an outcome serializes");
+        self.publish(inbox, HeaderMap::new(), payload).await;
     }
 
     /// Runs a call from another instance on `session`, beating while it runs.

@@ -1,13 +1,13 @@
-//! The live device connections by device id, and calls from the cloud to a
-//! device through them: directly when this instance holds its socket,
-//! through the [`Cluster`] when another does.
+//! The live device connections by device id, and calls and events from the
+//! cloud to a device through them: directly when this instance holds its
+//! socket, through the [`Cluster`] when another does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use protocol::{check_method_name, find_unsafe_number};
+use protocol::{check_method_name, find_unsafe_number, Message};
 use serde_json::Value;
 
 use super::call_error::CallError;
@@ -96,6 +96,44 @@ impl Fleet {
             None => {
                 if let Some(cluster) = &self.cluster {
                     match cluster.call(device_id, method, params, timeout).await {
+                        Err(CallError::Offline) => {}
+                        outcome => return outcome,
+                    }
+                }
+            }
+        }
+        Err(self.why_not_live(device_id).await)
+    }
+
+    /// Sends the event `event` to an accepted, connected device as a signed
+    /// notification (no answer; the bridge publishes it on `rpc.<event>`):
+    /// `Ok` once the device's link has taken it. `params`, if any, must be
+    /// an object or array.
+    pub async fn notify(
+        &self,
+        device_id: &str,
+        event: &str,
+        params: Option<Value>,
+    ) -> Result<(), CallError> {
+        check_method_name(event).map_err(CallError::BadMethod)?;
+        if let Some(params) = &params {
+            check_params(params)?;
+        }
+        match self.session(device_id) {
+            Some(session) if session.status() == DeviceStatus::Accepted => {
+                let notification = Message::Notification {
+                    method: event.to_owned(),
+                    params,
+                };
+                return session
+                    .send(&notification)
+                    .await
+                    .map_err(|_| CallError::Disconnected);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(cluster) = &self.cluster {
+                    match cluster.notify(device_id, event, params).await {
                         Err(CallError::Offline) => {}
                         outcome => return outcome,
                     }
@@ -285,7 +323,7 @@ impl Fleet {
 
 /// Params must be an object or an array, and every number must survive the
 /// canonical form (else the device refuses the call as unsafe).
-fn check_params(params: &Value) -> Result<(), CallError> {
+pub fn check_params(params: &Value) -> Result<(), CallError> {
     if !(params.is_object() || params.is_array()) {
         return Err(CallError::BadParams(
             "params must be a JSON object or array".into(),

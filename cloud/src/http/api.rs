@@ -37,6 +37,7 @@ pub(crate) fn routes(state: AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(reject_device))
         .routes(routes!(require_key_rotation))
         .routes(routes!(call_device))
+        .routes(routes!(crate::http::notify_api::notify_device))
         .routes(routes!(health_history))
         .routes(routes!(list_auth_events))
         .routes(routes!(list_audit))
@@ -55,6 +56,7 @@ pub(crate) fn routes(state: AppState) -> OpenApiRouter<AppState> {
             operators_api::create_token
         ))
         .routes(routes!(operators_api::revoke_token))
+        .merge(crate::http::fleet_api::routes())
         .route_layer(middleware::from_fn_with_state(state, auth::require_caller));
     OpenApiRouter::new()
         .routes(routes!(auth::login))

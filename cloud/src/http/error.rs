@@ -1,6 +1,7 @@
 //! The HTTP face of [`OpError`]: a status for each kind, and the body
 //! `{"error": {"kind", "message", "rpc_error"?}}`.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,6 +15,12 @@ use crate::ops::{ErrorKind, OpError};
 /// An operation's error on its way to an HTTP client.
 #[derive(Debug)]
 pub struct AppError(pub OpError);
+
+/// A JSON body, or `bad_request` saying what is wrong with it.
+pub fn body_of<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
+    body.map(|Json(body)| body)
+        .map_err(|e| AppError::bad_request(e.body_text()))
+}
 
 impl AppError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
@@ -54,7 +61,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::Unauthorized | ErrorKind::SessionExpired | ErrorKind::WrongPassword => {
             StatusCode::UNAUTHORIZED
         }
-        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::RateLimited | ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Forbidden
         | ErrorKind::Csrf
         | ErrorKind::CrossOrigin
@@ -62,11 +69,14 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::UnknownDevice
         | ErrorKind::UnknownOperator
         | ErrorKind::UnknownToken
-        | ErrorKind::UnknownSession => StatusCode::NOT_FOUND,
+        | ErrorKind::UnknownSession
+        | ErrorKind::UnknownJob
+        | ErrorKind::UnknownCall => StatusCode::NOT_FOUND,
         ErrorKind::NotAccepted
         | ErrorKind::OperatorExists
         | ErrorKind::SelfRemoval
-        | ErrorKind::DeviceExists => StatusCode::CONFLICT,
+        | ErrorKind::DeviceExists
+        | ErrorKind::IdempotencyConflict => StatusCode::CONFLICT,
         ErrorKind::Offline => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Disconnected | ErrorKind::DeviceError => StatusCode::BAD_GATEWAY,

@@ -10,17 +10,11 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::http::error::{AppError, ErrorBody};
+use crate::http::error::{body_of, AppError, ErrorBody};
 use crate::http::state::AppState;
 use crate::ops::Caller;
 use crate::roles::Role;
 use crate::store::{ApiToken, Operator, SessionInfo};
-
-/// A JSON body, or `bad_request` saying what is wrong with it.
-fn body_of<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, AppError> {
-    body.map(|Json(body)| body)
-        .map_err(|e| AppError::bad_request(e.body_text()))
-}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -49,6 +49,8 @@ pub enum Permission {
     DecideKeys,
     /// Managing operator accounts and other people's API tokens.
     ManageTeam,
+    /// Putting tags on devices and taking them off.
+    TagDevices,
 }
 
 impl Permission {
@@ -56,6 +58,7 @@ impl Permission {
     pub fn needs(self) -> Role {
         match self {
             Permission::Call(role) => role,
+            Permission::TagDevices => Role::Operator,
             Permission::DecideKeys | Permission::ManageTeam => Role::Admin,
         }
     }
@@ -65,6 +68,7 @@ impl Permission {
             Permission::Call(_) => "calling this method",
             Permission::DecideKeys => "deciding on device keys",
             Permission::ManageTeam => "managing operators and their tokens",
+            Permission::TagDevices => "tagging devices",
         }
     }
 }

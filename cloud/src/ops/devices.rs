@@ -10,9 +10,10 @@ use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::store::registry::{AuthEvent, DeviceEvent, HealthSample};
-use crate::store::{Action, AuditFilter, AuditPage, DeviceRecord, DeviceStatus};
+use crate::store::{Action, AuditFilter, AuditPage, DeviceRecord, DeviceStatus, TagSet};
 use protocol::now_ms;
 
+use super::tags::TagSelector;
 use super::{Caller, ErrorKind, OpError, Operations, Permission};
 
 /// Auth events shown with a device.
@@ -21,6 +22,8 @@ const DEVICE_AUTH_EVENTS: i64 = 50;
 const DEVICE_CONTAINER_EVENTS: i64 = 50;
 /// Most auth events one read returns.
 const MAX_AUTH_EVENTS: i64 = 1000;
+/// Largest params a queued call or a job keeps, in bytes of JSON.
+const MAX_STORED_PARAMS_BYTES: usize = 16 * 1024;
 /// Longest public key an admin may paste, in bytes; an Ed25519 SPKI PEM is
 /// about 113.
 const MAX_PUBLIC_KEY_PEM_BYTES: usize = 1024;
@@ -57,10 +60,12 @@ pub struct DeviceView {
     /// The newest cloud key the device said it trusts (null until it says).
     #[schema(required = true)]
     pub cloud_key_fingerprint: Option<String>,
+    /// Operators' labels, `key: value`.
+    pub tags: TagSet,
 }
 
 impl DeviceView {
-    fn new(record: DeviceRecord, instance: Option<String>) -> Self {
+    fn new(record: DeviceRecord, instance: Option<String>, tags: TagSet) -> Self {
         DeviceView {
             id: record.id,
             status: record.status,
@@ -76,6 +81,7 @@ impl DeviceView {
             preauthorized_by: record.preauthorized_by,
             key_rotation_required_at: record.key_rotation_required_at,
             cloud_key_fingerprint: record.cloud_key_fingerprint,
+            tags,
         }
     }
 }
@@ -91,13 +97,29 @@ pub struct DeviceDetails {
 }
 
 /// Which devices to list (the API's query and the dashboard's filter form).
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
 pub struct DeviceFilter {
     /// `pending`, `accepted`, `rejected`, `online` or `offline`.
     pub state: Option<String>,
     /// Part of the device id, any case.
     pub q: Option<String>,
+    /// Tags the device must carry, comma-separated: `site=berlin,env`
+    /// (`env` alone: any value).
+    pub tag: Option<String>,
+}
+
+impl DeviceFilter {
+    /// This filter as the device list's query string: a saved view.
+    pub fn to_query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in [("state", &self.state), ("q", &self.q), ("tag", &self.tag)] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                query.append_pair(name, value);
+            }
+        }
+        query.finish()
+    }
 }
 
 /// A call to a device's method.
@@ -128,14 +150,18 @@ impl Operations {
             }
         }
         let needle = filter.q.as_deref().unwrap_or("").trim().to_lowercase();
+        let selector = TagSelector::parse(filter.tag.as_deref().unwrap_or(""))?;
         let records = self.store().registry.devices().await?;
+        let mut tags = self.store().tags.all().await?;
         let mut connections = self.device_layer().fleet().connections().await;
         Ok(records
             .into_iter()
             .map(|record| {
                 let instance = connections.remove(&record.id);
-                DeviceView::new(record, instance)
+                let tags = tags.remove(&record.id).unwrap_or_default();
+                DeviceView::new(record, instance, tags)
             })
+            .filter(|device| selector.matches(&device.tags))
             .filter(|device| match wanted {
                 None => true,
                 Some("online") => device.online,
@@ -156,8 +182,9 @@ impl Operations {
         let auth_events = registry.auth_events(Some(id), DEVICE_AUTH_EVENTS).await?;
         let container_events = registry.device_events(id, DEVICE_CONTAINER_EVENTS).await?;
         let instance = self.device_layer().fleet().connection_of(id).await;
+        let tags = self.store().tags.of(id).await?;
         Ok(DeviceDetails {
-            device: DeviceView::new(record, instance),
+            device: DeviceView::new(record, instance, tags),
             auth_events,
             container_events,
         })
@@ -227,7 +254,8 @@ impl Operations {
         self.device_layer()
             .events()
             .device("device.status", id, json!({ "status": status }));
-        Ok(DeviceView::new(record, fleet.connection_of(id).await))
+        let tags = self.store().tags.of(id).await?;
+        Ok(DeviceView::new(record, fleet.connection_of(id).await, tags))
     }
 
     /// Registers a device's id and public key (SPKI PEM) before the device
@@ -300,7 +328,7 @@ impl Operations {
             id,
             json!({ "status": DeviceStatus::Accepted, "preauthorized": true }),
         );
-        Ok(DeviceView::new(record, None))
+        Ok(DeviceView::new(record, None, TagSet::new()))
     }
 
     /// Forgets a device (the audit log keeps it) and cuts its connection; it
@@ -358,24 +386,49 @@ impl Operations {
         outcome
     }
 
-    async fn call_unaudited(&self, id: &str, request: RpcRequest) -> Result<Value, OpError> {
-        let config = self.config();
-        let max = config.max_rpc_timeout();
-        let timeout = match request.timeout_ms {
-            None => config.rpc_timeout,
-            Some(0) => return Err(OpError::bad_request("timeout_ms must be positive")),
-            Some(ms) if Duration::from_millis(ms) > max => {
-                return Err(OpError::bad_request(format!(
-                    "timeout_ms must be at most {}",
-                    max.as_millis()
-                )))
-            }
-            Some(ms) => Duration::from_millis(ms),
-        };
+    pub(super) async fn call_unaudited(
+        &self,
+        id: &str,
+        request: RpcRequest,
+    ) -> Result<Value, OpError> {
+        let timeout = self.call_timeout(request.timeout_ms)?;
         Ok(self
             .device_layer()
             .fleet()
             .call(id, &request.method, request.params, timeout)
             .await?)
+    }
+
+    /// How long a call's device has to answer: `timeout_ms`, or the
+    /// cloud's RPC timeout; at most its maximum.
+    pub(super) fn call_timeout(&self, timeout_ms: Option<u64>) -> Result<Duration, OpError> {
+        let config = self.config();
+        let max = config.max_rpc_timeout();
+        match timeout_ms {
+            None => Ok(config.rpc_timeout),
+            Some(0) => Err(OpError::bad_request("timeout_ms must be positive")),
+            Some(ms) if Duration::from_millis(ms) > max => Err(OpError::bad_request(format!(
+                "timeout_ms must be at most {}",
+                max.as_millis()
+            ))),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Checks a call that will be kept (queued, or a job's) before it is
+    /// stored: its method name, and params a JSON object or array of at most
+    /// [`MAX_STORED_PARAMS_BYTES`].
+    pub(super) fn check_stored_call(method: &str, params: Option<&Value>) -> Result<(), OpError> {
+        protocol::method::check_method_name(method)
+            .map_err(|refusal| OpError::bad_request(refusal.to_string()))?;
+        if let Some(params) = params {
+            crate::device::fleet::check_params(params)?;
+            if params.to_string().len() > MAX_STORED_PARAMS_BYTES {
+                return Err(OpError::bad_request(format!(
+                    "params of a queued call or a job are at most {MAX_STORED_PARAMS_BYTES} bytes"
+                )));
+            }
+        }
+        Ok(())
     }
 }

@@ -37,12 +37,18 @@ pub enum ErrorKind {
     UnknownToken,
     UnknownSession,
     DeviceExists,
+    UnknownJob,
+    UnknownCall,
+    /// An idempotency key used before for a different call.
+    IdempotencyConflict,
+    /// Too many calls wait for the device (or the fleet), or too many jobs run.
+    Busy,
     Internal,
 }
 
 impl ErrorKind {
     /// Every kind, for documentation and tests.
-    pub const ALL: [ErrorKind; 22] = [
+    pub const ALL: [ErrorKind; 26] = [
         ErrorKind::BadRequest,
         ErrorKind::Unauthorized,
         ErrorKind::Forbidden,
@@ -64,6 +70,10 @@ impl ErrorKind {
         ErrorKind::UnknownToken,
         ErrorKind::UnknownSession,
         ErrorKind::DeviceExists,
+        ErrorKind::UnknownJob,
+        ErrorKind::UnknownCall,
+        ErrorKind::IdempotencyConflict,
+        ErrorKind::Busy,
         ErrorKind::Internal,
     ];
 
@@ -91,6 +101,10 @@ impl ErrorKind {
             ErrorKind::UnknownToken => "unknown_token",
             ErrorKind::UnknownSession => "unknown_session",
             ErrorKind::DeviceExists => "device_exists",
+            ErrorKind::UnknownJob => "unknown_job",
+            ErrorKind::UnknownCall => "unknown_call",
+            ErrorKind::IdempotencyConflict => "idempotency_conflict",
+            ErrorKind::Busy => "busy",
             ErrorKind::Internal => "internal",
         }
     }

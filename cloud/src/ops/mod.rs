@@ -10,9 +10,13 @@ mod auditor;
 pub mod caller;
 pub mod devices;
 mod error;
+pub mod jobs;
 pub mod keys;
 mod login_limiter;
+pub mod notify;
+pub mod queued_calls;
 pub mod sign_in;
+pub mod tags;
 pub mod team;
 
 use std::sync::Arc;
@@ -40,8 +44,14 @@ struct Shared {
     auditor: Auditor,
     team: Team,
     login_limiter: LoginLimiter,
+    /// How often each device may be sent an event ([`notify`]).
+    event_limiter: notify::EventLimiter,
     /// The host's break-glass bearer token (see [`admin_token`]).
     admin_token: String,
+    /// Devices this instance is sending queued calls to.
+    sending: Arc<queued_calls::Sending>,
+    /// Jobs running on this instance.
+    running_jobs: Arc<tokio::sync::Semaphore>,
 }
 
 impl Operations {
@@ -56,11 +66,14 @@ impl Operations {
             inner: Arc::new(Shared {
                 team: Team::new(store.accounts.clone(), auditor.clone()),
                 login_limiter: LoginLimiter::new(&config.limits),
+                event_limiter: notify::EventLimiter::default(),
                 config,
                 store,
                 devices,
                 auditor,
                 admin_token,
+                sending: Arc::default(),
+                running_jobs: Arc::new(tokio::sync::Semaphore::new(jobs::MAX_RUNNING)),
             }),
         }
     }
@@ -84,5 +97,9 @@ impl Operations {
 
     fn device_layer(&self) -> &Devices {
         &self.inner.devices
+    }
+
+    fn event_limiter(&self) -> &notify::EventLimiter {
+        &self.inner.event_limiter
     }
 }

@@ -6,12 +6,18 @@ pub mod accounts;
 pub mod audit;
 pub mod database;
 pub mod housekeeping;
+pub mod jobs;
+pub mod queued_calls;
 pub mod registry;
+pub mod tags;
 
 pub use crate::roles::Role;
 pub use accounts::{AccountError, Accounts, ApiToken, Operator, SessionInfo};
 pub use audit::{Action, AuditEntry, AuditFilter, AuditLog, AuditPage};
+pub use jobs::Jobs;
+pub use queued_calls::QueuedCalls;
 pub use registry::{DeviceRecord, DeviceStatus, Registry, RegistryError};
+pub use tags::{DeviceTags, TagSet};
 
 /// The three stores over one database; cheap to clone.
 #[derive(Clone)]
@@ -19,6 +25,9 @@ pub struct Store {
     pub registry: Registry,
     pub accounts: Accounts,
     pub audit: AuditLog,
+    pub tags: DeviceTags,
+    pub jobs: Jobs,
+    pub queued_calls: QueuedCalls,
 }
 
 impl Store {
@@ -32,6 +41,9 @@ impl Store {
         Store {
             accounts: Accounts::new(registry.pool().clone()),
             audit: AuditLog::new(registry.pool().clone()),
+            tags: DeviceTags::new(registry.pool().clone()),
+            jobs: Jobs::new(registry.pool().clone()),
+            queued_calls: QueuedCalls::new(registry.pool().clone()),
             registry,
         }
     }

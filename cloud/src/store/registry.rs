@@ -612,7 +612,7 @@ impl Registry {
             .rows_affected()
             == 1;
         if deleted {
-            for table in ["device_events", "device_health"] {
+            for table in ["device_events", "device_health", "device_tags"] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE device_id = $1"))
                     .bind(id)
                     .execute(&mut *tx)

@@ -288,3 +288,37 @@ impl TestCloud {
         }
     }
 }
+
+/// A fake device answering every call with `{"device", "method"}` until
+/// its connection ends; each method it was called with goes to `called`.
+pub fn answer_calls(
+    mut device: FakeDevice,
+    id: &str,
+    called: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        loop {
+            // Short reads: the device's own read gives up on a quiet cloud.
+            let Ok(heard) =
+                tokio::time::timeout(std::time::Duration::from_secs(1), device.recv_or_close())
+                    .await
+            else {
+                continue;
+            };
+            match heard {
+                Ok(protocol::Message::Request {
+                    id: call, method, ..
+                }) => {
+                    let _ = called.send(method.clone());
+                    let answer = serde_json::json!({ "device": id, "method": method });
+                    device
+                        .send_message(&protocol::Message::result(call, answer))
+                        .await;
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+}

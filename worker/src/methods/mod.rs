@@ -3,8 +3,10 @@
 
 mod containers;
 mod health;
+mod info;
 mod logs;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bollard::Docker;
@@ -60,7 +62,8 @@ impl MethodContext {
     }
 }
 
-/// Builds the module serving `containers.*`, `system.health` and `rpc.discover`,
+/// Builds the module serving `containers.*`, `system.health`, `system.info`
+/// and `rpc.discover`,
 /// for a transport without a size limit (in-process calls).
 pub fn rpc_module(docker: Docker, config: &WorkerConfig) -> RpcModule<()> {
     build_module(docker, config, None)
@@ -99,19 +102,31 @@ fn build_module(
         answer_limit,
         stack_project: config.stack_project.clone(),
     };
-    let mut module = RpcModule::new(context);
-    register(&mut module, "containers.list", containers::list);
-    register(&mut module, "containers.inspect", containers::inspect);
-    register(&mut module, "containers.start", containers::start);
-    register(&mut module, "containers.stop", containers::stop);
-    register(&mut module, "containers.restart", containers::restart);
-    register(&mut module, "containers.logs", logs::logs);
-    register(&mut module, "system.health", health::system_health);
+    let mut module = Methods {
+        module: RpcModule::new(context),
+        params: BTreeMap::new(),
+    };
+    module.register("containers.list", containers::list);
+    module.register("containers.inspect", containers::inspect);
+    module.register("containers.start", containers::start);
+    module.register("containers.stop", containers::stop);
+    module.register("containers.restart", containers::restart);
+    module.register("containers.logs", logs::logs);
+    module.register("system.health", health::system_health);
+    module.register("system.info", info::system_info);
 
+    let Methods {
+        mut module,
+        mut params,
+    } = module;
     let mut names: Vec<&'static str> = module.method_names().collect();
     names.push(DISCOVER_METHOD);
     names.sort_unstable();
-    let discovered = Discovered { methods: names };
+    params.insert(DISCOVER_METHOD, &[]);
+    let discovered = Discovered {
+        methods: names,
+        params,
+    };
     module
         .register_method(DISCOVER_METHOD, move |_, _, _| {
             Ok::<_, ErrorObjectOwned>(discovered.clone())
@@ -124,22 +139,83 @@ fn build_module(
 #[derive(Debug, Clone, Serialize)]
 struct Discovered {
     methods: Vec<&'static str>,
+    /// The names of each method's params (an object's members), for
+    /// people and consoles; a method whose params are not named is absent.
+    params: BTreeMap<&'static str, &'static [&'static str]>,
 }
 
-/// Registers an async handler taking the method's parsed params.
-fn register<P, R, F, Fut>(module: &mut RpcModule<MethodContext>, name: &'static str, handler: F)
-where
-    P: DeserializeOwned + Send + 'static,
-    R: Serialize + Clone + Send + 'static,
-    F: Fn(Arc<MethodContext>, P) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<R, ErrorObjectOwned>> + Send + 'static,
-{
-    module
-        .register_async_method(name, move |params, context, _| {
-            let handler = handler.clone();
-            async move { handler(context, parse_params(&params)?).await }
-        })
-        .unwrap_or_else(|_| panic!("method {name} is registered once"));
+/// The module being built, and the param names of each method registered.
+struct Methods {
+    module: RpcModule<MethodContext>,
+    params: BTreeMap<&'static str, &'static [&'static str]>,
+}
+
+impl Methods {
+    /// Registers an async handler taking the method's parsed params.
+    fn register<P, R, F, Fut>(&mut self, name: &'static str, handler: F)
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Clone + Send + 'static,
+        F: Fn(Arc<MethodContext>, P) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R, ErrorObjectOwned>> + Send + 'static,
+    {
+        self.module
+            .register_async_method(name, move |params, context, _| {
+                let handler = handler.clone();
+                async move { handler(context, parse_params(&params)?).await }
+            })
+            .unwrap_or_else(|_| panic!("method {name} is registered once"));
+        if let Some(fields) = param_names::<P>() {
+            self.params.insert(name, fields);
+        }
+    }
+}
+
+/// The member names of a params struct, as serde reads them (so they never
+/// drift from the code): a deserializer that only notes the fields the
+/// struct asks for, then stops. `None` for params that are not a struct.
+fn param_names<P: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    use serde::de::{self, Visitor};
+
+    #[derive(Debug)]
+    struct Noted;
+    impl std::fmt::Display for Noted {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names noted")
+        }
+    }
+    impl std::error::Error for Noted {}
+    impl de::Error for Noted {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Noted
+        }
+    }
+
+    struct FieldNames<'a>(&'a mut Option<&'static [&'static str]>);
+    impl<'de> de::Deserializer<'de> for FieldNames<'_> {
+        type Error = Noted;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Noted> {
+            Err(Noted)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Noted> {
+            *self.0 = Some(fields);
+            Err(Noted)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields = None;
+    let _ = P::deserialize(FieldNames(&mut fields));
+    fields
 }
 
 /// Parses params that must be an object or absent (`null` and absent mean `{}`),
@@ -326,8 +402,43 @@ mod tests {
                 "containers.stop",
                 "rpc.discover",
                 "system.health",
+                "system.info",
             ])
         );
+        // Each method's param names, as its params type declares them.
+        let params = &response["result"]["params"];
+        assert_eq!(params["containers.list"], json!(["all"]));
+        assert_eq!(
+            params["containers.stop"],
+            json!(["container", "timeout_secs"])
+        );
+        assert_eq!(params["system.info"], json!([]));
+        assert_eq!(params["rpc.discover"], json!([]));
+        let logs = params["containers.logs"].as_array().unwrap();
+        for name in ["container", "tail", "since", "until", "timestamps"] {
+            assert!(logs.contains(&json!(name)), "{name} in {logs:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn system_info_is_answered_without_docker_and_says_why() {
+        let module = module_without_docker();
+        let response = call(
+            &module,
+            r#"{"jsonrpc":"2.0","id":1,"method":"system.info"}"#,
+        )
+        .await;
+        let info = &response["result"];
+        assert_eq!(info["source"], "worker", "{response}");
+        assert!(info["kernel_version"]
+            .as_str()
+            .is_some_and(|k| !k.is_empty()));
+        assert!(info["architecture"].as_str().is_some_and(|a| !a.is_empty()));
+        assert_eq!(info["docker_version"], serde_json::Value::Null);
+        assert!(info["docker_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker unavailable"));
     }
 
     #[tokio::test]

@@ -1,12 +1,19 @@
 //! One device: its key and state, its health with a chart of the last hour,
-//! and its containers. The container table and the chart are drawn by the
-//! script from the API (`containers.list` through `POST .../rpc`, and
-//! `GET .../health`), so that they refresh live without a reload.
+//! what system it is, its containers and their latest events, and an RPC
+//! console. The container table, the system facts and the chart are drawn by
+//! the script from the API (`containers.list` and `system.info` through
+//! `POST .../rpc`, and `GET .../health`), so that they refresh live without a
+//! reload; container events are listed here and prepended live by the
+//! script. The console offers what the device's `rpc.discover` lists and the
+//! caller's role allows, and calls through the same `POST .../rpc` as every
+//! button, so the same role check and audit apply.
 
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+
+use serde_json::Value;
 
 use super::devices_page::DeviceRow;
 use super::format::utc_time;
@@ -14,9 +21,50 @@ use super::page::{render, render_with_status, Chrome, MessagePage, SignedIn};
 use crate::http::error::AppError;
 use crate::http::state::AppState;
 use crate::ops::ErrorKind;
+use crate::store::registry::DeviceEvent;
 
 /// Auth events listed on the page.
 const AUTH_EVENTS_SHOWN: usize = 10;
+
+/// Container events listed on the page (the script keeps as many when it
+/// adds live ones).
+const CONTAINER_EVENTS_SHOWN: usize = 50;
+
+/// Longest text of a container event's field shown: the device wrote it.
+const EVENT_FIELD_CHARS: usize = 200;
+
+/// One container event as listed; every field is the device's text.
+struct ContainerEventRow {
+    at: String,
+    at_ms: i64,
+    action: String,
+    name: String,
+    image: String,
+    health: String,
+}
+
+impl ContainerEventRow {
+    fn new(event: DeviceEvent) -> Self {
+        let field = |key: &str| {
+            event
+                .payload
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .chars()
+                .take(EVENT_FIELD_CHARS)
+                .collect::<String>()
+        };
+        ContainerEventRow {
+            action: field("action"),
+            name: field("name"),
+            image: field("image"),
+            health: field("health"),
+            at: utc_time(event.at),
+            at_ms: event.at,
+        }
+    }
+}
 
 struct AuthEventRow {
     at: String,
@@ -36,15 +84,22 @@ struct DevicePage {
     /// The device methods this page calls that the caller's role allows,
     /// space-separated: the script offers only these.
     may_call: String,
+    container_events: Vec<ContainerEventRow>,
+    /// The `METHOD_ROLES` rules, `pattern=role` comma-separated, with the
+    /// caller's role: the console offers a discovered method only when the
+    /// role suffices (the server checks again on each call).
+    method_roles: String,
 }
 
 /// Every device method the page and the logs page call (`app.js`).
-const PAGE_METHODS: [&str; 5] = [
+const PAGE_METHODS: [&str; 7] = [
     "containers.list",
     "containers.logs",
     "containers.start",
     "containers.stop",
     "containers.restart",
+    "system.info",
+    "rpc.discover",
 ];
 
 /// `GET /devices/{id}`.
@@ -71,6 +126,20 @@ pub(super) async fn show(
     let first_seen_ms = details.device.first_seen;
     let device = DeviceRow::new(details.device);
     let auth_events = details.auth_events.into_iter().take(AUTH_EVENTS_SHOWN);
+    let container_events = details
+        .container_events
+        .into_iter()
+        .take(CONTAINER_EVENTS_SHOWN)
+        .map(ContainerEventRow::new)
+        .collect();
+    let method_roles = state
+        .ops()
+        .config()
+        .method_roles
+        .rules()
+        .map(|(pattern, role)| format!("{pattern}={role}"))
+        .collect::<Vec<_>>()
+        .join(",");
     let may_call = PAGE_METHODS
         .into_iter()
         .filter(|method| signed_in.may_call(&state, method))
@@ -78,6 +147,8 @@ pub(super) async fn show(
         .join(" ");
     render(&DevicePage {
         may_call,
+        container_events,
+        method_roles,
         chrome: signed_in.chrome("devices"),
         device,
         first_seen: utc_time(first_seen_ms),
