@@ -246,7 +246,7 @@
 
   // ---- devices page --------------------------------------------------------
 
-  const DEVICE_LIST_EVENTS = ['device.new_key', 'device.status', 'device.online', 'device.offline', 'device.deleted', 'device.key_mismatch'];
+  const DEVICE_LIST_EVENTS = ['device.new_key', 'device.status', 'device.online', 'device.offline', 'device.deleted', 'device.key_mismatch', 'device.tags'];
 
   /** The preauthorize form's file input fills the key textarea (admins only see it). */
   function preauthorizeKeyFile() {
@@ -278,8 +278,30 @@
     });
   }
 
+  /**
+   * A scheduler that redraws `target` with the server-rendered fragment at
+   * `url` (our own escaped HTML), sending a signed-out page to sign in.
+   */
+  function fragmentRefresh(url, target) {
+    return scheduler(async () => {
+      const response = await fetch(url, { credentials: 'same-origin' });
+      if (response.redirected && new URL(response.url).pathname === '/login') {
+        location.assign('/login?next=' + encodeURIComponent(location.pathname + location.search));
+        return;
+      }
+      if (!response.ok) return;
+      target.innerHTML = await response.text();
+      localizeTimes(target);
+    });
+  }
+
   function devicesPage() {
     preauthorizeKeyFile();
+    // The job form calls the devices the list shows: it carries the filter.
+    const jobForm = $('job-form');
+    const carryFilter = () => {
+      for (const name of ['q', 'state', 'tag']) jobForm.elements[name].value = form.elements[name].value;
+    };
     const list = $('device-list');
     const form = $('device-filter');
     const query = () => new URLSearchParams(new FormData(form)).toString();
@@ -298,6 +320,7 @@
       localizeTimes(list);
     });
     const refilter = () => {
+      carryFilter();
       history.replaceState(null, '', '/devices?' + query());
       refresh(0);
     };
@@ -681,6 +704,8 @@
     const loadSystemInfo = systemInfo(deviceId, mayCall);
     loadSystemInfo();
     rpcConsole(deviceId, mayCall);
+    const refreshQueuedCalls = fragmentRefresh(
+      `/fragments/devices/${encodeURIComponent(deviceId)}/calls`, $('queued-calls-list'));
 
     liveEvents([`device.${deviceId}`], (event) => {
       switch (event.type) {
@@ -694,6 +719,10 @@
         case 'snapshot':
           // Sent first on every (re)connect: the state now, whatever was missed.
           if (event.device) { setStatus(event.device.status); setOnline(event.device.online); }
+          refreshQueuedCalls(0);
+          break;
+        case 'device.queued_call':
+          refreshQueuedCalls(100);
           break;
         case 'device.online':
           setOnline(true);
@@ -913,7 +942,20 @@
       if (ms) node.textContent = fmtAgo(ms); // 0: never, as the server wrote it
     }
   }, 15000);
-  const pages = { devices: devicesPage, device: devicePage, logs: logsPage, audit: auditPage };
+  // ---- job page ------------------------------------------------------------
+
+  /** Redraws the job's progress and outcomes as they come (`job.<id>` events). */
+  function jobPage() {
+    const id = $('job-head').dataset.jobId;
+    const refresh = fragmentRefresh(`/fragments/jobs/${id}`, $('job-live'));
+    liveEvents([`job.${id}`], (event) => {
+      if (event.type === 'job.progress') refresh(event.data.state === 'running' ? 250 : 0);
+    }, () => refresh(0));
+    // A job that ended before the socket opened sends nothing more.
+    refresh(0);
+  }
+
+  const pages = { devices: devicesPage, device: devicePage, logs: logsPage, audit: auditPage, job: jobPage };
   const page = pages[document.body.dataset.page];
   if (page) page();
 }());

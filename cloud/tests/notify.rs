@@ -41,15 +41,15 @@ async fn an_event_reaches_the_device_as_a_signed_notification_from_the_api_and_t
     assert_eq!(sent, json!({"status": "sent"}));
     expect_event(&mut device, "example.notice", json!({"text": "hi"})).await;
 
+    // Not blocking: the cloud answering it runs on this test's runtime.
     let cli = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
             .args(args)
             .arg(format!("--url={}", cloud.url("")))
             .arg(format!("--token={}", cloud.token))
             .env_remove("CLOUD_URL")
             .env_remove("CLOUD_TOKEN")
             .output()
-            .unwrap()
     };
     let output = cli(&[
         "devices",
@@ -58,7 +58,9 @@ async fn an_event_reaches_the_device_as_a_signed_notification_from_the_api_and_t
         "example.notice",
         "--params",
         r#"{"n": 2}"#,
-    ]);
+    ])
+    .await
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
     assert_eq!(stdout.trim(), "sent example.notice to dev-1");
@@ -71,13 +73,17 @@ async fn an_event_reaches_the_device_as_a_signed_notification_from_the_api_and_t
         "example.notice",
         "--params",
         "{",
-    ]);
+    ])
+    .await
+    .unwrap();
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("--params is not valid JSON"),
         "{output:?}"
     );
-    let output = cli(&["devices", "notify", "dev-1", "auth.status"]);
+    let output = cli(&["devices", "notify", "dev-1", "auth.status"])
+        .await
+        .unwrap();
     assert!(!output.status.success());
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("protocol's own"),

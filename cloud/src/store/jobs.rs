@@ -254,15 +254,15 @@ impl Jobs {
 
     /// Forgets jobs (and their outcomes) beyond the newest `keep`.
     pub async fn prune(&self, keep: i64) -> Result<u64, RegistryError> {
-        let mut tx = self.pool.begin().await?;
         let oldest_kept: Option<i64> =
             sqlx::query_scalar("SELECT id FROM jobs ORDER BY id DESC LIMIT 1 OFFSET $1")
                 .bind(keep - 1)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.pool)
                 .await?;
         let Some(oldest_kept) = oldest_kept else {
             return Ok(0);
         };
+        let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM job_results WHERE job_id < $1")
             .bind(oldest_kept)
             .execute(&mut *tx)

@@ -65,11 +65,17 @@ impl DeviceTags {
         max: usize,
     ) -> Result<TagUpdate, RegistryError> {
         let mut tx = self.pool.begin().await?;
-        let known: Option<String> = sqlx::query_scalar("SELECT id FROM devices WHERE id = $1")
+        // A write first: SQLite cannot turn a transaction that began by
+        // reading into a writing one while others write; and the device's row
+        // stays locked until the change is done, so changes of one device's
+        // tags never interleave.
+        let known = sqlx::query("UPDATE devices SET id = id WHERE id = $1")
             .bind(device_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if known.is_none() {
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !known {
             return Ok(TagUpdate::UnknownDevice);
         }
         if replace {

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::devices_page::DeviceRow;
+use super::fleet_pages::{may_tag, QueuedCallList};
 use super::format::utc_time;
 use super::page::{render, render_with_status, Chrome, MessagePage, SignedIn};
 use crate::http::error::AppError;
@@ -89,6 +90,9 @@ struct DevicePage {
     /// caller's role: the console offers a discovered method only when the
     /// role suffices (the server checks again on each call).
     method_roles: String,
+    /// Operators and admins: the tag form.
+    may_tag: bool,
+    queued_calls: QueuedCallList,
 }
 
 /// Every device method the page and the logs page call (`app.js`).
@@ -145,7 +149,13 @@ pub(super) async fn show(
         .filter(|method| signed_in.may_call(&state, method))
         .collect::<Vec<_>>()
         .join(" ");
+    let queued_calls = match QueuedCallList::of(&state, &id).await {
+        Ok(list) => list,
+        Err(e) => return AppError(e).into_response(),
+    };
     render(&DevicePage {
+        may_tag: may_tag(&signed_in),
+        queued_calls,
         may_call,
         container_events,
         method_roles,

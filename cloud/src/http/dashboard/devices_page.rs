@@ -36,6 +36,8 @@ pub(super) struct DeviceRow {
     pub never_connected: bool,
     /// When an admin required it to rotate its key, until it has.
     pub key_rotation_required: Option<String>,
+    /// `key=value` each, in key order.
+    pub tags: Vec<String>,
 }
 
 impl DeviceRow {
@@ -48,6 +50,11 @@ impl DeviceRow {
             never_connected: device.last_seen == 0,
             key_rotation_required: device.key_rotation_required_at.map(utc_time),
             preauthorized_by: device.preauthorized_by,
+            tags: device
+                .tags
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect(),
             bridge_version: device.bridge_version.unwrap_or_default(),
             fingerprint: device.fingerprint,
             online: device.online,
@@ -77,6 +84,7 @@ struct DevicesPage {
     list: DeviceList,
     q: String,
     state: String,
+    tag: String,
     preauthorize: PreauthorizeForm,
 }
 
@@ -106,6 +114,7 @@ pub(super) async fn show(
             list,
             q: filter.q.unwrap_or_default(),
             state: filter.state.unwrap_or_default(),
+            tag: filter.tag.unwrap_or_default(),
             preauthorize: PreauthorizeForm::default(),
         }),
         // A hand-typed filter the API refuses gets a page, not JSON.
@@ -141,14 +150,10 @@ async fn device_list(
 ) -> Result<DeviceList, OpError> {
     let views = state.ops().devices(filter).await?;
     let rows: Vec<DeviceRow> = views.into_iter().map(DeviceRow::new).collect();
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("q", filter.q.as_deref().unwrap_or(""))
-        .append_pair("state", filter.state.as_deref().unwrap_or(""))
-        .finish();
+    let query = filter.to_query();
     Ok(DeviceList {
         pending: rows.iter().filter(|r| r.status == "pending").count(),
-        filtered: filter.q.as_deref().is_some_and(|q| !q.is_empty())
-            || filter.state.as_deref().is_some_and(|s| !s.is_empty()),
+        filtered: !query.is_empty(),
         rows,
         csrf_token: signed_in.chrome("").csrf_token,
         back: format!("/devices?{query}"),
@@ -202,6 +207,7 @@ pub(super) async fn preauthorize(
             list,
             q: String::new(),
             state: String::new(),
+            tag: String::new(),
             preauthorize: form,
         },
     )

@@ -12,6 +12,7 @@ mod assets;
 mod audit_page;
 mod device_page;
 mod devices_page;
+mod fleet_pages;
 mod format;
 mod login;
 mod logs_page;
@@ -37,6 +38,18 @@ pub(crate) fn routes() -> Router<AppState> {
             get(devices_page::show).post(devices_page::preauthorize),
         )
         .route("/fragments/devices", get(devices_page::fragment))
+        .route("/devices/{id}/tags", post(fleet_pages::set_tags))
+        .route("/devices/{id}/calls", post(fleet_pages::queue_call))
+        .route(
+            "/fragments/devices/{id}/calls",
+            get(fleet_pages::queued_calls_fragment),
+        )
+        .route(
+            "/jobs",
+            get(fleet_pages::jobs_page).post(fleet_pages::start_job),
+        )
+        .route("/jobs/{id}", get(fleet_pages::job_page))
+        .route("/fragments/jobs/{id}", get(fleet_pages::job_fragment))
         .route("/devices/{id}", get(device_page::show))
         .route("/devices/{id}/accept", post(devices_page::accept))
         .route("/devices/{id}/reject", post(devices_page::reject))
