@@ -441,3 +441,107 @@ async fn a_key_rotated_on_one_instance_holds_on_every_instance() {
     assert_eq!(moved.authenticate().await, json!({"status": "accepted"}));
     call_answered(second, &mut moved, "device-1").await;
 }
+
+#[tokio::test]
+async fn queued_calls_and_jobs_reach_devices_on_every_instance() {
+    let fleet = fleet_of_three().await;
+    let [first, second, third] = &fleet.instances[..] else {
+        unreachable!("three instances")
+    };
+    // A job started on the first instance calls devices held by each one.
+    let (called, _calls) = tokio::sync::mpsc::unbounded_channel();
+    for (n, instance) in fleet.instances.iter().enumerate() {
+        let id = format!("dev-{n}");
+        support::answer_calls(accepted_on(instance, first, &id).await, &id, called.clone());
+    }
+    let api = first.api();
+    // Each device is reachable from the first instance once its holder's
+    // subscription has spread through the cluster.
+    wait_until("every device answers through the first instance", || {
+        let api = api.clone();
+        async move {
+            let mut answered = 0;
+            for n in 0..3 {
+                answered += usize::from(
+                    api.rpc(&format!("dev-{n}"), "ping.me", None, None)
+                        .await
+                        .is_ok(),
+                );
+            }
+            answered == 3
+        }
+    })
+    .await;
+    let started = api
+        .send(
+            reqwest::Method::POST,
+            "/jobs",
+            Some(&json!({"method": "containers.list"})),
+        )
+        .await
+        .unwrap();
+    let path = format!("/jobs/{}", started["job"]["id"]);
+    wait_until("the job finishes", || {
+        let (api, path) = (api.clone(), path.clone());
+        async move { api.get(&path).await.unwrap()["job"]["state"] == "finished" }
+    })
+    .await;
+    let job = api.get(&path).await.unwrap();
+    assert_eq!(job["job"]["tally"], json!({"ok": 3}), "{job}");
+
+    // A call queued on the second instance for a device that is offline is
+    // sent by the instance the device comes back to.
+    let key = protocol::keys::generate();
+    second
+        .api()
+        .preauthorize(
+            "van-1",
+            &protocol::keys::public_key_to_pem(&key.verifying_key()),
+        )
+        .await
+        .unwrap();
+    let queued = second
+        .api()
+        .send(
+            reqwest::Method::POST,
+            "/devices/van-1/calls",
+            Some(&json!({"method": "containers.list", "ttl_ms": 60_000})),
+        )
+        .await
+        .unwrap();
+    let id = queued["call"]["id"].as_i64().unwrap();
+    let mut van = third.connect_with_key("van-1", key).await;
+    assert_eq!(van.authenticate().await, json!({"status": "accepted"}));
+    let Message::Request {
+        id: call, method, ..
+    } = van.recv().await
+    else {
+        panic!("the queued call is sent");
+    };
+    assert_eq!(method, "containers.list");
+    van.send_message(&Message::result(call, json!({"from": "van-1"})))
+        .await;
+    let call_path = format!("/devices/van-1/calls/{id}");
+    wait_until(
+        "the queued call succeeds, as every instance sees it",
+        || {
+            let path = call_path.clone();
+            let apis = [first.api(), second.api(), third.api()];
+            async move {
+                for api in apis {
+                    if api.get(&path).await.unwrap()["call"]["state"] != "successful" {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), van.recv())
+            .await
+            .is_err(),
+        "sent once, though three instances keep the queue"
+    );
+}
