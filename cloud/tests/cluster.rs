@@ -23,15 +23,7 @@ struct Fleet {
 async fn fleet_of_three() -> Fleet {
     let database = PostgresServer::start().await;
     let nats = NatsCluster::start(3).await;
-    let configure = |n: usize| {
-        let database_url = database.url();
-        let nats_url = nats.nodes[n].url();
-        move |config: &mut cloud::CloudConfig| {
-            config.database_url = database_url;
-            config.instance = format!("cloud-{n}");
-            config.cloud_nats_url = Some(nats_url);
-        }
-    };
+    let configure = |n: usize| support::instance_of(database.url(), nats.nodes[n].url(), n);
     let first = TestCloud::start_with(configure(0)).await;
     let second = first.start_beside(configure(1)).await;
     let third = first.start_beside(configure(2)).await;
@@ -205,14 +197,9 @@ async fn service_continues_when_the_nats_node_of_an_instance_dies() {
     let nats = NatsCluster::start(3).await;
     // Each instance knows the whole cluster, starting from a node of its own.
     let configure = |n: usize| {
-        let database_url = database.url();
         let mut nodes: Vec<String> = nats.nodes.iter().map(|node| node.url()).collect();
         nodes.rotate_left(n);
-        move |config: &mut cloud::CloudConfig| {
-            config.database_url = database_url;
-            config.instance = format!("cloud-{n}");
-            config.cloud_nats_url = Some(nodes.join(","));
-        }
+        support::instance_of(database.url(), nodes.join(","), n)
     };
     let first = TestCloud::start_with(configure(0)).await;
     let second = first.start_beside(configure(1)).await;
@@ -314,14 +301,7 @@ async fn a_call_fails_with_disconnected_when_its_holder_falls_silent() {
     // but no answer and no beat of it can reach the caller any more.
     let nats = testkit::nats::NatsServer::start().await;
     let link = Link::to(nats.port()).await;
-    let configure = |n: usize, nats_url: String| {
-        let database_url = database.url();
-        move |config: &mut cloud::CloudConfig| {
-            config.database_url = database_url;
-            config.instance = format!("cloud-{n}");
-            config.cloud_nats_url = Some(nats_url);
-        }
-    };
+    let configure = |n: usize, nats_url: String| support::instance_of(database.url(), nats_url, n);
     let holder = TestCloud::start_with(configure(0, link.url())).await;
     let caller = holder.start_beside(configure(1, nats.url())).await;
     let mut device = accepted_on(&holder, &holder, "dev-1").await;

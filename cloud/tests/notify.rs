@@ -138,15 +138,7 @@ async fn a_device_sent_too_many_events_is_refused_for_a_while_and_others_are_not
 async fn an_event_reaches_a_device_held_by_another_instance_and_is_offline_when_none_holds_it() {
     let database = PostgresServer::start().await;
     let nats = NatsCluster::start(2).await;
-    let configure = |n: usize| {
-        let database_url = database.url();
-        let nats_url = nats.nodes[n].url();
-        move |config: &mut cloud::CloudConfig| {
-            config.database_url = database_url;
-            config.instance = format!("cloud-{n}");
-            config.cloud_nats_url = Some(nats_url);
-        }
-    };
+    let configure = |n: usize| support::instance_of(database.url(), nats.nodes[n].url(), n);
     let holder = TestCloud::start_with(configure(0)).await;
     let other = holder.start_beside(configure(1)).await;
 

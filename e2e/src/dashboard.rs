@@ -36,10 +36,22 @@ pub fn url(cloud: &RunningCloud, path: &str) -> String {
 /// Signs in as `name` (with [`PASSWORD`]) through the form, starting from
 /// `path`; ends on `path`.
 pub async fn sign_in_as(browser: &Browser, cloud: &RunningCloud, name: &str, path: &str) {
+    sign_in_with(browser, cloud, name, PASSWORD, path).await;
+}
+
+/// Signs in as `name` with `password` through the form, starting from
+/// `path`; ends on `path`.
+pub async fn sign_in_with(
+    browser: &Browser,
+    cloud: &RunningCloud,
+    name: &str,
+    password: &str,
+    path: &str,
+) {
     browser.goto(&url(cloud, path)).await;
     browser.wait_for("#login-form", SHOWN).await;
     browser.fill("#name", name).await;
-    browser.fill("#password", PASSWORD).await;
+    browser.fill("#password", password).await;
     browser.click("#login-form button[type=submit]").await;
     browser.wait_for("body[data-page] .whoami", SHOWN).await;
     assert_eq!(browser.path().await, path);

@@ -5,11 +5,14 @@
 //! only what it may do: viewers read, operators also call the methods that
 //! change containers, admins also decide on keys and manage the team.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cloud::roles::Role;
 use e2e::browser::Browser;
-use e2e::stack::{wait_for_device, RunningCloud, RunningDevice};
+use e2e::dashboard::{
+    accepted_device, add_account, sign_in_as, sign_in_with, url, PASSWORD, SHOWN,
+};
+use e2e::stack::{RunningCloud, RunningDevice};
 use fantoccini::Locator;
 use protocol::keys;
 use reqwest::header::{COOKIE, SET_COOKIE, USER_AGENT};
@@ -18,11 +21,6 @@ use testkit::docker::{TestContainer, BUSYBOX_IMAGE};
 
 /// The admin most scenarios sign in as.
 const OPERATOR: &str = "olivia";
-/// Every account's password in these scenarios.
-const PASSWORD: &str = "correct horse battery staple";
-/// How long a page may take to show what it should; generous, since two
-/// browsers and a Docker engine share two cores in CI.
-const SHOWN: Duration = Duration::from_secs(30);
 
 /// A cloud with [`OPERATOR`] as its admin.
 async fn cloud_with_operator() -> RunningCloud {
@@ -31,42 +29,9 @@ async fn cloud_with_operator() -> RunningCloud {
     cloud
 }
 
-/// An operator account with [`PASSWORD`], as `cloud operators add` on the host makes it.
-async fn add_account(cloud: &RunningCloud, name: &str, role: Role) {
-    cloud
-        .state()
-        .ops()
-        .store()
-        .accounts
-        .add_operator(name, PASSWORD, role, protocol::now_ms() as i64)
-        .await
-        .expect("an operator account");
-}
-
-fn url(cloud: &RunningCloud, path: &str) -> String {
-    format!("http://{}{path}", cloud.addr)
-}
-
 /// Signs in as [`OPERATOR`] through the form, starting from `path`; ends on `path`.
 async fn sign_in(browser: &Browser, cloud: &RunningCloud, path: &str) {
-    sign_in_as(browser, cloud, OPERATOR, PASSWORD, path).await;
-}
-
-/// Signs in as `name` through the form, starting from `path`; ends on `path`.
-async fn sign_in_as(
-    browser: &Browser,
-    cloud: &RunningCloud,
-    name: &str,
-    password: &str,
-    path: &str,
-) {
-    browser.goto(&url(cloud, path)).await;
-    browser.wait_for("#login-form", SHOWN).await;
-    browser.fill("#name", name).await;
-    browser.fill("#password", password).await;
-    browser.click("#login-form button[type=submit]").await;
-    browser.wait_for("body[data-page] .whoami", SHOWN).await;
-    assert_eq!(browser.path().await, path);
+    sign_in_as(browser, cloud, OPERATOR, path).await;
 }
 
 /// How many elements match `css` on the current page.
@@ -91,22 +56,6 @@ async fn wait_for_none(browser: &Browser, css: &str) {
 async fn confirm(browser: &Browser, needle: &str) {
     browser.wait_for_text("#confirm-text", needle, SHOWN).await;
     browser.click("#confirm-ok").await;
-}
-
-/// A device whose key an admin accepted through the API, online with its worker.
-async fn accepted_device(cloud: &RunningCloud, id: &str) -> RunningDevice {
-    let device = RunningDevice::start(id, cloud).await;
-    let api = cloud.api();
-    wait_for_device(&api, id, "the device's key to arrive", |d| {
-        d["status"] == "pending"
-    })
-    .await;
-    api.accept(id).await.expect("accepted");
-    wait_for_device(&api, id, "the device to be live", |d| {
-        d["status"] == "accepted" && d["online"] == true
-    })
-    .await;
-    device
 }
 
 /// A session started through `POST /api/v1/login` as another browser
@@ -514,7 +463,7 @@ async fn a_viewer_reads_but_is_offered_no_change_and_a_forged_stop_is_refused_an
     )
     .await;
     let browser = Browser::start().await;
-    sign_in_as(&browser, &cloud, "vera", PASSWORD, "/devices").await;
+    sign_in_as(&browser, &cloud, "vera", "/devices").await;
 
     // The list, with no decision to offer and no team to manage.
     let row = "tr[data-device-id='device-viewed']";
@@ -609,7 +558,7 @@ async fn an_operator_stops_a_container_but_is_offered_no_key_decision_nor_the_te
     let stoppable =
         TestContainer::start("trap 'exit 0' TERM; while true; do sleep 0.2; done").await;
     let browser = Browser::start().await;
-    sign_in_as(&browser, &cloud, "otto", PASSWORD, "/devices").await;
+    sign_in_as(&browser, &cloud, "otto", "/devices").await;
 
     let row = "tr[data-device-id='device-operated']";
     browser.wait_for_text(row, "accepted", SHOWN).await;
@@ -949,7 +898,7 @@ async fn an_operator_ends_another_session_and_changes_their_password() {
             .map(drop),
         Err(401)
     );
-    sign_in_as(&browser, &cloud, OPERATOR, new_password, "/account").await;
+    sign_in_with(&browser, &cloud, OPERATOR, new_password, "/account").await;
 
     // Ending this browser's own session signs it out here.
     browser

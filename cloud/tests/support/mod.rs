@@ -322,3 +322,17 @@ pub fn answer_calls(
         }
     });
 }
+
+/// How instance `cloud-N` of a shared fleet is set up: the PostgreSQL at
+/// `database_url` and the NATS at `nats_url` (comma-separated servers).
+pub fn instance_of(
+    database_url: String,
+    nats_url: String,
+    n: usize,
+) -> impl FnOnce(&mut CloudConfig) {
+    move |config: &mut CloudConfig| {
+        config.database_url = database_url;
+        config.instance = format!("cloud-{n}");
+        config.cloud_nats_url = Some(nats_url);
+    }
+}
