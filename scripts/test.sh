@@ -40,8 +40,9 @@ if [ "$fuzz_seconds" -gt 0 ]; then
 fi
 
 # The benchmarks with tiny sizes (debug build, beside the cloud and bridge
-# binaries it runs): fails when a call is lost or answered wrongly or a process dies,
-# never on speed.
+# binaries it runs), and one job over 1,000 simulated devices: fails when a
+# call is lost or answered wrongly, a device's outcome is missing or a process
+# dies, never on speed.
 cargo build -p cloud --bin cloud -p bridge --bin bridge && cargo run -p bench -- all --smoke
 # The same calls through 2 cloud instances sharing the fleet (a PostgreSQL
 # and a nats-server between them): most cross from one instance to the other.

@@ -116,13 +116,18 @@ pub async fn run(args: &JobArgs) -> anyhow::Result<Map<String, Value>> {
         }
     };
     let job_secs = started.elapsed().as_secs_f64();
+    // From the job's start to its end, as the cloud recorded them: without
+    // the bench's reading of it.
+    let cloud_secs = (job["finished_at"].as_i64().unwrap_or(0)
+        - job["created_at"].as_i64().unwrap_or(0)) as f64
+        / 1000.0;
     cloud.check_running()?;
     check_outcomes(&outcomes, devices)?;
     if job["total"] != json!(devices) || job["tally"]["ok"] != json!(devices) {
         bail!("job {id} ended as {job}");
     }
     println!(
-        "job: {devices} devices answered in {job_secs:.2} s ({:.0} calls/s)",
+        "job: {devices} devices answered in {job_secs:.2} s ({:.0} calls/s); {cloud_secs:.2} s from start to end in the cloud",
         devices as f64 / job_secs
     );
 
@@ -155,6 +160,7 @@ pub async fn run(args: &JobArgs) -> anyhow::Result<Map<String, Value>> {
         ("job_devices", json!(devices)),
         ("job_concurrency", json!(args.concurrency)),
         ("job_secs", json!(round(job_secs, 2))),
+        ("job_cloud_secs", json!(round(cloud_secs, 2))),
         (
             "job_calls_per_s",
             json!(round(devices as f64 / job_secs, 0)),

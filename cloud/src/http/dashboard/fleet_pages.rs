@@ -61,6 +61,17 @@ fn shortened(value: &Value) -> String {
     short
 }
 
+/// A job's filter as people read it: `tag site=berlin · state online`.
+fn filter_text(query: &str) -> String {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(name, value)| match name.as_ref() {
+            "q" => format!("id contains {value}"),
+            name => format!("{name} {value}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 /// Params as typed in a form: empty for none, else JSON.
 fn form_params(text: &str) -> Result<Option<Value>, OpError> {
     let text = text.trim();
@@ -344,7 +355,9 @@ struct JobPage {
     id: i64,
     method: String,
     params: String,
+    /// The device list's query, for the link to it.
     filter: String,
+    filter_text: String,
     created_by: String,
     created: String,
     created_ms: i64,
@@ -385,6 +398,7 @@ pub(super) async fn job_page(
             .map(Value::to_string)
             .unwrap_or_default(),
         filter: job.filter.clone(),
+        filter_text: filter_text(&job.filter),
         created_by: job.created_by.clone(),
         created: utc_time(job.created_at),
         created_ms: job.created_at,
@@ -435,7 +449,7 @@ pub(super) async fn jobs_page(State(state): State<AppState>, signed_in: SignedIn
             created_ms: job.created_at,
             id: job.id,
             method: job.method,
-            filter: job.filter,
+            filter: filter_text(&job.filter),
             total: job.total,
             state: job.state,
             created_by: job.created_by,
