@@ -233,7 +233,10 @@ async fn an_operator_accepts_a_new_device_and_reads_its_container_logs_live() {
     browser
         .wait_for_text("#no-devices", "No device matches this filter", SHOWN)
         .await;
-    assert_eq!(browser.path().await, "/devices?q=no-such-device&state=");
+    assert_eq!(
+        browser.path().await,
+        "/devices?q=no-such-device&state=&tag="
+    );
     browser.fill("#filter-q", "web-1").await;
     browser.wait_for(row, SHOWN).await;
 
