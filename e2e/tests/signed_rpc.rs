@@ -318,10 +318,17 @@ async fn a_slow_worker_gives_a_timeout_error() {
         .unwrap();
     nats.flush().await.unwrap();
 
-    let at_bridge = api
-        .rpc("device-slow", "slow.method", None, None)
-        .await
-        .expect_err("the worker never answers");
+    // Until the broker routes the new subscription to the bridge's requests
+    // the method has no worker (-32601); once it does, the call times out.
+    let at_bridge = wait_until("the silent worker takes the call", SOON, || async {
+        let refused = api
+            .rpc("device-slow", "slow.method", None, None)
+            .await
+            .expect_err("the worker never answers");
+        let not_served = refused.rpc_error().and_then(|e| e["code"].as_i64()) == Some(-32601);
+        (!not_served).then_some(refused)
+    })
+    .await;
     assert_eq!(at_bridge.kind(), Some("device_error"), "{at_bridge:?}");
     assert_eq!(
         at_bridge.rpc_error().and_then(|e| e["code"].as_i64()),
