@@ -305,6 +305,9 @@ async fn a_call_fails_with_disconnected_when_its_holder_falls_silent() {
     let holder = TestCloud::start_with(configure(0, link.url())).await;
     let caller = holder.start_beside(configure(1, nats.url())).await;
     let mut device = accepted_on(&holder, &holder, "dev-1").await;
+    // Reachable from the caller first: until the holder's subscription
+    // reaches the broker, a call is `offline` and never gets to the device.
+    call_answered(&caller, &mut device, "dev-1").await;
     let api = caller.api();
     let call = tokio::spawn(async move {
         api.rpc(
