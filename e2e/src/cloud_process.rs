@@ -166,30 +166,36 @@ impl Drop for CloudProcess {
 /// `target/debug/cloud`, built (or found up to date) once per process.
 fn cloud_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_cloud_binary).clone()
+    BUILT
+        .get_or_init(|| cargo_build(&["-p", "cloud", "--bin", "cloud"], "debug/cloud"))
+        .clone()
 }
 
-fn build_cloud_binary() -> PathBuf {
+/// `cargo build ARGS` of this workspace into this test's target directory
+/// (a no-op when up to date); the path of what it built, `built` under it.
+pub(crate) fn cargo_build(args: &[&str], built: &str) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the workspace holds e2e/");
     let target_dir = target_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let what = format!("cargo build {}", args.join(" "));
     let output = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--quiet", "-p", "cloud", "--bin", "cloud"])
+        .args(["build", "--quiet"])
+        .args(args)
         .arg("--target-dir")
         .arg(&target_dir)
         .stdin(Stdio::null())
         .output()
-        .expect("running cargo build -p cloud --bin cloud");
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
     assert!(
         output.status.success(),
-        "cargo build -p cloud --bin cloud failed ({}):\n{}",
+        "{what} failed ({}):\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let binary = target_dir.join("debug").join("cloud");
+    let binary = target_dir.join(built);
     assert!(binary.is_file(), "{} was not built", binary.display());
     binary
 }

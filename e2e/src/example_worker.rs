@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use tempfile::TempDir;
 
-use crate::cloud_process::target_dir;
+use crate::cloud_process::cargo_build;
 
 /// A running `example_worker`; killed on drop.
 pub struct ExampleWorker {
@@ -61,37 +61,12 @@ impl Drop for ExampleWorker {
 /// `target/debug/examples/example_worker`, built once per process.
 fn example_binary() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(build_example).clone()
-}
-
-fn build_example() -> PathBuf {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace holds e2e/");
-    let target_dir = target_dir();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "worker",
-            "--example",
-            "example_worker",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running cargo build -p worker --example example_worker");
-    assert!(
-        output.status.success(),
-        "cargo build -p worker --example example_worker failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let binary = target_dir.join("debug/examples/example_worker");
-    assert!(binary.is_file(), "{} was not built", binary.display());
-    binary
+    BUILT
+        .get_or_init(|| {
+            cargo_build(
+                &["-p", "worker", "--example", "example_worker"],
+                "debug/examples/example_worker",
+            )
+        })
+        .clone()
 }

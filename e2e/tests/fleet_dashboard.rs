@@ -135,6 +135,15 @@ async fn an_operator_tags_devices_filters_by_tag_and_watches_a_job_arrive() {
     browser.wait_for_text("#job-state", "finished", SHOWN).await;
     assert_eq!(browser.text("#job-done").await.as_deref(), Some("2"));
     browser.screenshot("fleet_job").await;
+    // Kept, and listed with the filter as people read it.
+    browser.click("nav a[href='/jobs']").await;
+    let listed = browser
+        .wait_for_text("#jobs-table tbody tr", "containers.list", SHOWN)
+        .await;
+    assert!(
+        listed.contains("tag site=berlin") && listed.contains("finished"),
+        "{listed}"
+    );
     browser.close().await;
 }
 

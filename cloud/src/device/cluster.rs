@@ -309,40 +309,18 @@ impl Cluster {
         while let Some(message) = requests.next().await {
             let verb = message.subject.rsplit('.').next().unwrap_or_default();
             match verb {
+                // Each in a task of its own: a slow device or a full outbox
+                // must not hold up this device's other subjects.
                 "call" => {
-                    let Some(inbox) = message.reply.clone() else {
-                        continue;
-                    };
-                    match serde_json::from_slice::<RemoteCall>(&message.payload) {
-                        Ok(call) => {
-                            tokio::spawn(self.clone().answer(
-                                session.clone(),
-                                call,
-                                inbox.to_string(),
-                            ));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "dropped an unreadable call from another instance")
-                        }
+                    if let Some((call, inbox)) = remote_request::<RemoteCall>(&message, "call") {
+                        tokio::spawn(self.clone().answer(session.clone(), call, inbox));
                     }
                 }
                 "notify" => {
-                    let Some(inbox) = message.reply.clone() else {
-                        continue;
-                    };
-                    match serde_json::from_slice::<RemoteNotification>(&message.payload) {
-                        Ok(notification) => {
-                            // Its own task: a full outbox must not hold up
-                            // this device's other subjects.
-                            tokio::spawn(self.clone().deliver(
-                                session.clone(),
-                                notification,
-                                inbox.to_string(),
-                            ));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "dropped an unreadable event from another instance")
-                        }
+                    if let Some((event, inbox)) =
+                        remote_request::<RemoteNotification>(&message, "event")
+                    {
+                        tokio::spawn(self.clone().deliver(session.clone(), event, inbox));
                     }
                 }
                 "status" => match serde_json::from_slice::<DeviceStatus>(&message.payload) {
@@ -481,4 +459,20 @@ impl Cluster {
 /// reads as token separators, and never `~`, which takes their place.
 fn device_subject(device_id: &str, verb: &str) -> String {
     format!("devbridge.device.{}.{verb}", device_id.replace('.', "~"))
+}
+
+/// A request another instance waits on: its payload read as `T`, and the
+/// inbox to answer; None (an unreadable one logged) otherwise.
+fn remote_request<T: serde::de::DeserializeOwned>(
+    message: &async_nats::Message,
+    what: &str,
+) -> Option<(T, String)> {
+    let inbox = message.reply.as_ref()?.to_string();
+    match serde_json::from_slice(&message.payload) {
+        Ok(request) => Some((request, inbox)),
+        Err(e) => {
+            tracing::warn!(error = %e, "dropped an unreadable {what} from another instance");
+            None
+        }
+    }
 }

@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::auth;
-use crate::http::error::{AppError, ErrorBody};
+use crate::http::error::{body_of, AppError, ErrorBody};
 use crate::http::operators_api;
 use crate::http::state::AppState;
 use crate::ops::devices::{DeviceDetails, DeviceFilter, DeviceView, RpcRequest};
@@ -145,7 +145,7 @@ async fn preauthorize_device(
     Extension(caller): Extension<Caller>,
     body: Result<Json<Preauthorization>, JsonRejection>,
 ) -> Result<(StatusCode, Json<DeviceDecision>), AppError> {
-    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let body = body_of(body)?;
     let device = state
         .ops()
         .preauthorize(&caller, &body.id, &body.public_key)
@@ -395,7 +395,7 @@ async fn call_device(
     Path(id): Path<String>,
     body: Result<Json<RpcRequest>, JsonRejection>,
 ) -> Result<Json<RpcResult>, AppError> {
-    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let body = body_of(body)?;
     let result = state.ops().call(&caller, &id, body).await?;
     Ok(Json(RpcResult { result }))
 }

@@ -19,7 +19,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use crate::client_address::ClientAddress;
-use crate::http::error::{AppError, ErrorBody};
+use crate::http::error::{body_of, AppError, ErrorBody};
 use crate::http::state::AppState;
 use crate::ops::{Caller, Credential, OpError};
 use crate::roles::Role;
@@ -189,7 +189,7 @@ pub(crate) async fn login(
     headers: HeaderMap,
     body: Result<Json<LoginRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, AppError> {
-    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let body = body_of(body)?;
     let (operator, cookie, csrf_token) =
         sign_in(&state, &headers, &body.name, &body.password, address).await?;
     Ok((

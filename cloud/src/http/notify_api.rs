@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 
-use crate::http::error::{AppError, ErrorBody};
+use crate::http::error::{body_of, AppError, ErrorBody};
 use crate::http::state::AppState;
 use crate::ops::notify::{EventRequest, EventSent};
 use crate::ops::Caller;
@@ -40,7 +40,7 @@ pub(crate) async fn notify_device(
     Path(id): Path<String>,
     body: Result<Json<EventRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<EventSent>), AppError> {
-    let Json(body) = body.map_err(|e| AppError::bad_request(e.body_text()))?;
+    let body = body_of(body)?;
     let sent = state
         .ops()
         .notify_device(&caller, &id, &body.event, body.params)
